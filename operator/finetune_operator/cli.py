@@ -1,0 +1,129 @@
+"""The `finetune` command: run and plan jobs locally, print the CRD, run the operator.
+
+Every user error ends in one line on stderr that names the field, and a non-zero exit code; tracebacks are for
+bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from finetune_trainer.config import EXIT_PERMANENT, EXIT_RETRYABLE, EXIT_SUCCESS
+
+
+def _fail(message: str, code: int = EXIT_PERMANENT) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _print_yaml(data: object) -> None:
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, width=120))
+
+
+def cmd_crd(_: argparse.Namespace) -> int:
+    from finetune_operator.crd import render_crd
+
+    sys.stdout.write(render_crd())
+    return EXIT_SUCCESS
+
+
+def _load(args: argparse.Namespace):
+    from finetune_operator.local import local_config
+    from finetune_operator.manifest import load_job
+
+    job = load_job(args.manifest)
+    config, note = local_config(job, Path(args.manifest), getattr(args, "output", None),
+                                getattr(args, "metrics_port", 0))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return job, config
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from finetune_trainer.plan import plan
+
+    _, config = _load(args)
+    _print_yaml(plan(config))
+    return EXIT_SUCCESS
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from finetune_operator.status import status_from_summary
+    from finetune_trainer import train
+    from finetune_trainer.errors import TrainerError
+
+    job, config = _load(args)
+    print(f"finetune: running {job.metadata.name} ({job.spec.task}, strategy {job.spec.strategy.type}); "
+          f"output {config.output.location}", file=sys.stderr)
+    try:
+        summary = train.run(config, progress_bar=not args.no_progress)
+        code = EXIT_SUCCESS
+    except TrainerError as error:
+        # The trainer wrote its summary before raising: the same file the operator reads in a cluster.
+        summary = json.loads((Path(config.output.location) / "summary.json").read_text())
+        code = error.exit_code
+    _print_yaml({"status": status_from_summary(summary).wire()})
+    if code == EXIT_RETRYABLE:
+        print("finetune: interrupted after saving a checkpoint; run the same command again to resume",
+              file=sys.stderr)
+    elif code != EXIT_SUCCESS:
+        print(f"error: {summary.get('reason')}: {summary.get('message')}", file=sys.stderr)
+    return code
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from finetune_operator import runner
+
+    return runner.main(args.operator_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune", description="Fine-tune pre-trained language models, locally or on Kubernetes.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="train a FineTuneJob manifest on this machine (no cluster)")
+    run.add_argument("manifest", help="FineTuneJob YAML file")
+    run.add_argument("--output", help="output folder (default: spec.output.location if local, else ./runs/<name>)")
+    run.add_argument("--metrics-port", type=int, default=0,
+                     help="Prometheus port on localhost (default: a free port, printed at start)")
+    run.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    run.set_defaults(handler=cmd_run)
+
+    plan = commands.add_parser("plan", help="resolve a job without training: layers, parameters, memory")
+    plan.add_argument("manifest", help="FineTuneJob YAML file")
+    plan.set_defaults(handler=cmd_plan)
+
+    crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
+    crd.set_defaults(handler=cmd_crd)
+
+    operator = commands.add_parser("operator", help="run the Kopf operator (see `finetune operator --help`)",
+                                   add_help=False)
+    operator.add_argument("operator_args", nargs=argparse.REMAINDER)
+    operator.set_defaults(handler=cmd_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from finetune_operator.local import LocalRunError
+    from finetune_operator.manifest import ManifestError
+    from finetune_trainer.errors import TrainerError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ManifestError, LocalRunError) as error:
+        return _fail(str(error))
+    except TrainerError as error:  # raised before training starts (plan, pre-flight)
+        return _fail(str(error), error.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_RETRYABLE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Read FineTuneJob manifests from YAML files, with errors a person can act on.
+
+`finetune run`/`plan` and the tests load manifests through ``load_job``; every problem becomes one
+``ManifestError`` line naming the file and the field, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from finetune_operator.api import API_VERSION, KIND, FineTuneJob
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not str(part).startswith("function-") and part not in ("str", "int", "list[str]"):
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """The first problem, as "field: what is wrong (got X)"; further problems are counted, not listed."""
+    first = error.errors()[0]
+    field = _field_path(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling; fields are camelCase)"
+    got = first.get("input")
+    detail = f"{field}: {message}" if field else message
+    if first["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(got, (dict, list)):
+        detail += f" (got {got!r})"
+    more = len(error.errors()) - 1
+    return detail + (f" [and {more} more problem{'s' if more > 1 else ''}]" if more else "")
+
+
+def parse_job(document: Any, origin: str = "manifest") -> FineTuneJob:
+    if not isinstance(document, dict):
+        raise ManifestError(f"{origin}: not a Kubernetes object (expected a mapping with apiVersion and kind)")
+    kind, api_version = document.get("kind"), document.get("apiVersion")
+    if kind != KIND or api_version != API_VERSION:
+        raise ManifestError(
+            f"{origin}: not a FineTuneJob (apiVersion: {api_version!r}, kind: {kind!r}); "
+            f"expected apiVersion: {API_VERSION}, kind: {KIND}")
+    try:
+        return FineTuneJob.model_validate(document)
+    except ValidationError as error:
+        raise ManifestError(f"{origin}: {describe_validation_error(error)}") from None
+
+
+def load_job(path: str | Path) -> FineTuneJob:
+    """The one FineTuneJob in a YAML file (other kinds in a multi-document file are skipped)."""
+    path = Path(path)
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ManifestError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+    if len(jobs) > 1:
+        raise ManifestError(f"{path}: holds {len(jobs)} FineTuneJobs; put one per file")
+    return parse_job(jobs[0] if jobs else (documents[0] if documents else None), str(path))

@@ -1,0 +1,88 @@
+"""The FineTuneJob models: what they accept, what they refuse, and with which words."""
+
+import pytest
+import yaml
+
+from finetune_operator.api import FineTuneJob, trainer_config
+from finetune_operator.manifest import ManifestError, load_job, parse_job
+
+GOOD = """
+apiVersion: finetune.io/v1alpha1
+kind: FineTuneJob
+metadata: {name: demo}
+spec:
+  model: {source: /models/bert}
+  task: sequence-classification
+  dataset: {source: /data/reviews, columns: {text: [text], label: label}}
+  strategy: {type: partial, layers: "last:2"}
+"""
+
+
+def job(**spec_overrides):
+    doc = yaml.safe_load(GOOD)
+    for dotted, value in spec_overrides.items():
+        node = doc["spec"]
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return doc
+
+
+def refusal(doc) -> str:
+    with pytest.raises(ManifestError) as caught:
+        parse_job(doc)
+    return str(caught.value)
+
+
+def test_good_job_gets_the_defaults_the_crd_has():
+    parsed = parse_job(job())
+    assert parsed.spec.training.batch_size == 32 and parsed.spec.resources.gpus == 0
+    assert parsed.spec.run_policy.backoff_limit == 3
+    assert parsed.wire()["spec"]["strategy"] == {"type": "partial", "layers": "last:2", "embeddings": False,
+                                                 "head": True}
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"strategy__type": "sideways"}, "spec.strategy.type: Input should be 'full', 'partial', 'hybrid' or 'lora'"),
+    ({"model": None}, "spec.model: Field required"),
+    ({"resources__gpus": -1}, "spec.resources.gpus: Input should be greater than or equal to 0"),
+    ({"strategy__layers": None}, "strategy.layers is required when strategy.type is partial or hybrid"),
+    ({"strategy__layers": "last two"}, "spec.strategy.layers: String should match pattern"),
+    ({"strategy__lora": {"r": 4}}, "strategy.lora is allowed only when strategy.type is lora or hybrid"),
+    ({"resources__nodes": 2}, "resources.nodes > 1 needs resources.gpus >= 1"),
+    ({"training__learningRate": 0}, "spec.training.learningRate: Input should be greater than 0"),
+    ({"training__batchsize": 8}, "spec.training.batchsize: unknown field"),
+    ({"dataset__eval": "dev", "dataset__evalFraction": 0.2}, "dataset.eval and dataset.evalFraction are exclusive"),
+])
+def test_bad_specs_are_refused_naming_the_field(overrides, words):
+    assert words in refusal(job(**overrides))
+
+
+def test_name_too_long_for_child_names():
+    doc = job()
+    doc["metadata"]["name"] = "x" * 60
+    assert "metadata.name: String should have at most 52 characters" in refusal(doc)
+
+
+def test_not_a_finetunejob():
+    assert "not a FineTuneJob" in refusal({"apiVersion": "apps/v1", "kind": "Deployment"})
+    assert "not a Kubernetes object" in refusal(["a", "list"])
+
+
+def test_load_job_reports_yaml_problems(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    with pytest.raises(ManifestError, match="not valid YAML at line"):
+        load_job(broken)
+    with pytest.raises(ManifestError, match="no such file"):
+        load_job(tmp_path / "missing.yaml")
+
+
+def test_trainer_config_carries_the_trainer_part_only():
+    config = trainer_config(FineTuneJob.model_validate(job()), "/out")
+    assert config.output.location == "/out" and config.name == "demo"
+    assert "resources" not in config.wire()

@@ -1,0 +1,62 @@
+"""Failures the trainer can explain, each mapped to an exit code the operator acts on (config.EXIT_*).
+
+A ``PermanentError`` means a retry cannot help (bad config, unknown layer, a missing column, out of memory); a
+``RetryableError`` means a new attempt, resuming from the last checkpoint, may succeed. ``reason`` is a
+CamelCase word the operator puts in the FineTuneJob's condition; ``field`` names the spec field at fault.
+"""
+
+from __future__ import annotations
+
+from finetune_trainer.config import EXIT_PERMANENT, EXIT_RETRYABLE
+
+
+class TrainerError(Exception):
+    exit_code = EXIT_PERMANENT
+    reason = "TrainerError"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class PermanentError(TrainerError):
+    exit_code = EXIT_PERMANENT
+
+
+class ConfigError(PermanentError):
+    reason = "InvalidConfig"
+
+
+class LayerSelectionError(ConfigError):
+    reason = "InvalidLayerSelection"
+
+
+class ModelLoadError(PermanentError):
+    reason = "ModelNotFound"
+
+
+class DataError(PermanentError):
+    reason = "InvalidData"
+
+
+class OutOfMemory(PermanentError):
+    reason = "OutOfMemory"
+
+
+class NonFiniteLoss(PermanentError):
+    reason = "NonFiniteLoss"
+
+
+class RetryableError(TrainerError):
+    exit_code = EXIT_RETRYABLE
+    reason = "Retryable"
+
+
+class Interrupted(RetryableError):
+    """SIGTERM/SIGINT: a checkpoint was saved (or none was needed); the next attempt resumes."""
+
+    reason = "Interrupted"
+
+
+class StorageError(RetryableError):
+    reason = "StorageError"

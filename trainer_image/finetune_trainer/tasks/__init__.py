@@ -1,0 +1,1 @@
+"""Task adapters; importing this package registers each of them (see base.register)."""

@@ -1,0 +1,77 @@
+"""What a task contributes to the training loop: its model class, its features, its batches, its metrics.
+
+The loop in train.py knows nothing task-specific; each task module defines one ``TaskAdapter`` subclass and
+registers it with ``@register``. ``get_task(name)`` returns the adapter for a config's ``task``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from finetune_trainer.config import DatasetSpec, Task
+
+
+@dataclass
+class RawSplits:
+    """The untokenized data as loaded by data.py: a train split and an eval split (``datasets.Dataset``)."""
+
+    train: Any
+    eval: Any | None
+
+
+@dataclass
+class PreparedData:
+    """Tokenized features ready for batching.
+
+    ``train``/``eval`` are ``datasets.Dataset`` objects whose columns are exactly what ``collate`` reads, plus a
+    ``length`` column (tokens per example) used for length-grouped batching and the tokens/s metric.
+    ``eval_examples`` keeps the raw eval rows for tasks whose metrics need the source text (QA, seq2seq).
+    ``model_kwargs`` go to ``from_pretrained`` (num_labels, id2label, label2id, ...).
+    """
+
+    train: Any
+    eval: Any | None
+    eval_examples: Any | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskAdapter(ABC):
+    task: ClassVar[Task]
+    auto_model: ClassVar[str]  # name of the transformers Auto class, e.g. "AutoModelForSequenceClassification"
+    primary_metric: ClassVar[str]  # the metric summaries lead with and early stopping defaults to
+    greater_is_better: ClassVar[bool] = True
+
+    @abstractmethod
+    def prepare(self, raw: RawSplits, tokenizer: Any, dataset: DatasetSpec) -> PreparedData:
+        """Validate columns (raise DataError naming the missing column and the ones present), tokenize."""
+
+    def collate(self, tokenizer: Any, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad one batch to its own longest row (dynamic padding). Tasks with labels per token override this."""
+        from transformers import DataCollatorWithPadding
+
+        rows = [{k: v for k, v in f.items() if k != "length"} for f in features]
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")(rows)
+
+    @abstractmethod
+    def evaluate(self, model: Any, data: PreparedData, tokenizer: Any, batch_size: int, device: Any) -> dict[str, float]:
+        """Run the eval split; return metrics named ``eval_*`` (``eval_loss`` whenever the task has a loss)."""
+
+
+_REGISTRY: dict[str, type[TaskAdapter]] = {}
+
+
+def register(cls: type[TaskAdapter]) -> type[TaskAdapter]:
+    _REGISTRY[Task(cls.task).value] = cls
+    return cls
+
+
+def get_task(name: str) -> TaskAdapter:
+    if not _REGISTRY:
+        from finetune_trainer import tasks  # noqa: F401  (importing the package registers every task)
+    try:
+        return _REGISTRY[Task(name).value]()
+    except KeyError:
+        raise ValueError(f"task {name!r} has no trainer implementation; available: {sorted(_REGISTRY)}") from None
