@@ -45,19 +45,19 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    _, config = _load(args)  # refuse a bad manifest before paying for the trainer's imports
     from finetune_trainer.plan import plan
 
-    _, config = _load(args)
     _print_yaml(plan(config))
     return EXIT_SUCCESS
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    job, config = _load(args)
     from finetune_operator.status import status_from_summary
     from finetune_trainer import train
     from finetune_trainer.errors import TrainerError
 
-    job, config = _load(args)
     print(f"finetune: running {job.metadata.name} ({job.spec.task}, strategy {job.spec.strategy.type}); "
           f"output {config.output.location}", file=sys.stderr)
     try:
