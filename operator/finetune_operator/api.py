@@ -84,9 +84,10 @@ class ResourcesSpec(ApiModel):
     nodes: int = Field(1, ge=1, le=256, description="Nodes; more than 1 runs an Indexed Job with torchrun rendezvous.")
     cpu: str | None = _quantity('CPU request and limit per node, e.g. "8".')
     memory: str | None = _quantity('Memory request and limit per node, e.g. "32Gi".')
-    gpu_resource: str = Field(
-        "nvidia.com/gpu", min_length=1, max_length=253, pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$",
-        description="Extended resource name of the GPU.",
+    gpu_resource: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$",
+        description="Extended resource name of the GPU (default: the operator's setting, nvidia.com/gpu unless "
+                    "the cluster admin changed it, e.g. amd.com/gpu).",
     )
     node_selector: dict[str, str] | None = Field(None, description="Node labels the trainer pods must match.")
     tolerations: list[Toleration] | None = Field(None, max_length=64, description="Tolerations for trainer pods.")

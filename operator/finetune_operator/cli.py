@@ -76,12 +76,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_operator(args: argparse.Namespace) -> int:
-    from finetune_operator import runner
-
-    return runner.main(args.operator_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune", description="Fine-tune pre-trained language models, locally or on Kubernetes.")
@@ -102,10 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(handler=cmd_crd)
 
-    operator = commands.add_parser("operator", help="run the Kopf operator (see `finetune operator --help`)",
-                                   add_help=False)
-    operator.add_argument("operator_args", nargs=argparse.REMAINDER)
-    operator.set_defaults(handler=cmd_operator)
+    # `finetune operator ...` is handed whole to the operator's own parser (see main).
+    commands.add_parser("operator", help="run the Kopf operator (see `finetune operator --help`)", add_help=False)
     return parser
 
 
@@ -114,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_operator.manifest import ManifestError
     from finetune_trainer.errors import TrainerError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["operator"]:
+        from finetune_operator import runner
+
+        return runner.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -1,0 +1,73 @@
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "finetune-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name of the operator's objects, overridable with fullnameOverride. */}}
+{{- define "finetune-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "finetune-operator.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "finetune-operator.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "finetune-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "finetune-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "finetune-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "finetune-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "finetune-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces watched when rbac.clusterWide is false, as a YAML list. */}}
+{{- define "finetune-operator.namespaces" -}}
+{{- toYaml (default (list .Release.Namespace) .Values.namespaces) -}}
+{{- end -}}
+
+{{/*
+What the operator does with FineTuneJobs and their children, granted cluster-wide or per namespace.
+Every verb is used: Kopf lists, watches and patches FineTuneJobs (its annotations and finalizer), the operator
+reads one and deletes it after ttlSecondsAfterFinished; it patches only the status subresource; it creates
+ConfigMaps, Services and Jobs (never updates or deletes them: owner references let the garbage collector do
+that), watches Jobs, suspends/resumes them by patch, lists pods for their termination messages, posts Events.
+*/}}
+{{- define "finetune-operator.rules" -}}
+- apiGroups: [finetune.io]
+  resources: [finetunejobs]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [finetune.io]
+  resources: [finetunejobs/status]
+  verbs: [get, patch]
+# Children carry blockOwnerDeletion owner references, which need this where
+# OwnerReferencesPermissionEnforcement is enabled.
+- apiGroups: [finetune.io]
+  resources: [finetunejobs/finalizers]
+  verbs: [update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create, list, watch, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [create]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}

@@ -1,0 +1,219 @@
+"""The one module that talks to the Kubernetes API (Kopf's own watching aside).
+
+Objects travel as plain dicts in their wire form, the same dicts render.py builds, through the kubernetes
+client's transport (auth, TLS, kubeconfig or in-cluster config) without its typed models. Errors become a
+small hierarchy the reconciler can act on: ``Unavailable`` (connection lost, 5xx, 429: retry later),
+``NotFound``, ``Conflict``, and ``KubeError`` for the rest (e.g. 403 from a too narrow Role).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+import urllib3
+from kubernetes import config as kube_config
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
+
+from finetune_operator.api import API_VERSION, GROUP, KIND, PLURAL
+from finetune_operator.render import LABEL_JOB
+
+log = logging.getLogger(__name__)
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+EVENT_SOURCE = "finetune-operator"
+MAX_EVENT_MESSAGE = 1024
+# (connect, read) seconds: a hung apiserver must not hold a reconcile thread for long.
+REQUEST_TIMEOUT = (5, 30)
+
+_COLLECTIONS = {
+    ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
+    ("v1", "Service"): "/api/v1/namespaces/{namespace}/services",
+    ("v1", "Pod"): "/api/v1/namespaces/{namespace}/pods",
+    ("v1", "Event"): "/api/v1/namespaces/{namespace}/events",
+    ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{namespace}/jobs",
+    (API_VERSION, KIND): f"/apis/{API_VERSION}/namespaces/{{namespace}}/{PLURAL}",
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status} {message}" if status else message)
+        self.status = status
+
+
+class Unavailable(KubeError):
+    """The API could not be reached or could not answer now; the same call may succeed later."""
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+def _error(status: int, body: bytes | str | None) -> KubeError:
+    try:
+        message = json.loads(body or b"{}").get("message") or ""
+    except ValueError:
+        message = (body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or ""))[:300]
+    if status in (404, 410):
+        return NotFound(status, message)
+    if status == 409:
+        return Conflict(status, message)
+    if status == 0 or status == 429 or status >= 500:
+        return Unavailable(status, message or "the API server did not answer")
+    return KubeError(status, message)
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    return _COLLECTIONS[(api_version, kind)].format(namespace=namespace)
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` ({} when they are equal)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
+class Kube:
+    def __init__(self, api: ApiClient):
+        self.api = api
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None) -> Kube:
+        """From ``kubeconfig`` if given, else the pod's ServiceAccount, else $KUBECONFIG or ~/.kube/config."""
+        configuration = Configuration()
+        if kubeconfig:
+            kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            try:
+                kube_config.load_incluster_config(client_configuration=configuration)
+            except kube_config.ConfigException:
+                kube_config.load_kube_config(client_configuration=configuration)
+        return cls(ApiClient(configuration))
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        """The same identity for Kopf's watches (its login handler), so one RBAC subject does everything."""
+        config = self.api.configuration
+        # Asking for the key runs the client's refresh hook: a re-login after a 401 gets a rotated token.
+        header = config.get_api_key_with_prefix("BearerToken") or ""
+        scheme, _, token = header.rpartition(" ")
+        return kopf.ConnectionInfo(
+            server=config.host,
+            ca_path=config.ssl_ca_cert,
+            insecure=not config.verify_ssl,
+            username=config.username or None,
+            password=config.password or None,
+            scheme=scheme or None,
+            token=token or None,
+            certificate_path=config.cert_file,
+            private_key_path=config.key_file,
+        )
+
+    # ------------------------------------------------------------------------------------------ transport
+
+    def _request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
+                 content_type: str = "application/json") -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        request = self.api.param_serialize(method, path, query_params=list((query or {}).items()),
+                                           header_params=headers, body=body, auth_settings=["BearerToken"])
+        try:
+            response = self.api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+            response.read()
+        except ApiException as error:  # raised by the transport for TLS and connection failures
+            raise _error(error.status or 0, error.body or error.reason) from None
+        except urllib3.exceptions.HTTPError as error:
+            raise Unavailable(0, f"cannot reach the API server: {error}") from None
+        if not 200 <= response.status <= 299:
+            raise _error(response.status, response.data)
+        return json.loads(response.data or b"{}")
+
+    # ------------------------------------------------------------------------------------------ FineTuneJobs
+
+    def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", f"{collection_path(API_VERSION, KIND, namespace)}/{name}")
+        except NotFound:
+            return None
+
+    def patch_status(self, namespace: str, name: str, status_patch: dict[str, Any]) -> None:
+        self._request("PATCH", f"{collection_path(API_VERSION, KIND, namespace)}/{name}/status",
+                      {"status": status_patch}, content_type="application/merge-patch+json")
+
+    def delete_finetunejob(self, namespace: str, name: str) -> None:
+        try:
+            self._request("DELETE", f"{collection_path(API_VERSION, KIND, namespace)}/{name}",
+                          query={"propagationPolicy": "Background"})
+        except NotFound:
+            pass
+
+    def crd_installed(self) -> bool:
+        try:
+            self._request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
+        except NotFound:
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------------------ children
+
+    def list_children(self, namespace: str, job_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The Jobs and pods of every attempt of a FineTuneJob."""
+        query = {"labelSelector": f"{LABEL_JOB}={job_name}"}
+        jobs = self._request("GET", collection_path("batch/v1", "Job", namespace), query=query)
+        pods = self._request("GET", collection_path("v1", "Pod", namespace), query=query)
+        return jobs.get("items", []), pods.get("items", [])
+
+    def create_if_absent(self, obj: dict[str, Any]) -> bool:
+        """Create ``obj``; True if this call created it, False if it existed (a retried reconcile)."""
+        meta = obj["metadata"]
+        try:
+            self._request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
+        except Conflict:
+            return False
+        return True
+
+    def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        self._request("PATCH", f"{collection_path('batch/v1', 'Job', namespace)}/{name}",
+                      {"spec": {"suspend": suspend}}, content_type="application/merge-patch+json")
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def post_event(self, ftj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Best effort: a lost Event must not fail a reconcile, so failures are logged and dropped."""
+        meta = ftj["metadata"]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "namespace": meta["namespace"],
+                "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:MAX_EVENT_MESSAGE],
+            "source": {"component": EVENT_SOURCE, "host": socket.gethostname()},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self._request("POST", collection_path("v1", "Event", meta["namespace"]), event)
+        except KubeError as error:
+            log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], error)

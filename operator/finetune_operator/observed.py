@@ -1,0 +1,207 @@
+"""What the operator sees of a FineTuneJob in the cluster, as plain values the lifecycle can decide on.
+
+The gatherer (reconciler.py) reads the FineTuneJob, its attempts' Jobs and their pods, and the latest scraped
+trainer metrics; the functions here turn those raw API objects into the frozen dataclasses below. They are pure,
+so the lifecycle's tests build an ``Observed`` from literal dicts without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune_operator.api import FineTuneJob, FineTuneJobStatus
+from finetune_operator.manifest import describe_validation_error
+from finetune_operator.render import COMPLETION_INDEX_ANNOTATION, CONTAINER, LABEL_ATTEMPT
+
+# Pod-level reasons (pod.status.reason) of pods that were stopped from outside: a new attempt can succeed.
+DISRUPTED_POD_REASONS = frozenset({
+    "Evicted", "Preempted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated",
+    "UnexpectedAdmissionError",
+})
+
+
+@dataclass(frozen=True)
+class Terminated:
+    """The trainer container's last termination."""
+
+    exit_code: int
+    reason: str = ""  # the runtime's: Completed, Error, OOMKilled, ...
+    message: str = ""  # the termination message: the trainer's JSON summary, or the log tail
+    finished_at: str = ""
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """The trainer's exit summary, when the termination message is one (not a log tail)."""
+        try:
+            summary = json.loads(self.message)
+        except ValueError:
+            return None
+        return summary if isinstance(summary, dict) else None
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    name: str
+    phase: str = "Pending"
+    index: int = 0  # completion index (rank of the node); 0 for single-node jobs
+    ip: str | None = None
+    ready: bool = False
+    terminated: Terminated | None = None
+    disruption: str | None = None  # why the pod was stopped from outside (DisruptionTarget, eviction, ...)
+    waiting: str | None = None  # why it does not run yet: "Unschedulable: 0/3 nodes ...", "ImagePullBackOff: ..."
+
+
+@dataclass(frozen=True)
+class ObservedAttempt:
+    number: int
+    parallelism: int = 1
+    suspended: bool = False
+    complete: bool = False
+    failed: bool = False
+    failure_reason: str = ""  # the Job's Failed condition: DeadlineExceeded, PodFailurePolicy, BackoffLimitExceeded
+    failure_message: str = ""
+    pods: tuple[ObservedPod, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed
+
+    @property
+    def ready_pods(self) -> int:
+        return sum(1 for p in self.pods if p.ready)
+
+    @property
+    def rank0(self) -> ObservedPod | None:
+        """The pod that reports for the attempt: rank 0 serves the metrics and writes the summary."""
+        return next((p for p in self.pods if p.index == 0), None)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything one reconcile of a FineTuneJob decides on."""
+
+    name: str
+    namespace: str
+    generation: int
+    now: datetime
+    job: FineTuneJob | None  # None when the stored object does not parse (see spec_error)
+    status: FineTuneJobStatus = field(default_factory=FineTuneJobStatus)
+    attempts: tuple[ObservedAttempt, ...] = ()  # ordered by number
+    scraped: dict[str, Any] | None = None  # {"progress": {...}, "metrics": {...}} from rank 0's endpoint
+    spec_error: str = ""
+
+    @property
+    def current(self) -> ObservedAttempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+def _condition(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _terminated(pod: dict[str, Any]) -> Terminated | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = (status.get("state") or {}).get("terminated")
+        if status.get("name") == CONTAINER and state:
+            return Terminated(
+                exit_code=int(state.get("exitCode", 0)),
+                reason=state.get("reason") or "",
+                message=(state.get("message") or "").strip(),
+                finished_at=state.get("finishedAt") or "",
+            )
+    return None
+
+
+def _disruption(pod: dict[str, Any]) -> str | None:
+    target = _condition(pod, "DisruptionTarget")
+    if target:
+        return f"{target.get('reason') or 'DisruptionTarget'}: {target.get('message') or 'pod disrupted'}"
+    status = pod.get("status") or {}
+    if status.get("reason") in DISRUPTED_POD_REASONS:
+        return f"{status['reason']}: {status.get('message') or 'pod stopped by the node'}"
+    return None
+
+
+def _waiting(pod: dict[str, Any]) -> str | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"{cond.get('reason') or 'Unschedulable'}: {cond.get('message') or 'not scheduled yet'}"
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        # ContainerCreating and PodInitializing are a normal start, not a reason to report.
+        if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+            return f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
+    return None
+
+
+def observe_pod(pod: dict[str, Any]) -> ObservedPod:
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    ready = _condition(pod, "Ready") is not None
+    return ObservedPod(
+        name=meta.get("name", ""),
+        phase=status.get("phase") or "Pending",
+        index=int((meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION, 0)),
+        ip=status.get("podIP"),
+        ready=ready,
+        terminated=_terminated(pod),
+        disruption=_disruption(pod),
+        waiting=None if ready else _waiting(pod),
+    )
+
+
+def attempt_number(obj: dict[str, Any]) -> int:
+    return int(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, 0))
+
+
+def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]]) -> ObservedAttempt:
+    """One attempt from its batch/v1 Job and the pods labelled with its number."""
+    number = attempt_number(job)
+    spec = job.get("spec") or {}
+    failed = _condition(job, "Failed")
+    return ObservedAttempt(
+        number=number,
+        parallelism=int(spec.get("parallelism", 1)),
+        suspended=bool(spec.get("suspend")),
+        complete=_condition(job, "Complete") is not None,
+        failed=failed is not None,
+        failure_reason=(failed or {}).get("reason") or "",
+        failure_message=(failed or {}).get("message") or "",
+        pods=tuple(sorted((observe_pod(p) for p in pods if attempt_number(p) == number),
+                          key=lambda p: (p.index, p.name))),
+    )
+
+
+def observe(ftj: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]], now: datetime,
+            scraped: dict[str, Any] | None = None) -> Observed:
+    meta = ftj.get("metadata") or {}
+    try:
+        job, spec_error = FineTuneJob.model_validate(ftj), ""
+    except ValidationError as error:
+        # The CRD admitted it, so the CRD and this operator disagree (e.g. a newer CRD): report, do not crash.
+        job, spec_error = None, describe_validation_error(error)
+    try:
+        status = FineTuneJobStatus.model_validate(ftj.get("status") or {})
+    except ValidationError:
+        status = FineTuneJobStatus()  # written by someone else; the next status patch replaces it
+    attempts = sorted((observe_attempt(j, pods) for j in jobs), key=lambda a: a.number)
+    return Observed(
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace", ""),
+        generation=int(meta.get("generation", 0)),
+        now=now,
+        job=job,
+        status=status,
+        attempts=tuple(a for a in attempts if a.number > 0),
+        scraped=scraped,
+        spec_error=spec_error,
+    )

@@ -1,0 +1,120 @@
+"""One pass over one FineTuneJob: gather what is observed, let the lifecycle decide, act, write the status.
+
+Every trigger (the FineTuneJob changed, one of its Jobs changed, the poll timer) runs the same pass, so the
+outcome depends only on what the cluster holds, never on which event arrived or whether an earlier pass was
+cut short: a pass killed after creating a Job finds that Job next time (deterministic names) and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+
+from finetune_operator import metrics
+from finetune_operator.kube import Kube, NotFound, merge_patch
+from finetune_operator.lifecycle import (
+    CreateAttempt,
+    Decision,
+    DeleteFineTuneJob,
+    ResumeAttempt,
+    SuspendAttempt,
+    decide,
+    next_status,
+    transition_event,
+)
+from finetune_operator.observed import Observed, observe
+from finetune_operator.render import attempt_name, build_attempt
+from finetune_operator.scrape import Scraper
+from finetune_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: Settings, scraper: Scraper,
+                 clock: Callable[[], datetime] = utc_now):
+        self.kube, self.settings, self.scraper, self.clock = kube, settings, scraper, clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, key: str) -> threading.Lock:
+        # Triggers of one job arrive on different Kopf workers; one pass at a time per job keeps Events single.
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is kept in memory about a deleted FineTuneJob."""
+        key = f"{namespace}/{name}"
+        with self._locks_guard:
+            self._locks.pop(key, None)
+        self.scraper.forget(key)
+
+    def reconcile(self, namespace: str, name: str, poll: bool = False) -> Decision | None:
+        """Bring one FineTuneJob a step closer to its spec; ``poll`` also reads the trainer's progress."""
+        started = time.monotonic()
+        try:
+            with self._lock(f"{namespace}/{name}"):
+                decision = self._pass(namespace, name, poll)
+        except Exception:
+            metrics.RECONCILES.labels(result="error").inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        metrics.RECONCILES.labels(result="success").inc()
+        return decision
+
+    def _pass(self, namespace: str, name: str, poll: bool) -> Decision | None:
+        ftj = self.kube.get_finetunejob(namespace, name)
+        if ftj is None or ftj["metadata"].get("deletionTimestamp"):
+            return None  # deleted: garbage collection removes the children
+        jobs, pods = self.kube.list_children(namespace, name)
+        observed = observe(ftj, jobs, pods, self.clock())
+        if poll:
+            observed = replace(observed, scraped=self._scrape(observed))
+        decision = decide(observed)
+        self._act(observed, decision)
+        if isinstance(decision.action, DeleteFineTuneJob):
+            return decision
+        patch = merge_patch(ftj.get("status") or {}, next_status(observed, decision))
+        if patch:
+            try:
+                self.kube.patch_status(namespace, name, patch)
+            except NotFound:
+                return None  # deleted while we looked at it
+        event = transition_event(observed, decision)
+        if event:
+            log.info("%s/%s: %s (%s): %s", namespace, name, decision.phase.value, decision.reason, decision.message)
+            self.kube.post_event(ftj, *event)
+        return decision
+
+    def _scrape(self, o: Observed) -> dict | None:
+        rank0 = o.current.rank0 if o.current else None
+        if rank0 is None or rank0.phase != "Running" or not rank0.ip:
+            return None
+        return self.scraper.read(f"{o.namespace}/{o.name}", rank0.ip)
+
+    def _act(self, o: Observed, d: Decision) -> None:
+        action = d.action
+        if isinstance(action, CreateAttempt):
+            objects = build_attempt(o.job, action.number, self.settings, suspend=action.suspend,
+                                    active_deadline_seconds=action.active_deadline_seconds)
+            for obj in objects:
+                created = self.kube.create_if_absent(obj)
+                if created and obj["kind"] == "Job":
+                    metrics.ATTEMPTS.inc()
+                    if action.number > 1:
+                        metrics.RESTARTS.inc()
+        elif isinstance(action, (SuspendAttempt, ResumeAttempt)):
+            self.kube.set_job_suspend(o.namespace, attempt_name(o.name, action.number),
+                                      isinstance(action, SuspendAttempt))
+        elif isinstance(action, DeleteFineTuneJob):
+            log.info("%s/%s: deleting, spec.runPolicy.ttlSecondsAfterFinished has passed", o.namespace, o.name)
+            self.kube.delete_finetunejob(o.namespace, o.name)

@@ -1,0 +1,100 @@
+"""`finetune operator`: run the Kopf operator until SIGTERM/SIGINT.
+
+Standalone (no Kopf peering): one replica per set of namespaces, which the Helm chart's Deployment guarantees.
+Serves Prometheus metrics on --metrics-port and Kopf's liveness probe on --health-port (/healthz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import kopf
+
+from finetune_operator import handlers, logs, metrics
+from finetune_operator.kube import Kube
+from finetune_operator.poller import Poller
+from finetune_operator.reconciler import Reconciler
+from finetune_operator.scrape import Scraper
+from finetune_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+# Longest wait before restarting the watches after Kopf stopped them; short enough for liveness probes.
+MAX_RESTART_DELAY = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune operator",
+        description="Run the FineTuneJob operator. Flags override FINETUNE_* environment variables "
+                    "(e.g. FINETUNE_NAMESPACES=a,b, FINETUNE_TRAINER_IMAGE).")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", metavar="NAMESPACE",
+                       help="watch this namespace (repeatable; default: all namespaces)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: the pod's ServiceAccount, else $KUBECONFIG "
+                                             "or ~/.kube/config)")
+    parser.add_argument("--trainer-image", help="default trainer image (a job's spec.image overrides it)")
+    parser.add_argument("--gpu-resource", help="extended resource name of GPUs (default nvidia.com/gpu)")
+    parser.add_argument("--metrics-port", type=int, help="operator metrics port (default 8080)")
+    parser.add_argument("--health-port", type=int, help="liveness endpoint port, /healthz (default 8081)")
+    parser.add_argument("--poll-interval", type=float,
+                        help="seconds between progress polls of a running job (default 15)")
+    parser.add_argument("--log-level", default=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        os.environ,
+        namespaces=() if args.all_namespaces else args.namespaces,
+        trainer_image=args.trainer_image,
+        gpu_resource=args.gpu_resource,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        poll_interval=args.poll_interval,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    settings = settings_from(args)
+    kube = Kube.connect(args.kubeconfig)
+    scraper = Scraper(settings.trainer_metrics_port, settings.scrape_timeout, min_interval=settings.poll_interval)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry)
+    metrics.serve(settings.metrics_port)
+    reconciler = Reconciler(kube, settings, scraper)
+    memo = kopf.Memo(reconciler=reconciler, poller=Poller(reconciler, settings.poll_interval))
+    scope = f"namespaces {', '.join(settings.namespaces)}" if settings.namespaces else "all namespaces"
+    log.info("watching FineTuneJobs in %s; trainer image %s; metrics on :%d",
+             scope, settings.trainer_image, settings.metrics_port)
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            kopf.run(
+                registry=registry,
+                standalone=True,
+                clusterwide=not settings.namespaces,
+                namespaces=settings.namespaces,
+                liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+                memo=memo,
+            )
+            return 0  # stopped by SIGTERM/SIGINT
+        except Exception as error:  # noqa: BLE001 - Kopf gives up on a watch that 404s (CRD deleted), etc.
+            # Start the watches again in-process, rather than exit into a crash loop: a missing CRD is then
+            # waited for (Kopf watches CRDs), and an API server that comes back is picked up.
+            delay = 1.0 if time.monotonic() - started > MAX_RESTART_DELAY else min(2 * delay, MAX_RESTART_DELAY)
+            log.error("watches stopped (%s: %s); starting them again in %.0fs", type(error).__name__, error, delay)
+            log.debug("watches stopped", exc_info=True)
+            time.sleep(delay)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

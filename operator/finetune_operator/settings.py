@@ -1,0 +1,59 @@
+"""Operator settings: what a cluster admin chooses once for every FineTuneJob the operator runs.
+
+Each setting has a default, can be set from the environment (``FINETUNE_<NAME>``, which is how the Helm chart's
+Deployment passes values) and from a command-line flag of ``finetune operator`` (see runner.py), in that order of
+precedence: flag over environment over default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+ENV_PREFIX = "FINETUNE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    trainer_image: str = f"ghcr.io/finetune-operator/trainer:{version('finetune-operator')}"
+    image_pull_policy: str = "IfNotPresent"
+    gpu_resource: str = "nvidia.com/gpu"  # for jobs that do not name spec.resources.gpuResource
+    metrics_port: int = 8080  # the operator's own Prometheus endpoint
+    health_port: int = 8081  # the operator's liveness endpoint (/healthz)
+    poll_interval: float = 15.0  # seconds between progress polls of a running job (bounds the scrape rate)
+    scrape_timeout: float = 2.0  # seconds for one read of a trainer's metrics endpoint
+    trainer_metrics_port: int = 9090
+    rendezvous_port: int = 29500  # torchrun's store on rank 0 of a multi-node job
+    pvc_mount_root: str = "/mnt/pvc"  # pvc://claim/path is mounted at <root>/<claim>
+    # SIGTERM to SIGKILL: the trainer saves a checkpoint in this time, so it must cover one checkpoint write.
+    termination_grace_seconds: int = 300
+    run_as_user: int = 1000  # the trainer image's non-root user
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
+        """Defaults, overlaid with FINETUNE_* variables, overlaid with ``overrides`` that are not None."""
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _parse(field.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "namespaces" in values:
+            values["namespaces"] = tuple(values["namespaces"])
+        return cls(**values)
+
+
+def _parse(kind: Any, raw: str) -> Any:
+    # Annotations are strings here (from __future__ import annotations).
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw

@@ -1,0 +1,478 @@
+"""The operator against the real control plane (tools/k8s): a separate process with exactly the RBAC the Helm
+chart grants (a token for the chart's ServiceAccount), FineTuneJobs applied with kubectl, KWOK running the pods.
+
+KWOK hooks (tools/k8s/kwok/stages.yaml), set through spec.podMetadata or by patching a pod:
+  label finetune.io/fake-fail=true + annotations finetune.io/fake-exit-code / fake-termination-message: fail
+  label finetune.io/fake-run=forever: stay Running until the label goes (then complete) or the pod is deleted
+Trainer pods run in a namespace that enforces the "restricted" Pod Security profile.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import pytest
+import yaml
+
+if TYPE_CHECKING:
+    from conftest import ControlPlane
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "finetune.io_finetunejobs.yaml"
+CHART = REPO / "charts" / "finetune-operator"
+IMAGE = "registry.example/finetune-trainer:test"
+
+FAKE_FAIL, FAKE_RUN = "finetune.io/fake-fail", "finetune.io/fake-run"
+FAKE_EXIT, FAKE_MESSAGE = "finetune.io/fake-exit-code", "finetune.io/fake-termination-message"
+RUN_FOREVER = {"labels": {FAKE_RUN: "forever"}}
+
+
+def _summary(phase: str, reason: str, message: str, exit_code: int, **extra: Any) -> str:
+    return json.dumps({"phase": phase, "reason": reason, "message": message, "exitCode": exit_code, **extra})
+
+
+INTERRUPTED = _summary("Interrupted", "Interrupted", "SIGTERM: checkpoint saved", 75,
+                       checkpoint={"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40})
+BAD_LAYERS = _summary("Failed", "InvalidLayerSelection", "last:30 asks for 30 blocks; the model has 12", 2,
+                      field="strategy.layers")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Operator:
+    """`python -m finetune_operator.runner` as a child process, stoppable and restartable."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
+        self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
+        self.health_port, self.metrics_port = _free_port(), _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "finetune_operator.runner", "--kubeconfig", str(self.kubeconfig),
+               "--namespace", self.namespace, "--trainer-image", IMAGE, "--poll-interval", "1",
+               "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
+        with self.log.open("a") as out:
+            out.write(f"\n==== start {time.strftime('%X')}\n")
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 30
+        while not self._healthy():
+            assert self.proc.poll() is None, f"operator exited: {self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "operator liveness endpoint never answered"
+            time.sleep(0.2)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies under the operator."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+            return r.read().decode()
+
+
+class Env:
+    def __init__(self, cp: ControlPlane, namespace: str, operator: Operator):
+        self.cp, self.ns, self.operator = cp, namespace, operator
+
+    # -------------------------------------------------------------------------------- objects
+
+    def apply_job(self, name: str, pod_metadata: dict | None = None, **spec: Any) -> None:
+        body = {
+            "model": {"source": "hf://org/tiny-bert", "secretRef": {"name": "hf-token"}},
+            "task": "sequence-classification",
+            "dataset": {"source": "hf://glue?config=mrpc"},
+            "strategy": {"type": "partial", "layers": "last:2"},
+            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+            "output": {"location": f"pvc://ckpt/{name}"},
+            "runPolicy": {"backoffLimit": 3},
+        }
+        body.update(spec)
+        if pod_metadata:
+            body["podMetadata"] = pod_metadata
+        manifest = {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
+                    "metadata": {"name": name, "namespace": self.ns}, "spec": body}
+        self.cp.apply(manifest)
+
+    def ftj(self, name: str) -> dict:
+        return self.cp.kubectl_json("get", "finetunejob", name, "-n", self.ns)
+
+    def jobs(self, name: str) -> list[dict]:
+        return self.cp.kubectl_json("get", "jobs", "-n", self.ns, "-l", f"finetune.io/job={name}")["items"]
+
+    def pods(self, name: str, attempt: int | None = None) -> list[dict]:
+        selector = f"finetune.io/job={name}" + (f",finetune.io/attempt={attempt}" if attempt else "")
+        return self.cp.kubectl_json("get", "pods", "-n", self.ns, "-l", selector)["items"]
+
+    def events(self, name: str) -> list[dict]:
+        items = self.cp.kubectl_json("get", "events", "-n", self.ns,
+                                     "--field-selector", f"involvedObject.kind=FineTuneJob,involvedObject.name={name}")
+        return items["items"]
+
+    def condition(self, name: str, ctype: str) -> dict:
+        conditions = self.ftj(name).get("status", {}).get("conditions", [])
+        return next(c for c in conditions if c["type"] == ctype)
+
+    # -------------------------------------------------------------------------------- waiting
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 60) -> dict:
+        def reached() -> dict | None:
+            ftj = self.ftj(name)
+            return ftj if ftj.get("status", {}).get("phase") == phase else None
+        try:
+            return self.cp.wait_for(reached, timeout=timeout, what=f"{name} {phase}")
+        except AssertionError:
+            status = self.ftj(name).get("status")
+            raise AssertionError(f"{name} not {phase}: status {json.dumps(status)}\noperator log:\n"
+                                 f"{self.operator.log.read_text()[-4000:]}") from None
+
+    def wait_running_pods(self, name: str, attempt: int, count: int = 1) -> list[dict]:
+        def running() -> list[dict] | None:
+            pods = [p for p in self.pods(name, attempt) if p.get("status", {}).get("phase") == "Running"
+                    and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+            return pods if len(pods) == count else None
+        return self.cp.wait_for(running, timeout=60, what=f"{count} running pods of {name} attempt {attempt}")
+
+    def patch_pod(self, pod: dict, labels: dict | None = None, annotations: dict | None = None) -> None:
+        meta = {"labels": labels or {}, "annotations": annotations or {}}
+        self.cp.kubectl("patch", "pod", pod["metadata"]["name"], "-n", self.ns, "--type=merge",
+                        "-p", json.dumps({"metadata": meta}))
+
+    def fail_pod(self, pod: dict, code: int, message: str) -> None:
+        self.patch_pod(pod, labels={FAKE_FAIL: "true"}, annotations={FAKE_EXIT: str(code), FAKE_MESSAGE: message})
+
+    def complete_pod(self, pod: dict) -> None:
+        self.patch_pod(pod, labels={FAKE_RUN: None})
+
+
+def _release_manifests(cp: ControlPlane, release: str, system_ns: str, namespace: str) -> str:
+    return subprocess.run(
+        [str(cp.bin_dir / "helm"), "template", release, str(CHART), "--namespace", system_ns,
+         "--set", "rbac.clusterWide=false", "--set", f"namespaces={{{namespace}}}"],
+        check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def env(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    cp = control_plane
+    if not (cp.bin_dir / "helm").exists():
+        pytest.skip(f"helm is not built in {cp.bin_dir} (tools/k8s/build.sh)")
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=fto-tests", "-f", str(CRD))
+    cp.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetune.io", "--timeout=30s")
+    suffix = uuid.uuid4().hex[:6]
+    release, system_ns = f"fto-{suffix}", cp.create_namespace(f"fto-sys-{suffix}")
+    namespace = cp.create_namespace(f"fto-{suffix}", labels={"pod-security.kubernetes.io/enforce": "restricted"})
+    rbac = _release_manifests(cp, release, system_ns, namespace)
+    pv = f"fto-ckpt-{suffix}"
+    tmp = tmp_path_factory.mktemp("operator")
+    try:
+        cp.apply(rbac)
+        cp.apply([
+            {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                      "hostPath": {"path": f"/tmp/{pv}"}, "claimRef": {"namespace": namespace, "name": "ckpt"}}},
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt", "namespace": namespace},
+             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                      "resources": {"requests": {"storage": "1Gi"}}}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": namespace},
+             "stringData": {"HF_TOKEN": "not-a-real-token"}},
+        ])
+        kubeconfig = cp.mint_kubeconfig(system_ns, f"{release}-finetune-operator", tmp / "operator.kubeconfig")
+        operator = Operator(kubeconfig, namespace, tmp / "operator.log")
+        operator.start()
+        yield Env(cp, namespace, operator)
+    finally:
+        if "operator" in locals():
+            operator.stop()
+            print(f"operator log: {operator.log}")
+        cp.delete_namespace(namespace)
+        cp.delete_namespace(system_ns)
+        cp.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=rbac, check=False)
+        cp.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+@pytest.mark.cluster
+def test_job_runs_to_success_with_the_expected_pod(env: Env) -> None:
+    env.apply_job("hello", pod_metadata={"labels": {"team": "nlp"}})
+    job = env.cp.wait_for(lambda: env.jobs("hello"), timeout=30, what="Job hello-a1")[0]
+    assert job["metadata"]["name"] == "hello-a1"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+    pod_spec = job["spec"]["template"]["spec"]
+    [container] = pod_spec["containers"]
+    assert container["image"] == IMAGE
+    assert container["command"] == ["python", "-m", "finetune_trainer", "--config", "/etc/finetune/config.yaml"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    assert pod_spec["automountServiceAccountToken"] is False
+    assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "ckpt"}} in pod_spec["volumes"]
+    config = env.cp.kubectl_json("get", "configmap", "hello-a1", "-n", env.ns)["data"]["config.yaml"]
+    assert yaml.safe_load(config)["output"]["location"] == "/mnt/pvc/ckpt/hello"
+    # Admitted under Pod Security "restricted", scheduled on a KWOK node with GPUs, completed.
+    ftj = env.wait_phase("hello", "Succeeded")
+    [pod] = env.pods("hello")
+    assert pod["metadata"]["labels"]["team"] == "nlp"
+    assert pod["spec"]["nodeName"].startswith("kwok-node-")
+    status = ftj["status"]
+    assert status["attempts"] == 1 and status["completionTime"] and status["observedGeneration"] == 1
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Succeeded"]["status"] == conditions["Ready"]["status"] == "True"
+    assert conditions["Running"]["status"] == conditions["Failed"]["status"] == "False"
+    assert conditions["Succeeded"]["reason"] == "TrainingSucceeded"
+    reasons = [e["reason"] for e in env.events("hello")]
+    assert {"AttemptCreated", "TrainingSucceeded"} <= set(reasons)
+    assert len(reasons) == len(set(reasons))  # one Event per transition
+    assert all(e["source"]["component"] == "finetune-operator" for e in env.events("hello"))
+    # Kopf's bookkeeping is in finetune.io/ annotations, not in status.
+    assert set(status) <= {"phase", "conditions", "attempts", "startTime", "completionTime", "observedGeneration",
+                           "progress", "metrics", "parameters", "checkpoint", "output"}
+    assert any(k.startswith("finetune.io/") for k in ftj["metadata"]["annotations"])
+    assert not ftj["metadata"].get("finalizers")  # deletable while the operator is down or uninstalled
+    assert "finetune_operator_attempts_total" in env.operator.metrics()
+
+
+@pytest.mark.cluster
+def test_retryable_failure_creates_attempt_2_which_succeeds(env: Env) -> None:
+    env.apply_job("retry", pod_metadata=RUN_FOREVER)
+    [pod] = env.wait_running_pods("retry", 1)
+    env.fail_pod(pod, 75, INTERRUPTED)
+    [pod2] = env.wait_running_pods("retry", 2)
+    ftj = env.ftj("retry")
+    assert ftj["status"]["attempts"] == 2
+    assert ftj["status"]["checkpoint"] == {"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40}
+    env.complete_pod(pod2)
+    ftj = env.wait_phase("retry", "Succeeded")
+    assert [j["metadata"]["name"] for j in env.jobs("retry")] == ["retry-a1", "retry-a2"]
+    retrying = [e for e in env.events("retry") if e["reason"] == "Retrying"]
+    assert len(retrying) == 1 and retrying[0]["type"] == "Warning"
+    assert "attempt 1 failed (Interrupted: SIGTERM: checkpoint saved)" in retrying[0]["message"]
+
+
+@pytest.mark.cluster
+def test_permanent_failure_ends_failed_at_once_with_the_trainers_reason(env: Env) -> None:
+    env.apply_job("bad", pod_metadata={"labels": {FAKE_FAIL: "true"},
+                                       "annotations": {FAKE_EXIT: "2", FAKE_MESSAGE: BAD_LAYERS}})
+    env.wait_phase("bad", "Failed")
+    failed = env.condition("bad", "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidLayerSelection")
+    assert failed["message"] == "spec.strategy.layers: last:30 asks for 30 blocks; the model has 12"
+    time.sleep(2)  # a retry, if there were one, would show up as a second Job by now
+    assert [j["metadata"]["name"] for j in env.jobs("bad")] == ["bad-a1"]
+    assert env.ftj("bad")["status"]["attempts"] == 1
+
+
+@pytest.mark.cluster
+def test_backoff_limit_is_honoured(env: Env) -> None:
+    env.apply_job("flaky", runPolicy={"backoffLimit": 1},
+                  pod_metadata={"labels": {FAKE_FAIL: "true"},
+                                "annotations": {FAKE_EXIT: "75", FAKE_MESSAGE: INTERRUPTED}})
+    env.wait_phase("flaky", "Failed")
+    failed = env.condition("flaky", "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded" and "backoffLimit: 1" in failed["message"]
+    assert [j["metadata"]["name"] for j in env.jobs("flaky")] == ["flaky-a1", "flaky-a2"]
+
+
+@pytest.mark.cluster
+def test_deadline_fails_the_job_and_ttl_deletes_it(env: Env) -> None:
+    env.apply_job("slow", pod_metadata=RUN_FOREVER,
+                  runPolicy={"activeDeadlineSeconds": 3, "ttlSecondsAfterFinished": 2})
+    assert env.cp.wait_for(lambda: env.jobs("slow"), timeout=30)[0]["spec"]["activeDeadlineSeconds"] <= 3
+    env.wait_phase("slow", "Failed", timeout=30)
+    failed = env.condition("slow", "Failed")
+    assert failed["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds" in failed["message"]
+    env.cp.wait_for(lambda: env.cp.kubectl("get", "finetunejob", "slow", "-n", env.ns, check=False).returncode != 0,
+                    timeout=30, what="slow deleted after its TTL")
+
+
+@pytest.mark.cluster
+def test_suspend_then_resume(env: Env) -> None:
+    env.apply_job("pause", pod_metadata=RUN_FOREVER)
+    env.wait_running_pods("pause", 1)
+    env.wait_phase("pause", "Running")
+    patch = lambda suspend: env.cp.kubectl(  # noqa: E731
+        "patch", "finetunejob", "pause", "-n", env.ns, "--type=merge",
+        "-p", json.dumps({"spec": {"runPolicy": {"suspend": suspend}}}))
+    patch(True)
+    env.wait_phase("pause", "Suspended")
+    assert env.jobs("pause")[0]["spec"]["suspend"] is True
+    env.cp.wait_for(lambda: not env.pods("pause"), timeout=30, what="suspended pods gone")
+    assert env.condition("pause", "Suspended")["status"] == "True"
+    patch(False)
+    [pod] = env.wait_running_pods("pause", 1)
+    env.wait_phase("pause", "Running")
+    assert env.jobs("pause")[0]["spec"]["suspend"] is False
+    assert [j["metadata"]["name"] for j in env.jobs("pause")] == ["pause-a1"]  # resumed, not a new attempt
+    env.complete_pod(pod)
+    env.wait_phase("pause", "Succeeded")
+    reasons = [e["reason"] for e in env.events("pause")]
+    assert "Suspended" in reasons and "Resumed" in reasons
+
+
+@pytest.mark.cluster
+def test_operator_killed_mid_reconcile_restarts_without_duplicates(env: Env) -> None:
+    env.operator.kill()
+    env.apply_job("crash", pod_metadata=RUN_FOREVER)
+    env.operator.start()
+    env.cp.wait_for(lambda: env.jobs("crash"), timeout=30, what="Job crash-a1")
+    env.operator.kill()  # right after creating the attempt, before or while writing the status
+    env.operator.start()
+    [pod] = env.wait_running_pods("crash", 1)
+    env.wait_phase("crash", "Running")
+    assert [j["metadata"]["name"] for j in env.jobs("crash")] == ["crash-a1"]
+    # The attempt fails while the operator is down; the restarted operator retries it exactly once.
+    env.operator.kill()
+    env.fail_pod(pod, 75, INTERRUPTED)
+    env.cp.wait_for(lambda: any(c.get("type") == "Failed" and c.get("status") == "True"
+                                for c in env.jobs("crash")[0].get("status", {}).get("conditions", [])),
+                    timeout=30, what="Job crash-a1 Failed")
+    env.operator.start()
+    [pod2] = env.wait_running_pods("crash", 2)
+    assert [j["metadata"]["name"] for j in env.jobs("crash")] == ["crash-a1", "crash-a2"]
+    assert env.ftj("crash")["status"]["attempts"] == 2
+    env.complete_pod(pod2)
+    env.wait_phase("crash", "Succeeded")
+
+
+@pytest.mark.cluster
+def test_multi_node_runs_an_indexed_job_and_delete_cascades(env: Env) -> None:
+    env.apply_job("gang", pod_metadata=RUN_FOREVER, resources={"nodes": 2, "gpus": 4, "cpu": "2", "memory": "2Gi"})
+    pods = env.wait_running_pods("gang", 1, count=2)
+    env.wait_phase("gang", "Running")
+    [job] = env.jobs("gang")
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    service = env.cp.kubectl_json("get", "service", "gang-a1", "-n", env.ns)
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    by_index = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p for p in pods}
+    assert sorted(by_index) == ["0", "1"]
+    for index, pod in by_index.items():
+        assert pod["spec"]["hostname"] == f"gang-a1-{index}" and pod["spec"]["subdomain"] == "gang-a1"
+        command = pod["spec"]["containers"][0]["command"]
+        assert command[:3] == ["torchrun", "--nnodes=2", "--nproc-per-node=4"]
+        assert "--node-rank=$(JOB_COMPLETION_INDEX)" in command and "--master-addr=gang-a1-0.gang-a1" in command
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    # The rendezvous name resolves to rank 0: the headless Service has both ranks as endpoints.
+    slices = env.cp.kubectl_json("get", "endpointslices", "-n", env.ns, "-l", "kubernetes.io/service-name=gang-a1")
+    hostnames = {e.get("hostname") for s in slices["items"] for e in s.get("endpoints") or []}
+    assert {"gang-a1-0", "gang-a1-1"} <= hostnames
+
+    env.cp.kubectl("delete", "finetunejob", "gang", "-n", env.ns, "--wait=true", "--timeout=60s")
+
+    def gone() -> bool:
+        selector = "finetune.io/job=gang"
+        kinds = "jobs,pods,configmaps,services"
+        return not env.cp.kubectl_json("get", kinds, "-n", env.ns, "-l", selector)["items"]
+    env.cp.wait_for(gone, timeout=60, what="children of gang garbage-collected")
+
+
+# ------------------------------------------------------------------------------------------ contract
+
+def _tiny_models():
+    """tests/tiny_models.py, loaded by path so this test does not depend on how pytest sets sys.path."""
+    spec = importlib.util.spec_from_file_location("tiny_models", REPO / "tests" / "tiny_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_contract_rendered_pod_trains_a_tiny_model_and_its_summary_becomes_the_status(tmp_path: Path) -> None:
+    """The contract between operator and trainer, without a cluster: the command and the ConfigMap the operator
+    renders, run as a process with the pod's environment, train to completion; the termination message the
+    trainer leaves is what the operator turns into a Succeeded status. Only the volume root differs from a pod
+    (pvc://claim/path lives under tmp_path instead of /mnt/pvc)."""
+    pytest.importorskip("torch")
+    try:
+        import finetune_trainer.train  # noqa: F401
+    except ImportError as error:
+        pytest.skip(f"the trainer engine does not import yet: {error}")
+    from finetune_operator.api import FineTuneJob
+    from finetune_operator.lifecycle import decide, next_status
+    from finetune_operator.observed import observe
+    from finetune_operator.render import CONFIG_PATH, build_attempt
+    from finetune_operator.settings import Settings
+
+    tiny = _tiny_models()
+    volumes = tmp_path / "pvc"
+    tiny.save_tiny_model("bert", "AutoModelForSequenceClassification", volumes / "models" / "tiny-bert", num_labels=2)
+    tiny.write_sentiment_csv(volumes / "data" / "reviews" / "train.csv", n=32)
+    tiny.write_sentiment_csv(volumes / "data" / "reviews" / "validation.csv", n=16, seed=1)
+    job = FineTuneJob.model_validate({
+        "apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": "contract", "namespace": "ml", "uid": "u-contract", "generation": 1},
+        "spec": {
+            "model": {"source": "pvc://models/tiny-bert"},
+            "task": "sequence-classification",
+            "dataset": {"source": "pvc://data/reviews", "columns": {"text": ["text"], "label": "label"},
+                        "maxLength": 32},
+            "strategy": {"type": "partial", "layers": "last:1"},
+            "training": {"epochs": 1, "batchSize": 8, "learningRate": 1e-3},
+            "output": {"location": "pvc://ckpt/contract"},
+        },
+    })
+    config_map, pod_job = build_attempt(job, 1, Settings(pvc_mount_root=str(volumes)))
+    container = pod_job["spec"]["template"]["spec"]["containers"][0]
+    config_file = tmp_path / "etc" / "config.yaml"
+    config_file.parent.mkdir()
+    config_file.write_text(config_map["data"]["config.yaml"])
+    assert container["command"][0] == "python"
+    command = [sys.executable, *container["command"][1:]]
+    command[command.index(CONFIG_PATH)] = str(config_file)
+    termination_log = tmp_path / "termination-log"
+    termination_log.touch()  # the kubelet provides the file; the trainer writes it only if it exists
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e},
+           "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "FINETUNE_TERMINATION_LOG": str(termination_log)}
+
+    proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    message = termination_log.read_text()
+    pod = {"metadata": {"name": "contract-a1-0-x", "labels": {"finetune.io/attempt": "1"}},
+           "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+               "exitCode": 0, "reason": "Completed", "message": message}}}]}}
+    done = {**pod_job, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    resource = {**job.model_dump(by_alias=True, exclude_none=True, mode="json"),
+                "status": {"phase": "Running", "attempts": 1, "startTime": "2025-01-01T00:00:00Z"}}
+    observed = observe(resource, [done], [pod], datetime.now(timezone.utc))
+    decision = decide(observed)
+    status = next_status(observed, decision)
+    assert (decision.phase.value, decision.reason) == ("Succeeded", "TrainingSucceeded")
+    output = status["output"]["location"]
+    assert output.startswith(str(volumes / "ckpt" / "contract"))
+    assert Path(output).is_dir()
+    assert status["progress"]["percent"] == 100.0 and status["progress"]["step"] == status["progress"]["totalSteps"]
+    assert "trainLoss" in status["metrics"]
+    assert 0 < status["parameters"]["trainable"] < status["parameters"]["total"]

@@ -1,0 +1,28 @@
+"""The API adapter's pure parts (kube.py): status patches and error mapping."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune_operator.kube import Conflict, KubeError, NotFound, Unavailable, _error, merge_patch
+
+
+def test_merge_patch_turns_old_into_new():
+    old = {"phase": "Running", "progress": {"step": 5, "etaSeconds": 10}, "metrics": {"trainLoss": 1.0},
+           "conditions": [{"type": "Ready"}]}
+    new = {"phase": "Succeeded", "progress": {"step": 9}, "metrics": {"trainLoss": 1.0},
+           "conditions": [{"type": "Ready", "status": "True"}], "output": {"location": "/x"}}
+    assert merge_patch(old, new) == {"phase": "Succeeded", "progress": {"step": 9, "etaSeconds": None},
+                                     "conditions": [{"type": "Ready", "status": "True"}],
+                                     "output": {"location": "/x"}}
+    assert merge_patch(new, new) == {}
+
+
+@pytest.mark.parametrize("status, kind", [
+    (404, NotFound), (409, Conflict), (500, Unavailable), (503, Unavailable), (429, Unavailable), (0, Unavailable),
+    (403, KubeError),
+])
+def test_errors_map_to_what_the_reconciler_does_next(status, kind):
+    error = _error(status, b'{"kind":"Status","message":"jobs.batch is forbidden"}')
+    assert type(error) is kind
+    assert "jobs.batch is forbidden" in str(error)

@@ -1,0 +1,319 @@
+"""The FineTuneJob state machine (observed.py + lifecycle.py), from raw API objects to decisions and status,
+without a cluster."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from finetune_operator.lifecycle import (
+    CONDITION_TYPES,
+    CreateAttempt,
+    DeleteFineTuneJob,
+    ResumeAttempt,
+    SuspendAttempt,
+    decide,
+    format_time,
+    next_status,
+    transition_event,
+)
+from finetune_operator.observed import observe
+
+NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T = lambda seconds: format_time(NOW + timedelta(seconds=seconds))  # noqa: E731
+
+
+def ftj(status=None, generation=1, **spec_updates):
+    spec = {
+        "model": {"source": "hf://org/model"},
+        "task": "sequence-classification",
+        "dataset": {"source": "pvc://data/reviews"},
+        "strategy": {"type": "partial", "layers": "last:2"},
+        "output": {"location": "pvc://ckpt/run"},
+        "runPolicy": {"backoffLimit": 3},
+    }
+    for key, value in spec_updates.items():
+        if key in ("runPolicy",):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return {
+        "apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": "mrpc", "namespace": "ml", "uid": "u1", "generation": generation},
+        "spec": spec,
+        "status": status or {},
+    }
+
+
+def job(n, complete=False, failed=None, suspend=False, parallelism=1):
+    conditions = []
+    if complete:
+        conditions.append({"type": "Complete", "status": "True"})
+    if failed:
+        conditions.append({"type": "Failed", "status": "True", "reason": failed, "message": f"Job {failed}"})
+    return {"metadata": {"name": f"mrpc-a{n}", "labels": {"finetune.io/job": "mrpc", "finetune.io/attempt": str(n)}},
+            "spec": {"suspend": suspend, "parallelism": parallelism},
+            "status": {"conditions": conditions}}
+
+
+def pod(n, index=0, phase="Running", ready=True, exit_code=None, message="", reason=None, finished=0,
+        conditions=(), waiting=None, pod_reason=None):
+    status = {"phase": phase, "podIP": "10.0.0.5", "conditions": list(conditions)}
+    if ready:
+        status["conditions"].append({"type": "Ready", "status": "True"})
+    if exit_code is not None:
+        status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": {
+            "exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+            "message": message, "finishedAt": T(finished)}}}]
+    elif waiting:
+        status["containerStatuses"] = [{"name": "trainer", "state": {"waiting": waiting}}]
+    if pod_reason:
+        status["reason"] = pod_reason
+    return {"metadata": {"name": f"mrpc-a{n}-{index}-xyz", "labels": {"finetune.io/attempt": str(n)},
+                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+            "status": status}
+
+
+def summary(phase, reason=None, message="", field=None, exit_code=0, **extra):
+    return json.dumps({"phase": phase, "reason": reason, "message": message, "field": field,
+                       "exitCode": exit_code, **extra})
+
+
+def run(resource, jobs=(), pods=(), now=NOW, scraped=None):
+    o = observe(resource, list(jobs), list(pods), now, scraped)
+    d = decide(o)
+    return o, d, next_status(o, d)
+
+
+def cond(status, ctype):
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+RUNNING = {"phase": "Running", "attempts": 1, "startTime": T(-100)}
+
+
+# ---------------------------------------------------------------------------------------------- start
+
+def test_new_job_creates_attempt_1():
+    o, d, status = run(ftj())
+    assert d.action == CreateAttempt(1, suspend=False, active_deadline_seconds=None)
+    assert (d.phase.value, d.reason) == ("Pending", "AttemptCreated")
+    assert status["attempts"] == 1 and status["startTime"] == T(0) and status["observedGeneration"] == 1
+    assert [c["type"] for c in status["conditions"]] == list(CONDITION_TYPES)
+    assert all(c["status"] == "False" for c in status["conditions"])
+    assert transition_event(o, d) == ("Normal", "AttemptCreated", "created attempt 1 (Job mrpc-a1)")
+
+
+def test_job_created_suspended_is_suspended():
+    _, d, _ = run(ftj(runPolicy={"suspend": True}))
+    assert d.action == CreateAttempt(1, suspend=True)
+    assert (d.phase.value, d.reason) == ("Suspended", "Suspended")
+
+
+def test_queued_job_is_created_suspended_and_left_to_kueue():
+    _, d, _ = run(ftj(queueName="team-a"))
+    assert d.action == CreateAttempt(1, suspend=True) and "team-a" in d.message
+    _, d, _ = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)])
+    assert (d.phase.value, d.reason, d.action) == ("Pending", "Queued", None)
+
+
+def test_missing_job_of_a_recorded_attempt_is_recreated_not_counted_anew():
+    _, d, _ = run(ftj({**RUNNING, "attempts": 2}))
+    assert d.action.number == 2
+
+
+def test_unparseable_spec_fails_with_the_field():
+    resource = ftj()
+    resource["spec"]["strategy"] = {"type": "partial"}  # layers missing: admitted by an older CRD
+    _, d, status = run(resource)
+    assert (d.phase.value, d.reason, d.action) == ("Failed", "InvalidSpec", None)
+    assert "strategy" in d.message
+    assert cond(status, "Failed")["status"] == "True"
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+def test_pods_not_running_yet_say_why():
+    unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}
+    _, d, _ = run(ftj(RUNNING), [job(1)], [pod(1, phase="Pending", ready=False, conditions=[unschedulable])])
+    assert (d.phase.value, d.reason) == ("Pending", "WaitingForPods")
+    assert "0/1" in d.message and "Insufficient nvidia.com/gpu" in d.message
+    _, d, _ = run(ftj(RUNNING), [job(1)], [pod(1, phase="Pending", ready=False,
+                                              waiting={"reason": "ImagePullBackOff", "message": "no such image"})])
+    assert "ImagePullBackOff: no such image" in d.message
+
+
+def test_running_gang_with_progress_from_the_trainer():
+    scraped = {"progress": {"step": 50, "totalSteps": 200, "percent": 25.0, "etaSeconds": 300},
+               "metrics": {"trainLoss": 0.7}}
+    resource = ftj({**RUNNING, "metrics": {"evalLoss": 0.9}})
+    pods = [pod(1, index=0), pod(1, index=1)]
+    o, d, status = run(resource, [job(1, parallelism=2)], pods, scraped=scraped)
+    assert (d.phase.value, d.reason) == ("Running", "TrainerRunning")
+    assert "2/2" in d.message
+    assert status["progress"] == scraped["progress"]
+    assert status["metrics"] == {"evalLoss": 0.9, "trainLoss": 0.7}
+    assert cond(status, "Running")["status"] == "True"
+    _, d, _ = run(resource, [job(1, parallelism=2)], pods[:1])
+    assert (d.phase.value, d.reason) == ("Pending", "WaitingForPods")
+
+
+def test_condition_transition_time_moves_only_when_the_status_flips():
+    _, _, first = run(ftj(RUNNING), [job(1)], [pod(1)])
+    later = NOW + timedelta(minutes=5)
+    _, _, second = run(ftj(first), [job(1)], [pod(1)], now=later)
+    assert cond(second, "Running")["lastTransitionTime"] == cond(first, "Running")["lastTransitionTime"]
+    _, _, third = run(ftj(second), [job(1, complete=True)], [pod(1, phase="Succeeded", ready=False, exit_code=0)],
+                      now=later)
+    assert cond(third, "Running")["status"] == "False"
+    assert cond(third, "Running")["lastTransitionTime"] == format_time(later)
+    assert cond(third, "Failed")["lastTransitionTime"] == cond(first, "Failed")["lastTransitionTime"]
+
+
+# ---------------------------------------------------------------------------------------------- success
+
+def test_success_takes_metrics_and_locations_from_the_summary():
+    message = summary("Succeeded", progress={"step": 200, "totalSteps": 200, "epoch": 3.0},
+                      metrics={"trainLoss": 0.2, "evalAccuracy": 0.86},
+                      parameters={"trainable": 10, "total": 100},
+                      checkpoint={"location": "/mnt/pvc/ckpt/run/checkpoint-200", "step": 200},
+                      output={"location": "/mnt/pvc/ckpt/run/final"})
+    o, d, status = run(ftj(RUNNING), [job(1, complete=True)],
+                       [pod(1, phase="Succeeded", ready=False, exit_code=0, message=message)])
+    assert (d.phase.value, d.reason, d.action) == ("Succeeded", "TrainingSucceeded", None)
+    assert "/mnt/pvc/ckpt/run/final" in d.message
+    assert status["metrics"] == {"trainLoss": 0.2, "evalAccuracy": 0.86}
+    assert status["progress"] == {"step": 200, "totalSteps": 200, "epoch": 3.0, "percent": 100.0, "etaSeconds": 0}
+    assert status["output"] == {"location": "/mnt/pvc/ckpt/run/final"}
+    assert status["parameters"] == {"trainable": 10, "total": 100}
+    assert status["completionTime"] == T(0)
+    assert cond(status, "Ready")["status"] == cond(status, "Succeeded")["status"] == "True"
+    assert transition_event(o, d)[0:2] == ("Normal", "TrainingSucceeded")
+
+
+def test_finished_job_stays_finished_and_is_deleted_after_its_ttl():
+    done = {**RUNNING, "phase": "Succeeded", "completionTime": T(-60),
+            "conditions": [{"type": "Ready", "status": "True", "reason": "TrainingSucceeded", "message": "done"}]}
+    o, d, _ = run(ftj(done), [], [])  # its Jobs were deleted: still Succeeded, no new attempt
+    assert (d.phase.value, d.reason, d.action) == ("Succeeded", "TrainingSucceeded", None)
+    assert transition_event(o, d) is None
+    _, d, _ = run(ftj(done, runPolicy={"ttlSecondsAfterFinished": 120}))
+    assert d.action is None
+    _, d, _ = run(ftj(done, runPolicy={"ttlSecondsAfterFinished": 60}))
+    assert d.action == DeleteFineTuneJob()
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+def test_retryable_exit_creates_the_next_attempt():
+    message = summary("Interrupted", "Interrupted", "SIGTERM; checkpoint saved", exit_code=75,
+                      checkpoint={"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40})
+    o, d, status = run(ftj(RUNNING), [job(1, failed="PodFailurePolicy")],
+                       [pod(1, phase="Failed", ready=False, exit_code=75, message=message)])
+    assert d.action == CreateAttempt(2)
+    assert (d.phase.value, d.reason) == ("Pending", "Retrying")
+    assert "attempt 1 failed (Interrupted: SIGTERM; checkpoint saved)" in d.message and "2 of 4" in d.message
+    assert status["attempts"] == 2
+    assert status["checkpoint"] == {"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40}
+    assert transition_event(o, d)[0] == "Warning"
+
+
+def test_backoff_limit_is_honoured():
+    failed_pod = pod(4, phase="Failed", ready=False, exit_code=75)
+    jobs = [job(n, failed="BackoffLimitExceeded") for n in (1, 2, 3, 4)]
+    _, d, status = run(ftj({**RUNNING, "attempts": 4}), jobs, [failed_pod])
+    assert (d.phase.value, d.reason, d.action) == ("Failed", "BackoffLimitExceeded", None)
+    assert "backoffLimit: 3" in d.message
+    assert status["completionTime"] == T(0)
+    _, d, _ = run(ftj(RUNNING, runPolicy={"backoffLimit": 0}), [job(1, failed="BackoffLimitExceeded")],
+                  [pod(1, phase="Failed", ready=False, exit_code=75)])
+    assert d.reason == "BackoffLimitExceeded"
+
+
+def test_permanent_failure_stops_at_once_with_the_trainers_reason():
+    message = summary("Failed", "InvalidLayerSelection", "last:30 selects more blocks than the model's 12",
+                      field="strategy.layers", exit_code=2)
+    o, d, status = run(ftj(RUNNING), [job(1, failed="PodFailurePolicy")],
+                       [pod(1, phase="Failed", ready=False, exit_code=2, message=message)])
+    assert (d.phase.value, d.reason, d.action) == ("Failed", "InvalidLayerSelection", None)
+    assert d.message == "spec.strategy.layers: last:30 selects more blocks than the model's 12"
+    failed = cond(status, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidLayerSelection")
+    assert transition_event(o, d) == ("Warning", "InvalidLayerSelection", d.message)
+
+
+@pytest.mark.parametrize("pod_kw, reason, retryable", [
+    ({"exit_code": 137, "reason": "OOMKilled"}, "OutOfMemory", False),
+    ({"exit_code": 2, "message": "Traceback ...\nValueError: bad"}, "TrainerFailed", False),
+    ({"exit_code": 1, "message": "CUDA error: an illegal memory access"}, "TrainerExited", True),
+    ({"exit_code": 143, "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                                        "message": "preempted"}]}, "PodDisrupted", True),
+    ({"pod_reason": "Evicted"}, "PodDisrupted", True),
+])
+def test_failure_classification(pod_kw, reason, retryable):
+    _, d, _ = run(ftj(RUNNING), [job(1, failed="BackoffLimitExceeded")],
+                  [pod(1, phase="Failed", ready=False, **pod_kw)])
+    if retryable:
+        assert d.reason == "Retrying" and f"({reason}:" in d.message and d.action == CreateAttempt(2)
+    else:
+        assert d.reason == reason and d.action is None
+
+
+def test_in_a_gang_the_first_failure_is_the_cause_and_a_permanent_one_wins():
+    crash = pod(1, index=1, phase="Failed", ready=False, exit_code=1, finished=10)
+    collateral = pod(1, index=0, phase="Failed", ready=False, exit_code=75, finished=20)
+    _, d, _ = run(ftj(RUNNING), [job(1, failed="BackoffLimitExceeded", parallelism=2)], [collateral, crash])
+    assert "(TrainerExited: pod mrpc-a1-1-xyz exited with code 1)" in d.message
+    permanent = pod(1, index=1, phase="Failed", ready=False, exit_code=2, finished=30)
+    _, d, _ = run(ftj(RUNNING), [job(1, failed="PodFailurePolicy", parallelism=2)], [collateral, permanent])
+    assert (d.phase.value, d.reason) == ("Failed", "TrainerFailed")
+
+
+def test_pods_gone_the_jobs_condition_decides():
+    _, d, _ = run(ftj(RUNNING), [job(1, failed="PodFailurePolicy")], [])
+    assert (d.phase.value, d.reason) == ("Failed", "TrainerFailed")
+    _, d, _ = run(ftj(RUNNING), [job(1, failed="BackoffLimitExceeded")], [])
+    assert d.reason == "Retrying"
+
+
+# ---------------------------------------------------------------------------------------------- deadline
+
+def test_job_deadline_is_permanent():
+    _, d, _ = run(ftj(RUNNING), [job(1, failed="DeadlineExceeded")], [])
+    assert (d.phase.value, d.reason) == ("Failed", "DeadlineExceeded")
+
+
+def test_deadline_of_the_whole_job_stops_it_and_retries_get_what_is_left():
+    resource = ftj(RUNNING, runPolicy={"activeDeadlineSeconds": 50})
+    _, d, _ = run(resource, [job(1)], [pod(1)])
+    assert (d.phase.value, d.reason, d.action) == ("Failed", "DeadlineExceeded", SuspendAttempt(1))
+    resource = ftj(RUNNING, runPolicy={"activeDeadlineSeconds": 1000})
+    _, d, _ = run(resource, [job(1, failed="BackoffLimitExceeded")], [pod(1, phase="Failed", exit_code=75)])
+    assert d.action == CreateAttempt(2, active_deadline_seconds=900)
+    _, d, _ = run(ftj(runPolicy={"activeDeadlineSeconds": 1000}))
+    assert d.action.active_deadline_seconds == 1000
+
+
+# ---------------------------------------------------------------------------------------------- suspend
+
+def test_suspend_and_resume():
+    _, d, status = run(ftj(RUNNING, runPolicy={"suspend": True}), [job(1)], [pod(1)])
+    assert (d.phase.value, d.action) == ("Suspended", SuspendAttempt(1))
+    assert cond(status, "Suspended")["status"] == "True"
+    _, d, _ = run(ftj(status, runPolicy={"suspend": True}), [job(1, suspend=True)], [])
+    assert (d.phase.value, d.reason, d.action) == ("Suspended", "Suspended", None)
+    later = NOW + timedelta(hours=1)
+    _, d, resumed = run(ftj(status, runPolicy={"activeDeadlineSeconds": 60}), [job(1, suspend=True)], [],
+                        now=later)
+    assert (d.phase.value, d.reason, d.action) == ("Pending", "Resumed", ResumeAttempt(1))
+    assert resumed["startTime"] == format_time(later)  # the deadline's clock starts again, as on a Job
+
+
+def test_no_event_without_a_transition():
+    o, d, status = run(ftj(RUNNING), [job(1)], [pod(1)])
+    assert transition_event(o, d) is not None
+    o, d, _ = run(ftj(status), [job(1)], [pod(1)])
+    assert transition_event(o, d) is None

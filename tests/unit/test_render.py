@@ -1,0 +1,229 @@
+"""The manifests one attempt of a FineTuneJob runs as (render.py): golden files for the examples, plus the
+properties the operator's correctness depends on, asserted directly so a golden update cannot hide them.
+
+Regenerate the golden files after an intended change with:  UPDATE_GOLDEN=1 pytest tests/unit/test_render.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_operator.manifest import load_job
+from finetune_operator.render import build_attempt, build_trainer_config
+from finetune_operator.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden" / "render"
+SETTINGS = Settings(trainer_image="ghcr.io/finetune-operator/trainer:test")
+UID = "3f1c5b8e-0000-4000-8000-000000000001"
+
+
+def _job(example: str, namespace: str = "ml", **spec_updates):
+    job = load_job(REPO / "examples" / example)
+    job.metadata.namespace, job.metadata.uid = namespace, UID
+    if spec_updates:
+        data = job.model_dump(by_alias=True, exclude_none=True, mode="json")
+        for path, value in spec_updates.items():
+            node = data["spec"]
+            *parents, leaf = path.split("__")
+            for part in parents:
+                node = node.setdefault(part, {})
+            if value is None:
+                node.pop(leaf, None)
+            else:
+                node[leaf] = value
+        job = type(job).model_validate(data)
+    return job
+
+
+def multinode_job():
+    """The cluster example scaled out: 2 nodes x 4 GPUs, without the queue."""
+    return _job("cluster-llama-2gpu.yaml", resources__nodes=2, resources__gpus=4, queueName=None)
+
+
+CASES = {
+    "quickstart": lambda: _job("quickstart.yaml"),
+    "single-node-2gpu": lambda: _job("cluster-llama-2gpu.yaml"),
+    "multi-node-2x4gpu": multinode_job,
+}
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    # The trainer config inside the ConfigMap reads as YAML, not as one escaped line.
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _render(case: str) -> str:
+    return yaml.dump_all(build_attempt(CASES[case](), 1, SETTINGS), Dumper=_Dumper, sort_keys=False, width=120)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    path = GOLDEN / f"{case}.yaml"
+    text = _render(case)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing; run with UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{case} renders differently from {path}; if intended, rerun with UPDATE_GOLDEN=1"
+
+
+def _objects(job, attempt=1, **kw):
+    objs = build_attempt(job, attempt, SETTINGS, **kw)
+    return {o["kind"]: o for o in objs}, [o["kind"] for o in objs]
+
+
+def _pod(job_obj):
+    return job_obj["spec"]["template"]["spec"]
+
+
+def test_children_are_named_by_attempt_and_owned_by_the_finetunejob():
+    objs, order = _objects(_job("quickstart.yaml"), attempt=3)
+    assert order == ["ConfigMap", "Job"]
+    for obj in objs.values():
+        meta = obj["metadata"]
+        assert meta["name"] == "quickstart-a3"
+        assert meta["namespace"] == "ml"
+        assert meta["labels"]["finetune.io/job"] == "quickstart"
+        assert meta["labels"]["finetune.io/attempt"] == "3"
+        [owner] = meta["ownerReferences"]
+        assert owner == {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob", "name": "quickstart",
+                         "uid": UID, "controller": True, "blockOwnerDeletion": True}
+
+
+def test_pod_meets_the_restricted_pod_security_profile():
+    pod = _pod(_objects(_job("cluster-llama-2gpu.yaml"))[0]["Job"])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    [container] = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                            "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+    allowed = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI"}
+    assert all(set(v) - {"name"} <= allowed for v in pod["volumes"])
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_job_leaves_retries_to_the_operator():
+    job = _objects(_job("quickstart.yaml"))[0]["Job"]
+    assert job["spec"]["backoffLimit"] == 0
+    assert _pod(job)["restartPolicy"] == "Never"
+    assert _pod(job)["terminationGracePeriodSeconds"] == SETTINGS.termination_grace_seconds
+    [rule] = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2]
+    container = _pod(job)["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["command"] == ["python", "-m", "finetune_trainer", "--config", "/etc/finetune/config.yaml"]
+    assert {"name": "metrics", "containerPort": 9090} in container["ports"]
+
+
+def test_resources_gpus_and_scheduling():
+    pod = _pod(_objects(_job("cluster-llama-2gpu.yaml"))[0]["Job"])
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"] == {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert resources["requests"] == resources["limits"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["containers"][0]["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
+
+
+def test_gpu_resource_name_comes_from_the_job_else_the_operator():
+    amd = Settings(gpu_resource="amd.com/gpu")
+    job = _job("cluster-llama-2gpu.yaml")
+    limits = lambda j, s: _pod(build_attempt(j, 1, s)[-1])["containers"][0]["resources"]["limits"]  # noqa: E731
+    assert "amd.com/gpu" in limits(job, amd)
+    own = _job("cluster-llama-2gpu.yaml", resources__gpuResource="example.com/tpu")
+    assert limits(own, amd)["example.com/tpu"] == "2" and "amd.com/gpu" not in limits(own, amd)
+    assert "resources" not in _pod(build_attempt(_job("quickstart.yaml"), 1, SETTINGS)[-1])["containers"][0]
+
+
+def test_pvc_locations_are_mounted_and_rewritten_in_the_config():
+    job = _job("cluster-llama-2gpu.yaml")
+    objs, _ = _objects(job)
+    pod = _pod(objs["Job"])
+    claims = {v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims["datasets"]["persistentVolumeClaim"]["readOnly"] is True
+    assert "readOnly" not in claims["checkpoints"]["persistentVolumeClaim"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert "readOnly" not in mounts["/mnt/pvc/checkpoints"]
+    assert mounts["/mnt/pvc/datasets"]["readOnly"] is True
+    config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+    assert config["dataset"]["source"] == "/mnt/pvc/datasets/instructions"
+    assert config["output"]["location"] == "/mnt/pvc/checkpoints/llama-instruct-lora"
+    assert config["model"]["source"] == "hf://meta-llama/Llama-3.2-1B"
+    assert config["metricsPort"] == 9090
+    assert build_trainer_config(job, SETTINGS).model_dump(by_alias=True, exclude_none=True, mode="json") == config
+
+
+def test_secret_refs_become_env_from_once():
+    job = _job("cluster-llama-2gpu.yaml", dataset__secretRef={"name": "hf-token"})
+    container = _pod(_objects(job)[0]["Job"])["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    assert "envFrom" not in _pod(_objects(_job("quickstart.yaml"))[0]["Job"])["containers"][0]
+
+
+def test_unset_output_goes_to_scratch_space():
+    objs, _ = _objects(_job("quickstart.yaml"))
+    pod = _pod(objs["Job"])
+    assert {"name": "output", "emptyDir": {}} in pod["volumes"]
+    assert yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])["output"]["location"] == "/var/lib/finetune/output"
+
+
+def test_queue_suspend_deadline_and_image():
+    job = _job("cluster-llama-2gpu.yaml", image="registry.example/trainer:dev")
+    rendered = _objects(job, suspend=True, active_deadline_seconds=600)[0]["Job"]
+    assert rendered["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
+    assert rendered["spec"]["suspend"] is True
+    assert rendered["spec"]["activeDeadlineSeconds"] == 600
+    assert _pod(rendered)["containers"][0]["image"] == "registry.example/trainer:dev"
+    plain = _objects(_job("quickstart.yaml"))[0]["Job"]
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+    assert plain["spec"]["suspend"] is False and "activeDeadlineSeconds" not in plain["spec"]
+    assert _pod(plain)["containers"][0]["image"] == SETTINGS.trainer_image
+
+
+def test_pod_metadata_cannot_replace_the_operators_labels():
+    job = _job("quickstart.yaml", podMetadata={"labels": {"team": "nlp", "finetune.io/attempt": "9"},
+                                               "annotations": {"finetune.io/fake-exit-code": "75"}})
+    meta = _objects(job)[0]["Job"]["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "nlp"
+    assert meta["labels"]["finetune.io/attempt"] == "1"
+    assert meta["annotations"]["finetune.io/fake-exit-code"] == "75"
+
+
+def test_multi_node_is_an_indexed_job_with_rendezvous_on_rank_0():
+    objs, order = _objects(multinode_job(), attempt=2)
+    assert order == ["ConfigMap", "Service", "Job"]
+    job, service = objs["Job"], objs["Service"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    pod = _pod(job)
+    assert pod["subdomain"] == service["metadata"]["name"] == "llama-instruct-lora-a2"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"finetune.io/job": "llama-instruct-lora", "finetune.io/attempt": "2"}
+    container = pod["containers"][0]
+    command = container["command"]
+    assert command[0] == "torchrun"
+    assert "--nnodes=2" in command and "--nproc-per-node=4" in command
+    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in command
+    assert "--master-addr=llama-instruct-lora-a2-0.llama-instruct-lora-a2" in command
+    assert "--master-port=29500" in command
+    assert command[-4:] == ["-m", "finetune_trainer", "--config", "/etc/finetune/config.yaml"]
+    index_env = next(e for e in container["env"] if e["name"] == "JOB_COMPLETION_INDEX")
+    assert "job-completion-index" in index_env["valueFrom"]["fieldRef"]["fieldPath"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert {"name": "rendezvous", "containerPort": 29500} in container["ports"]
