@@ -24,7 +24,8 @@ RUN tools/install.sh --venv /opt/venv operator && rm -rf /src
 ENV PATH=/opt/venv/bin:$PATH
 USER 1000:1000
 WORKDIR /home/finetune
-EXPOSE 8080
+# metrics, /healthz (the Helm chart's probes)
+EXPOSE 8080 8081
 ENTRYPOINT ["finetune", "operator"]
 
 FROM base AS trainer

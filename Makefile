@@ -27,6 +27,7 @@ test-fast: $(PY)
 
 crd: $(PY)
 	$(VENV)/bin/finetune crd > crds/finetune.io_finetunejobs.yaml
+	$(PY) tools/sync-chart-crd.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -34,6 +34,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* repository:tag of an image value ({repository, tag}); the tag defaults to the chart's appVersion. */}}
+{{- define "finetune-operator.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/*
+Pod Security "restricted" for the operator and the test Job: both run the operator image's non-root user (uid
+1000) with nothing writable but an emptyDir, so they are admitted in a namespace that enforces the profile.
+*/}}
+{{- define "finetune-operator.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 1000
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "finetune-operator.securityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
 {{/* The namespaces watched when rbac.clusterWide is false, as a YAML list. */}}
 {{- define "finetune-operator.namespaces" -}}
 {{- toYaml (default (list .Release.Namespace) .Values.namespaces) -}}
