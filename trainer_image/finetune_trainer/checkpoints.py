@@ -1,0 +1,158 @@
+"""Checkpoints that survive kill -9: written aside, marked complete, renamed into place.
+
+Layout: ``<output>/checkpoints/step-<N>/`` holding ``trainable.safetensors`` (the weights that train: the whole
+model under ``full``, only the trained tensors and adapters otherwise), ``optimizer.pt``, ``trainer_state.json``
+(step, data position, schedule, early-stopping state, last metrics), ``rng-rank<R>.pt`` (Python, NumPy, torch
+and CUDA generators of each rank), ``manifest.json`` (the trainable-parameter manifest), ``config.json`` (the
+trainer config) and, written last, ``COMPLETE``.
+
+A save writes everything into ``.tmp-step-<N>``, fsyncs each file, writes ``COMPLETE``, and renames the directory
+to ``step-<N>`` (one atomic rename). Discovery only considers ``step-<N>`` directories that hold ``COMPLETE``, so a
+save cut short by a crash is never resumed from; such leftovers are removed by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_trainer.errors import StorageError
+
+COMPLETE = "COMPLETE"
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.pt"
+STATE = "trainer_state.json"
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_LEFTOVER = re.compile(r"^\.(tmp|old)-step-\d+")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    state: dict[str, Any]
+    manifest: dict[str, Any]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path / WEIGHTS))
+
+    def optimizer_state(self, device: torch.device) -> dict:
+        return torch.load(self.path / OPTIMIZER, map_location=device, weights_only=False)
+
+    def restore_rng(self, rank: int) -> None:
+        path = self.path / f"rng-rank{rank}.pt"
+        if not path.is_file():  # fewer ranks saved than run now: keep this rank's fresh seeds
+            return
+        state = torch.load(path, weights_only=False)
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def directory(output: Path) -> Path:
+    return output / "checkpoints"
+
+
+def latest(output: Path) -> Checkpoint | None:
+    """The newest complete checkpoint under ``output``, or None."""
+    root = directory(output)
+    if not root.is_dir():
+        return None
+    steps = sorted((int(m.group(1)), d) for d in root.iterdir()
+                   if (m := _STEP_DIR.match(d.name)) and d.is_dir() and (d / COMPLETE).is_file())
+    if not steps:
+        return None
+    step, path = steps[-1]
+    return Checkpoint(path, step, json.loads((path / STATE).read_text()), json.loads((path / MANIFEST).read_text()))
+
+
+def staging_dir(output: Path, step: int) -> Path:
+    """An empty ``.tmp-step-<N>`` directory to write a checkpoint into (made by the main rank)."""
+    path = directory(output) / f".tmp-step-{step}"
+    try:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise StorageError(f"output.location: cannot create {path}: {exc}", field="output.location") from exc
+    return path
+
+
+def save_rng(staging: Path, rank: int) -> None:
+    """Each rank writes its own generators into the staging directory."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    _write(staging / f"rng-rank{rank}.pt", lambda f: torch.save(state, f))
+
+
+def save_main(staging: Path, weights: dict[str, torch.Tensor], optimizer_state: dict, state: dict,
+              manifest: dict, config: dict) -> None:
+    """The main rank's part: weights, optimizer, trainer state, manifest and config."""
+    from safetensors.torch import save
+
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in weights.items()}
+    _write(staging / WEIGHTS, lambda f: f.write(save(tensors)))
+    _write(staging / OPTIMIZER, lambda f: torch.save(optimizer_state, f))
+    _write(staging / STATE, lambda f: f.write(json.dumps(state, indent=1).encode()))
+    _write(staging / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    _write(staging / CONFIG, lambda f: f.write(json.dumps(config, indent=1).encode()))
+
+
+def commit(output: Path, staging: Path, step: int, keep: int) -> Path:
+    """Mark the staged checkpoint complete, move it into place atomically, and drop all but the newest ``keep``."""
+    root = directory(output)
+    final = root / f"step-{step}"
+    try:
+        _write(staging / COMPLETE, lambda f: f.write(b"ok\n"))
+        _fsync_dir(staging)
+        if final.exists():  # re-saving a step (resumed at it): move the old copy aside, then replace it
+            aside = root / f".old-step-{step}"
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.rename(final, aside)
+        os.rename(staging, final)
+        _fsync_dir(root)
+        _prune(root, keep)
+    except OSError as exc:
+        raise StorageError(f"output.location: cannot write checkpoint {final}: {exc}", field="output.location") from exc
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    complete = sorted((int(m.group(1)), d) for d in root.iterdir()
+                      if (m := _STEP_DIR.match(d.name)) and (d / COMPLETE).is_file())
+    doomed = [d for _, d in complete[:-keep]]
+    doomed += [d for d in root.iterdir() if _LEFTOVER.match(d.name)]
+    doomed += [d for d in root.iterdir() if _STEP_DIR.match(d.name) and not (d / COMPLETE).is_file()]
+    for d in doomed:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _write(path: Path, fill) -> None:
+    with open(path, "wb") as f:
+        fill(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,112 @@
+"""The run's JSON summary: what the operator copies into the FineTuneJob's status (camelCase keys).
+
+Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kubernetes container, to
+``/dev/termination-log`` (compact, under the 4096-byte limit Kubernetes reads). Schema::
+
+    {"phase": "Succeeded" | "Failed" | "Interrupted", "reason", "message", "field", "exitCode",
+     "startTime", "completionTime", "progress": {"step", "totalSteps", "epoch"},
+     "metrics": {"trainLoss", "evalLoss", "evalAccuracy", ..., "samplesPerSecond", "tokensPerSecond"},
+     "parameters": {"trainable", "total"}, "checkpoint": {"location", "step"} | null,
+     "output": {"location"}, "metricsUrl"}
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.config import EXIT_SUCCESS
+from finetune_trainer.errors import Interrupted, TrainerError
+
+TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LIMIT = 4096
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def camel(name: str) -> str:
+    """eval_accuracy → evalAccuracy, eval_f1 → evalF1, samples_per_second → samplesPerSecond."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+@dataclass
+class Report:
+    """What the run has to say about itself so far; ``as_dict`` renders the summary."""
+
+    output_location: str  # as the user wrote it (pvc://... or a path)
+    start_time: str = field(default_factory=now)
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    trainable: int | None = None
+    total: int | None = None
+    checkpoint: dict[str, Any] | None = None
+    model_location: str | None = None
+    metrics_url: str | None = None
+
+    def record_metrics(self, values: dict[str, float]) -> None:
+        self.metrics.update({camel(k): float(v) for k, v in values.items()})
+
+    def as_dict(self, error: TrainerError | None) -> dict[str, Any]:
+        if error is None:
+            phase, reason, message, field_name, code = "Succeeded", None, None, None, EXIT_SUCCESS
+        else:
+            phase = "Interrupted" if isinstance(error, Interrupted) else "Failed"
+            reason, message, field_name, code = error.reason, str(error), error.field, error.exit_code
+        return {
+            "phase": phase, "reason": reason, "message": message, "field": field_name, "exitCode": code,
+            "startTime": self.start_time, "completionTime": now(),
+            "progress": {"step": self.step, "totalSteps": self.total_steps, "epoch": round(self.epoch, 4)},
+            "metrics": {k: round(v, 6) for k, v in self.metrics.items()},
+            "parameters": {"trainable": self.trainable, "total": self.total},
+            "checkpoint": self.checkpoint,
+            "output": {"location": self.model_location or self.output_location},
+            "metricsUrl": self.metrics_url,
+        }
+
+
+def write(summary: dict[str, Any], output: Path) -> None:
+    """``<output>/summary.json`` (atomically) and the container's termination log when there is one."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        tmp = output / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, output / "summary.json")
+    except OSError:
+        pass  # the summary must not mask the run's own outcome; the termination log may still carry it
+    _write_termination_log(summary)
+
+
+def termination_message(summary: dict[str, Any]) -> str:
+    """Compact JSON under Kubernetes' 4096-byte limit: the message is shortened first, then metrics dropped."""
+    text = json.dumps(summary, separators=(",", ":"))
+    if len(text.encode()) <= TERMINATION_LIMIT:
+        return text
+    trimmed = dict(summary)
+    if trimmed.get("message"):
+        excess = len(text.encode()) - TERMINATION_LIMIT + 16
+        trimmed["message"] = trimmed["message"][: max(80, len(trimmed["message"]) - excess)] + "..."
+    text = json.dumps(trimmed, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_LIMIT:
+        trimmed["metrics"] = {k: v for k, v in trimmed["metrics"].items() if k in ("trainLoss", "evalLoss")}
+        text = json.dumps(trimmed, separators=(",", ":"))
+    return text[:TERMINATION_LIMIT]
+
+
+def _write_termination_log(summary: dict[str, Any]) -> None:
+    # Only an existing, writable file: Kubernetes mounts it; elsewhere /dev must not gain a new file.
+    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG))
+    if path.is_file() and os.access(path, os.W_OK):
+        try:
+            path.write_text(termination_message(summary))
+        except OSError:
+            pass
