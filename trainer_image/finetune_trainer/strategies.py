@@ -66,6 +66,23 @@ class Strategy:
             "trainable": {n: params[n].numel() for n in trainable},
         }
 
+    def describe_trainable(self) -> str:
+        """The trainable names in one line, block indices folded: 'bert.encoder.layer.{4,5}.output.dense.weight'."""
+        stacks = sorted((s.name for s in self.layout.stacks), key=len, reverse=True)
+        folded: dict[str, list[str]] = {}
+        for name in self.trainable_names():
+            for stack in stacks:
+                marker = f"{stack}."
+                at = name.find(marker)
+                if at >= 0:
+                    index, _, rest = name[at + len(marker):].partition(".")
+                    folded.setdefault(f"{name[:at]}{marker}{{}}.{rest}", []).append(index)
+                    break
+            else:
+                folded[name] = []
+        return ", ".join(pattern.format("{" + ",".join(sorted(ix, key=int)) + "}") if ix else pattern
+                         for pattern, ix in folded.items())
+
     def apply_stage(self, epoch: int) -> bool:
         """Unfreeze the blocks whose stage has started by ``epoch``; True when the trainable set grew."""
         due = sorted({b for start, blocks in self.stages if start <= epoch for b in blocks} - set(self.full_blocks))

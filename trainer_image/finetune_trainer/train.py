@@ -162,7 +162,7 @@ class Recipe:
                  cfg.task, manifest["trainableParameters"], manifest["totalParameters"], manifest["blocks"],
                  manifest["fullBlocks"], manifest["adaptedBlocks"], self.total_steps, len(self.data.train),
                  self.rt.precision, self.rt.device, self.rt.world_size, self.rt.threads)
-        log.debug("trainable parameters: %s", sorted(manifest["trainable"]))
+        log.info("trainable: %s", self.strategy.describe_trainable())
 
     def _restore_weights(self, ckpt: checkpoints.Checkpoint) -> None:
         """Put the checkpoint's trained weights into the freshly built model and take over its position."""
