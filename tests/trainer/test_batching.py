@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import random
 
-import torch
-from finetune_trainer.batching import LengthGroupedBatches, count_tokens
+from finetune_trainer.batching import LengthGroupedBatches
 
 _RNG = random.Random(0)
 LENGTHS = [_RNG.randint(5, 120) for _ in range(1000)]
@@ -46,10 +45,3 @@ def test_resuming_mid_epoch_continues_the_same_order():
     sampler = LengthGroupedBatches(LENGTHS, 8, seed=5)
     full = sampler.epoch(2)
     assert LengthGroupedBatches(LENGTHS, 8, seed=5).epoch(2)[40:] == full[40:]
-
-
-def test_tokens_count_the_attention_mask_not_the_padding():
-    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long),
-             "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
-    assert count_tokens(batch) == 8
-    assert count_tokens({"input_ids": torch.ones(2, 5)}) == 10

@@ -57,12 +57,6 @@ def rows(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
-def count_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Real tokens in a batch: the attention mask's ones (padding excluded), else every input id."""
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-
-
 def loader(dataset: Any, batches: list[list[int]], collate: Callable[[list[dict]], dict], *,
            workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """Collated batches in the given order; workers prefetch them on GPU machines."""

@@ -118,9 +118,13 @@ class Recipe:
 
         # Pre-flight: everything that can be wrong with the spec fails here, before the first step.
         self.task = get_task(cfg.task)
+        self.task.configure(training)
         self.tokenizer = models.load_tokenizer(cfg.model)
         raw = data.load_raw(cfg.dataset, training.seed)
         self.data = self.task.prepare(raw, self.tokenizer, cfg.dataset)
+        # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
+        # without a device sync per micro-batch.
+        self.train_lengths = list(self.data.train["length"])
         model = models.load_model(cfg.model, self.task.auto_model, self.data.model_kwargs, self.tokenizer)
         self.layout = resolve_layout(model)
         self.strategy = build_strategy(model, self.layout, cfg.strategy)
@@ -238,15 +242,15 @@ class Recipe:
         lr = optim.set_learning_rate(self.optimizer, factor)
         loss_sum = torch.zeros((), device=self.rt.device)
         samples = tokens = 0
-        for i in range(len(window)):
+        for i, indices in enumerate(window):
             batch = {k: v.to(self.rt.device, non_blocking=True) for k, v in next(stream).items()}
             with runtime.no_sync(self.wrapped, skip=i < len(window) - 1), self.rt.autocast():
                 loss = self.wrapped(**batch).loss
             scaled = loss / len(window)
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach()
-            samples += len(batch["input_ids"])
-            tokens += batching.count_tokens(batch)
+            samples += len(indices)
+            tokens += sum(self.train_lengths[j] for j in indices)
         mean_loss = float(loss_sum) / len(window)
         if not math.isfinite(mean_loss):
             raise NonFiniteLoss(
@@ -408,6 +412,9 @@ class Recipe:
             else:
                 if self.strategy.uses_adapters:
                     model = model.merge_and_unload()
+                # Packed training runs without the KV cache; the saved model should generate with it.
+                if getattr(model.config, "use_cache", None) is False:
+                    model.config.use_cache = True
                 model.save_pretrained(staging, state_dict=state_dict)
             self.tokenizer.save_pretrained(staging)
             if target.exists():

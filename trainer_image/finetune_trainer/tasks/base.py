@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from finetune_trainer.config import DatasetSpec, Task
+from finetune_trainer.config import DatasetSpec, Task, TrainingSpec
 
 
 @dataclass
@@ -43,6 +43,9 @@ class TaskAdapter(ABC):
     auto_model: ClassVar[str]  # name of the transformers Auto class, e.g. "AutoModelForSequenceClassification"
     primary_metric: ClassVar[str]  # the metric summaries lead with and early stopping defaults to
     greater_is_better: ClassVar[bool] = True
+
+    def configure(self, training: TrainingSpec) -> None:
+        """Take the training options that change how this task builds its batches (e.g. causal-LM packing)."""
 
     @abstractmethod
     def prepare(self, raw: RawSplits, tokenizer: Any, dataset: DatasetSpec) -> PreparedData:

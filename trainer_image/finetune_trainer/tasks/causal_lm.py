@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.config import DatasetSpec, Task
+from finetune_trainer.config import DatasetSpec, Task, TrainingSpec
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
 from finetune_trainer.tasks.columns import missing_column, resolve_columns, splits, texts, tokenize_splits
@@ -42,8 +42,11 @@ class CausalLMTask(TaskAdapter):
     primary_metric = "eval_perplexity"
     greater_is_better = False
 
-    packing = True  # training.packing; set before prepare (it decides the model's use_cache)
+    packing = True  # training.packing (configure); set before prepare, as it decides the model's use_cache
     row_tokens = 0  # packed row capacity, dataset.maxLength; set by prepare
+
+    def configure(self, training: TrainingSpec) -> None:
+        self.packing = training.packing
 
     def prepare(self, raw: RawSplits, tokenizer: Any, dataset: DatasetSpec) -> PreparedData:
         kind, columns = record_kind(raw, dataset)
