@@ -114,7 +114,7 @@ def _pod_failure(pod: ObservedPod) -> Failure:
                        f"pod {pod.name} was killed for exceeding its memory limit (spec.resources.memory)", summary)
     if summary and summary.get("reason"):
         field = summary.get("field")
-        text = summary.get("message") or ""
+        text = str(summary.get("message") or "").removeprefix(f"{field}: ")  # the trainer's own "field: " prefix
         message = f"spec.{field}: {text}" if field and not text.startswith(f"spec.{field}") else text
         return Failure(term.exit_code != EXIT_PERMANENT, summary["reason"], message, summary)
     if pod.disruption and not (term and term.exit_code == EXIT_PERMANENT):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def parse_job(document: Any, origin: str = "manifest") -> FineTuneJob:
             f"{origin}: not a FineTuneJob (apiVersion: {api_version!r}, kind: {kind!r}); "
             f"expected apiVersion: {API_VERSION}, kind: {KIND}")
     try:
-        return FineTuneJob.model_validate(document)
+        # Strict, as the apiserver's schema is: "2" is not an integer, "yes" not a boolean (YAML dates become strings).
+        return FineTuneJob.model_validate_json(json.dumps(document, default=str), strict=True)
     except ValidationError as error:
         raise ManifestError(f"{origin}: {describe_validation_error(error)}") from None
 

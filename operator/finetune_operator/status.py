@@ -37,7 +37,7 @@ def status_from_summary(summary: dict[str, Any]) -> FineTuneJobStatus:
         "phase": _PHASES.get(summary.get("phase", ""), Phase.FAILED),
         "progress": progress_from_summary(summary),
         "metrics": {k: float(v) for k, v in (summary.get("metrics") or {}).items() if isinstance(v, (int, float))},
-        "parameters": summary.get("parameters"),
+        "parameters": p if isinstance(p := summary.get("parameters"), dict) and None not in p.values() else None,
         "checkpoint": summary.get("checkpoint"),
         "output": summary.get("output") if summary.get("phase") == "Succeeded" else None,
         "startTime": summary.get("startTime"),

@@ -12,16 +12,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 import yaml
@@ -29,197 +25,28 @@ import yaml
 if TYPE_CHECKING:
     from conftest import ControlPlane
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "finetune.io_finetunejobs.yaml"
-CHART = REPO / "charts" / "finetune-operator"
-IMAGE = "registry.example/finetune-trainer:test"
+from operator_process import (  # shared with tests/reliability
+    FAKE_EXIT,
+    FAKE_FAIL,
+    FAKE_MESSAGE,
+    IMAGE,
+    REPO,
+    RUN_FOREVER,
+    Env,
+    operator_env,
+    summary_json,
+)
 
-FAKE_FAIL, FAKE_RUN = "finetune.io/fake-fail", "finetune.io/fake-run"
-FAKE_EXIT, FAKE_MESSAGE = "finetune.io/fake-exit-code", "finetune.io/fake-termination-message"
-RUN_FOREVER = {"labels": {FAKE_RUN: "forever"}}
-
-
-def _summary(phase: str, reason: str, message: str, exit_code: int, **extra: Any) -> str:
-    return json.dumps({"phase": phase, "reason": reason, "message": message, "exitCode": exit_code, **extra})
-
-
-INTERRUPTED = _summary("Interrupted", "Interrupted", "SIGTERM: checkpoint saved", 75,
-                       checkpoint={"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40})
-BAD_LAYERS = _summary("Failed", "InvalidLayerSelection", "last:30 asks for 30 blocks; the model has 12", 2,
-                      field="strategy.layers")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Operator:
-    """`python -m finetune_operator.runner` as a child process, stoppable and restartable."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
-        self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
-        self.health_port, self.metrics_port = _free_port(), _free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "finetune_operator.runner", "--kubeconfig", str(self.kubeconfig),
-               "--namespace", self.namespace, "--trainer-image", IMAGE, "--poll-interval", "1",
-               "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
-        with self.log.open("a") as out:
-            out.write(f"\n==== start {time.strftime('%X')}\n")
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 30
-        while not self._healthy():
-            assert self.proc.poll() is None, f"operator exited: {self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "operator liveness endpoint never answered"
-            time.sleep(0.2)
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, as when a node dies under the operator."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-            return r.read().decode()
-
-
-class Env:
-    def __init__(self, cp: ControlPlane, namespace: str, operator: Operator):
-        self.cp, self.ns, self.operator = cp, namespace, operator
-
-    # -------------------------------------------------------------------------------- objects
-
-    def apply_job(self, name: str, pod_metadata: dict | None = None, **spec: Any) -> None:
-        body = {
-            "model": {"source": "hf://org/tiny-bert", "secretRef": {"name": "hf-token"}},
-            "task": "sequence-classification",
-            "dataset": {"source": "hf://glue?config=mrpc"},
-            "strategy": {"type": "partial", "layers": "last:2"},
-            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
-            "output": {"location": f"pvc://ckpt/{name}"},
-            "runPolicy": {"backoffLimit": 3},
-        }
-        body.update(spec)
-        if pod_metadata:
-            body["podMetadata"] = pod_metadata
-        manifest = {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
-                    "metadata": {"name": name, "namespace": self.ns}, "spec": body}
-        self.cp.apply(manifest)
-
-    def ftj(self, name: str) -> dict:
-        return self.cp.kubectl_json("get", "finetunejob", name, "-n", self.ns)
-
-    def jobs(self, name: str) -> list[dict]:
-        return self.cp.kubectl_json("get", "jobs", "-n", self.ns, "-l", f"finetune.io/job={name}")["items"]
-
-    def pods(self, name: str, attempt: int | None = None) -> list[dict]:
-        selector = f"finetune.io/job={name}" + (f",finetune.io/attempt={attempt}" if attempt else "")
-        return self.cp.kubectl_json("get", "pods", "-n", self.ns, "-l", selector)["items"]
-
-    def events(self, name: str) -> list[dict]:
-        items = self.cp.kubectl_json("get", "events", "-n", self.ns,
-                                     "--field-selector", f"involvedObject.kind=FineTuneJob,involvedObject.name={name}")
-        return items["items"]
-
-    def condition(self, name: str, ctype: str) -> dict:
-        conditions = self.ftj(name).get("status", {}).get("conditions", [])
-        return next(c for c in conditions if c["type"] == ctype)
-
-    # -------------------------------------------------------------------------------- waiting
-
-    def wait_phase(self, name: str, phase: str, timeout: float = 60) -> dict:
-        def reached() -> dict | None:
-            ftj = self.ftj(name)
-            return ftj if ftj.get("status", {}).get("phase") == phase else None
-        try:
-            return self.cp.wait_for(reached, timeout=timeout, what=f"{name} {phase}")
-        except AssertionError:
-            status = self.ftj(name).get("status")
-            raise AssertionError(f"{name} not {phase}: status {json.dumps(status)}\noperator log:\n"
-                                 f"{self.operator.log.read_text()[-4000:]}") from None
-
-    def wait_running_pods(self, name: str, attempt: int, count: int = 1) -> list[dict]:
-        def running() -> list[dict] | None:
-            pods = [p for p in self.pods(name, attempt) if p.get("status", {}).get("phase") == "Running"
-                    and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
-            return pods if len(pods) == count else None
-        return self.cp.wait_for(running, timeout=60, what=f"{count} running pods of {name} attempt {attempt}")
-
-    def patch_pod(self, pod: dict, labels: dict | None = None, annotations: dict | None = None) -> None:
-        meta = {"labels": labels or {}, "annotations": annotations or {}}
-        self.cp.kubectl("patch", "pod", pod["metadata"]["name"], "-n", self.ns, "--type=merge",
-                        "-p", json.dumps({"metadata": meta}))
-
-    def fail_pod(self, pod: dict, code: int, message: str) -> None:
-        self.patch_pod(pod, labels={FAKE_FAIL: "true"}, annotations={FAKE_EXIT: str(code), FAKE_MESSAGE: message})
-
-    def complete_pod(self, pod: dict) -> None:
-        self.patch_pod(pod, labels={FAKE_RUN: None})
-
-
-def _release_manifests(cp: ControlPlane, release: str, system_ns: str, namespace: str) -> str:
-    return subprocess.run(
-        [str(cp.bin_dir / "helm"), "template", release, str(CHART), "--namespace", system_ns,
-         "--set", "rbac.clusterWide=false", "--set", f"namespaces={{{namespace}}}"],
-        check=True, capture_output=True, text=True).stdout
+INTERRUPTED = summary_json("Interrupted", "Interrupted", "SIGTERM: checkpoint saved", 75,
+                           checkpoint={"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40})
+BAD_LAYERS = summary_json("Failed", "InvalidLayerSelection", "last:30 asks for 30 blocks; the model has 12", 2,
+                          field="strategy.layers")
 
 
 @pytest.fixture(scope="module")
 def env(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    cp = control_plane
-    if not (cp.bin_dir / "helm").exists():
-        pytest.skip(f"helm is not built in {cp.bin_dir} (tools/k8s/build.sh)")
-    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=fto-tests", "-f", str(CRD))
-    cp.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetune.io", "--timeout=30s")
-    suffix = uuid.uuid4().hex[:6]
-    release, system_ns = f"fto-{suffix}", cp.create_namespace(f"fto-sys-{suffix}")
-    namespace = cp.create_namespace(f"fto-{suffix}", labels={"pod-security.kubernetes.io/enforce": "restricted"})
-    rbac = _release_manifests(cp, release, system_ns, namespace)
-    pv = f"fto-ckpt-{suffix}"
-    tmp = tmp_path_factory.mktemp("operator")
-    try:
-        cp.apply(rbac)
-        cp.apply([
-            {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                      "hostPath": {"path": f"/tmp/{pv}"}, "claimRef": {"namespace": namespace, "name": "ckpt"}}},
-            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt", "namespace": namespace},
-             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                      "resources": {"requests": {"storage": "1Gi"}}}},
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": namespace},
-             "stringData": {"HF_TOKEN": "not-a-real-token"}},
-        ])
-        kubeconfig = cp.mint_kubeconfig(system_ns, f"{release}-finetune-operator", tmp / "operator.kubeconfig")
-        operator = Operator(kubeconfig, namespace, tmp / "operator.log")
-        operator.start()
-        yield Env(cp, namespace, operator)
-    finally:
-        if "operator" in locals():
-            operator.stop()
-            print(f"operator log: {operator.log}")
-        cp.delete_namespace(namespace)
-        cp.delete_namespace(system_ns)
-        cp.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=rbac, check=False)
-        cp.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+    with operator_env(control_plane, tmp_path_factory.mktemp("operator")) as environment:
+        yield environment
 
 
 # ------------------------------------------------------------------------------------------ tests

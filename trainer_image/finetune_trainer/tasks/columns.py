@@ -64,8 +64,11 @@ def tokenize_splits(raw: RawSplits, encode: Any) -> tuple[Any, Any | None]:
     offending row."""
 
     def run(name: str, split: Any) -> Any:
+        # An explicit fingerprint: datasets would otherwise pickle ``encode`` (and the tokenizer it holds) to
+        # hash it, which fails on some Python/pyarrow builds. Caching is off (data.py), so it names, never reuses.
         return split.map(encode, batched=True, with_indices=True, fn_kwargs={"split_name": name},
-                         remove_columns=split.column_names, desc=f"tokenizing {name}")
+                         remove_columns=split.column_names, desc=f"tokenizing {name}",
+                         new_fingerprint=f"{split._fingerprint}-tokenized")
 
     return run("train", raw.train), run("eval", raw.eval) if raw.eval is not None else None
 
