@@ -38,7 +38,9 @@ SHORT_NAMES = ["ftj"]
 # of at most 63 characters, so a job name longer than this could not name its children.
 MAX_NAME_LENGTH = 52
 
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes' resource.Quantity grammar without the sign: a negative request is refused when the Job is created.
+QUANTITY_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
 
 class TolerationOperator(str, enum.Enum):
@@ -129,7 +131,7 @@ class FineTuneJobSpec(ApiModel):
     output: OutputSpec = Field(default_factory=OutputSpec)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     queue_name: str | None = Field(
-        None, max_length=63, description="Kueue LocalQueue; copied to the kueue.x-k8s.io/queue-name label.",
+        None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Kueue LocalQueue; copied to the kueue.x-k8s.io/queue-name label.",
     )
     image: str | None = Field(None, max_length=1024, description="Trainer image (default: the operator's setting).")
     pod_metadata: PodMetadata | None = Field(None, description="Labels and annotations added to trainer pods.")

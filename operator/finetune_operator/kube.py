@@ -59,6 +59,10 @@ class Conflict(KubeError):
     pass
 
 
+class Invalid(KubeError):
+    """The API server refused the object itself (400/422): sending it again cannot succeed."""
+
+
 def _error(status: int, body: bytes | str | None) -> KubeError:
     try:
         message = json.loads(body or b"{}").get("message") or ""
@@ -68,6 +72,8 @@ def _error(status: int, body: bytes | str | None) -> KubeError:
         return NotFound(status, message)
     if status == 409:
         return Conflict(status, message)
+    if status in (400, 422):
+        return Invalid(status, message)
     if status == 0 or status == 429 or status >= 500:
         return Unavailable(status, message or "the API server did not answer")
     return KubeError(status, message)

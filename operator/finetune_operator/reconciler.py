@@ -15,8 +15,10 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from finetune_operator import metrics
-from finetune_operator.kube import Kube, NotFound, merge_patch
+from finetune_operator.kube import Invalid, Kube, NotFound, merge_patch
+from finetune_operator.api import Phase
 from finetune_operator.lifecycle import (
+    INVALID_SPEC,
     CreateAttempt,
     Decision,
     DeleteFineTuneJob,
@@ -80,7 +82,12 @@ class Reconciler:
         if poll:
             observed = replace(observed, scraped=self._scrape(observed))
         decision = decide(observed)
-        self._act(observed, decision)
+        try:
+            self._act(observed, decision)
+        except Invalid as error:
+            # The schema admitted a spec the apiserver will not accept in a child (e.g. a PVC name that is not a
+            # DNS name): no retry can help, so the job fails with the apiserver's own words.
+            decision = Decision(Phase.FAILED, INVALID_SPEC, f"the API server refused the trainer Job: {error}")
         if isinstance(decision.action, DeleteFineTuneJob):
             return decision
         patch = merge_patch(ftj.get("status") or {}, next_status(observed, decision))

@@ -268,10 +268,6 @@ def test_disk_full_keeps_the_previous_checkpoint_and_the_job_resumes_once_there_
     figures.add(section, "after growing the volume", f"resumed from step {steps[-1]}, Succeeded")
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: on ENOSPC torch.save raises RuntimeError ('[enforce fail at "
-                   "inline_container.cc] unexpected pos'), not OSError, so train.run reports a permanent "
-                   "TrainerError (exit 2) instead of StorageError (exit 75) naming 'No space left on device' "
-                   "(trainer_image/finetune_trainer/checkpoints.py save_main/_write)")
 def test_disk_full_is_reported_as_a_retryable_storage_error_naming_the_cause(disk_full: dict) -> None:
     summary = disk_full["summary"]
     assert disk_full["code"] == 75, summary

@@ -13,6 +13,7 @@ save cut short by a crash is never resumed from; such leftovers are removed by t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -144,10 +145,25 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def _write(path: Path, fill) -> None:
-    with open(path, "wb") as f:
-        fill(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except RuntimeError as exc:
+        # torch.save's zip writer turns a failed write into a RuntimeError ("unexpected pos ..."), hiding ENOSPC;
+        # name the real cause so it is reported as the retryable storage error it is.
+        if _bytes_free(path.parent) < NEARLY_FULL:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
+
+
+NEARLY_FULL = 1 << 20  # a write that failed with less than this left was out of space
+
+
+def _bytes_free(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
 
 
 def _fsync_dir(path: Path) -> None:

@@ -23,6 +23,10 @@ EXIT_SUCCESS = 0
 EXIT_PERMANENT = 2  # bad config, unknown layer, data schema mismatch, out of memory: a retry cannot fix it
 EXIT_RETRYABLE = 75  # EX_TEMPFAIL: preemption, SIGTERM/SIGINT, I/O; a new attempt resumes from the checkpoint
 
+# Where models, data and outputs can live: a PersistentVolumeClaim (its name a DNS-1123 subdomain, as the
+# apiserver requires), a URI of a scheme the trainer reads, or a plain path.
+DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LOCATION_PATTERN = rf"^(pvc://{DNS1123_SUBDOMAIN}(/.*)?|(hf|pkg|s3|gs)://\S+|[^:\s][^:]*)$"
 LAYER_SELECTOR_PATTERN = r"^(all|none|(last|first|every):[0-9]+|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$"
 
 
@@ -31,6 +35,7 @@ class ApiModel(BaseModel):
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True,
+        validate_default=True,  # so enum defaults become plain strings too, like values that were given
     )
 
     def wire(self) -> dict[str, Any]:
@@ -169,12 +174,13 @@ class Precision(str, enum.Enum):
 class SecretRef(ApiModel):
     """A Secret in the job's own namespace; its keys become the trainer's environment (e.g. HF_TOKEN)."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of a Secret in the FineTuneJob's namespace.")
+    name: str = Field(min_length=1, max_length=253, pattern=f"^{DNS1123_SUBDOMAIN}$",
+                      description="Name of a Secret in the FineTuneJob's namespace.")
 
 
 class ModelSpec(ApiModel):
     source: str = Field(
-        min_length=1, max_length=1024,
+        min_length=1, max_length=1024, pattern=LOCATION_PATTERN,
         description='Where the pre-trained model lives: "hf://org/name", "pvc://claim/path" or a local path.',
     )
     revision: str = Field("main", max_length=255, description="Hub revision (branch, tag or commit) for hf:// sources.")
@@ -203,7 +209,7 @@ class DatasetSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra=rules_schema(DATASET_RULES))
 
     source: str = Field(
-        min_length=1, max_length=1024,
+        min_length=1, max_length=1024, pattern=LOCATION_PATTERN,
         description='"hf://name?config=c", "pvc://claim/dir", a local file or directory.',
     )
     format: DataFormat = Field(DataFormat.AUTO, description="File format; auto detects it from the file names.")
@@ -304,7 +310,7 @@ class TrainingSpec(ApiModel):
 
 class OutputSpec(ApiModel):
     location: str | None = Field(
-        None, max_length=1024,
+        None, max_length=1024, pattern=LOCATION_PATTERN,
         description='Where checkpoints and the final model go: "pvc://claim/path" or a local directory '
                     "(locally defaults to ./runs/<name>).",
     )
