@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -52,8 +54,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_SUCCESS
 
 
+def _quiet_libraries() -> None:
+    """The progress bar and the final status are the output; the libraries' own bars and load reports are noise."""
+    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # The trainer's own lines (metrics URL, evals, checkpoints) are the useful ones; the bar shows each step.
+    logging.basicConfig(level=logging.WARNING, format="finetune: %(message)s")
+    logging.getLogger("finetune_trainer").setLevel(logging.INFO)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     job, config = _load(args)
+    _quiet_libraries()
     from finetune_operator.status import status_from_summary
     from finetune_trainer import train
     from finetune_trainer.errors import TrainerError
