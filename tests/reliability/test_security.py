@@ -247,7 +247,7 @@ def test_rendered_children_only_name_objects_of_the_jobs_own_namespace() -> None
     job = FineTuneJob.model_validate({
         "apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
         "metadata": {"name": "reach", "namespace": "team-a", "uid": "u"},
-        "spec": {"model": {"source": "pvc://other-ns/models/m", "secretRef": {"name": "other-ns/hf-token"}},
+        "spec": {"model": {"source": "pvc://other-ns/models/m", "secretRef": {"name": "other-ns.hf-token"}},
                  "task": "causal-lm",
                  "dataset": {"source": "pvc://kube-system/data", "secretRef": {"name": "kube-system.token"}},
                  "strategy": {"type": "lora"}, "output": {"location": "pvc://other-ns/out"},
@@ -255,7 +255,7 @@ def test_rendered_children_only_name_objects_of_the_jobs_own_namespace() -> None
     objects = build_attempt(job, 1, Settings())
     assert _namespaces_in(objects, set()) == {"team-a"}
     pod = objects[-1]["spec"]["template"]["spec"]
-    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "other-ns/hf-token"}},
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "other-ns.hf-token"}},
                                                {"secretRef": {"name": "kube-system.token"}}]
     claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert {c["claimName"] for c in claims} == {"other-ns", "kube-system"}  # claim names, in team-a
