@@ -1,0 +1,519 @@
+"""Operator scale on the local control plane (KWOK): N FineTuneJobs created at once, then 2,000 (issue 8).
+
+    .venv/bin/python bench/operator_scale.py                  # 500 then 2000, on a plane of its own
+    options: --counts 500,2000  --state DIR (plane state; default a fresh one under /tmp, stopped afterwards)
+             --shared (use the default plane, tools/k8s/cluster.sh's, and leave it running)  --nodes 10
+             --poll-interval 15 (the operator's default)  --timeout 900  --json OUT  --profile (py-spy)
+
+Per phase: a fresh namespace with the Helm chart's RBAC (``helm template``, per-namespace install), a claim and a
+Secret, as the cluster tests set up; the operator runs as ``python -m finetune_operator.runner`` under the
+chart's ServiceAccount token, wrapped by ``_operator_counted.py`` so every request it sends is counted on its
+side. Then N FineTuneJobs (strategy partial, 0 GPUs, 100m CPU: the KWOK nodes hold 110 pods each) are POSTed
+by 32 threads as fast as the API server takes them, while two watches (FineTuneJobs, Jobs) note the client
+clock at every event. Figures:
+
+- apply -> Job created: client clock from sending the FineTuneJob's POST to the Job's ADDED watch event
+  (ms resolution), and from the objects' creationTimestamps (1 s resolution: an "0 s" there is anything below
+  a second).
+- apply -> Succeeded: to the watch event that shows status.phase Succeeded; and the Succeeded condition's
+  lastTransitionTime minus the FineTuneJob's creationTimestamp (1 s resolution). This includes the simulated
+  pod lifecycle (KWOK: scheduled, Running after ~0.5 s, Succeeded ~1-1.5 s later) and the Job controller.
+- operator CPU seconds (utime+stime of the process over the phase) and peak RSS (VmHWM), RSS at the end.
+- API requests per job: the operator's own (counted client-side, by verb and resource) and the API server's
+  ``apiserver_request_total`` delta over the phase from every client (operator, controllers, scheduler, KWOK,
+  this bench's creates and watches), divided by N; the server metric has no per-client label.
+The namespace is deleted after each phase (and waited for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "tests" / "cluster"))
+from _common import machine, table  # noqa: E402
+
+CLUSTER_SH = REPO / "tools" / "k8s" / "cluster.sh"
+BUILD_SH = REPO / "tools" / "k8s" / "build.sh"
+CHART = REPO / "charts" / "finetune-operator"
+CRD = REPO / "crds" / "finetune.io_finetunejobs.yaml"
+IMAGE = "registry.example/finetune-trainer:bench"
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+def sh(*cmd: str, env: dict | None = None, input: str | None = None, check: bool = True, timeout: float = 300):
+    proc = subprocess.run(list(cmd), input=input, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])}... exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc
+
+
+class Plane:
+    def __init__(self, state: Path, nodes: int, own: bool):
+        self.state, self.nodes, self.own = state, nodes, own
+        self.env = dict(os.environ, FTO_K8S_STATE=str(state), FTO_K8S_NODES=str(nodes))
+        self.bin = Path(sh(str(BUILD_SH), "--print-bin-dir").stdout.strip().splitlines()[-1])
+        self.kubeconfig = state / "kubeconfig"
+
+    def up(self) -> None:
+        sh(str(CLUSTER_SH), "up", env=self.env, timeout=300)
+
+    def down(self) -> None:
+        if self.own:
+            sh(str(CLUSTER_SH), "down", env=self.env, check=False)
+            sh(str(CLUSTER_SH), "purge", env=self.env, check=False)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300,
+                kubeconfig: Path | None = None):
+        return sh(str(self.bin / "kubectl"), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args,
+                  input=input, check=check, timeout=timeout)
+
+    def api(self, pool: int = 64):
+        from kubernetes import config as kube_config
+        from kubernetes.client import ApiClient, Configuration
+
+        c = Configuration()
+        kube_config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=c)
+        c.connection_pool_maxsize = pool
+        return ApiClient(c)
+
+
+def request(api, method: str, path: str, body=None, query=None, timeout=(5, 60)):
+    req = api.param_serialize(method, path, query_params=list((query or {}).items()),
+                              header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                              body=body, auth_settings=["BearerToken"])
+    resp = api.call_api(*req, _request_timeout=timeout)
+    data = resp.read()
+    if not 200 <= resp.status < 300:
+        raise RuntimeError(f"{method} {path}: {resp.status} {data[:300]!r}")
+    return json.loads(data or b"{}")
+
+
+class Watcher(threading.Thread):
+    """Streams watch events of one collection; ``seen(event)`` gets (client time, type, object)."""
+
+    def __init__(self, api, path: str, on_event, query: dict | None = None):
+        super().__init__(daemon=True, name=f"watch {path}")
+        self.api, self.path, self.on_event, self.query = api, path, on_event, query or {}
+        self.stopped = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        rv = request(self.api, "GET", self.path, query={**self.query, "limit": "1"})["metadata"]["resourceVersion"]
+        while not self.stopped.is_set():
+            req = self.api.param_serialize(
+                "GET", self.path, query_params=list({**self.query, "watch": "true", "resourceVersion": rv,
+                                                     "allowWatchBookmarks": "true"}.items()),
+                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            resp = self.api.call_api(*req, _request_timeout=(5, 3600)).response
+            self.ready.set()
+            buffer = b""
+            try:
+                for chunk in resp.stream(amt=None, decode_content=True):
+                    now = time.time()
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        obj = event.get("object", {})
+                        rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            self.on_event(now, event["type"], obj)
+                    if self.stopped.is_set():
+                        break
+            except Exception:  # noqa: BLE001 - reconnect from the last resourceVersion
+                if self.stopped.is_set():
+                    break
+            finally:
+                resp.release_conn()
+
+
+def apiserver_requests(plane: Plane) -> collections.Counter:
+    text = plane.kubectl("get", "--raw", "/metrics", timeout=60).stdout
+    counts: collections.Counter = collections.Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        value = float(line.rsplit(" ", 1)[1])
+        key = f"{labels.get('verb')} {labels.get('resource')}" + (f"/{labels['subresource']}"
+                                                                   if labels.get("subresource") else "")
+        counts[key] += value
+    return counts
+
+
+def proc_status(pid: int) -> dict:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmHWM", "VmRSS")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024  # MiB
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        out["cpu_s"] = (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+# ------------------------------------------------------------------------------------------------ phase
+def manifest(name: str, namespace: str) -> dict:
+    return {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": {"source": "hf://org/tiny-bert", "secretRef": {"name": "hf-token"}},
+                     "task": "sequence-classification", "dataset": {"source": "hf://glue?config=mrpc"},
+                     "strategy": {"type": "partial", "layers": "last:2"},
+                     "resources": {"gpus": 0, "cpu": "100m", "memory": "128Mi"},
+                     "output": {"location": f"pvc://ckpt/{name}"}, "runPolicy": {"backoffLimit": 3}}}
+
+
+def prepare_namespace(plane: Plane, work: Path, tag: str) -> dict:
+    from operator_process import release_manifests  # tests/cluster: the chart's RBAC, as the tests render it
+
+    suffix = uuid.uuid4().hex[:6]
+    ns, system_ns, release = f"scale-{tag}-{suffix}", f"scale-sys-{suffix}", f"scale-{suffix}"
+    for n in (system_ns, ns):
+        plane.kubectl("create", "namespace", n)
+    for _ in range(60):
+        if plane.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0:
+            break
+        time.sleep(0.5)
+
+    class CP:  # what release_manifests needs of the tests' ControlPlane
+        bin_dir = plane.bin
+
+    rbac = release_manifests(CP, release, system_ns, ns)
+    plane.kubectl("apply", "-f", "-", input=rbac)
+    pv = f"scale-ckpt-{suffix}"
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "hostPath": {"path": f"/tmp/{pv}"}, "claimRef": {"namespace": ns, "name": "ckpt"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt", "namespace": ns},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": ns},
+         "stringData": {"HF_TOKEN": "not-a-real-token"}},
+    ]))
+    sa = f"{release}-finetune-operator"
+    token = plane.kubectl("create", "token", sa, "-n", system_ns, "--duration=3h").stdout.strip()
+    admin = yaml.safe_load(plane.kubeconfig.read_text())
+    kc = work / f"operator-{tag}.kubeconfig"
+    kc.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "bench", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": sa, "namespace": ns}}],
+        "current-context": "bench"}))
+    kc.chmod(0o600)
+    server = admin["clusters"][0]["cluster"]["server"]
+    return {"ns": ns, "system_ns": system_ns, "rbac": rbac, "pv": pv, "kubeconfig": kc,
+            "api_hostport": server.split("://", 1)[1].rstrip("/")}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_operator(ctx: dict, work: Path, tag: str, poll_interval: float,
+                   tracemalloc_frames: int = 0) -> tuple[subprocess.Popen, Path, Path]:
+    import urllib.request
+
+    counts, log = work / f"counts-{tag}.json", work / f"operator-{tag}.log"
+    health, metrics_port = free_port(), free_port()
+    env = dict(os.environ, FTO_COUNTS_FILE=str(counts), FTO_API_HOSTPORT=ctx["api_hostport"],
+               FTO_TRACEMALLOC=str(tracemalloc_frames))
+    cmd = [sys.executable, str(HERE / "_operator_counted.py"), "--kubeconfig", str(ctx["kubeconfig"]),
+           "--namespace", ctx["ns"], "--trainer-image", IMAGE, "--poll-interval", str(poll_interval),
+           "--metrics-port", str(metrics_port), "--health-port", str(health), "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"operator did not start: {log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    time.sleep(2)  # Kopf's initial listing of the (empty) namespace
+    return proc, counts, log
+
+
+def stop_operator(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def cleanup(plane: Plane, ctx: dict) -> float:
+    started = time.monotonic()
+    for ns in (ctx["ns"], ctx["system_ns"]):
+        plane.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+    plane.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=ctx["rbac"], check=False)
+    plane.kubectl("delete", "pv", ctx["pv"], "--ignore-not-found", "--wait=false", check=False)
+    plane.kubectl("wait", "--for=delete", f"namespace/{ctx['ns']}", "--timeout=600s", check=False, timeout=660)
+    return time.monotonic() - started
+
+
+def phase(plane: Plane, n: int, work: Path, args) -> dict:
+    tag = str(n)
+    ctx = prepare_namespace(plane, work, tag)
+    ns = ctx["ns"]
+    api = plane.api()
+    job_seen: dict[str, float] = {}
+    ftj_phase_seen: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    lock = threading.Lock()
+
+    def on_job(now, kind, obj):
+        owner = obj["metadata"].get("labels", {}).get("finetune.io/job")
+        if owner and kind == "ADDED":
+            with lock:
+                job_seen.setdefault(owner, now)
+
+    def on_ftj(now, kind, obj):
+        phase_ = (obj.get("status") or {}).get("phase")
+        if phase_:
+            with lock:
+                ftj_phase_seen[obj["metadata"]["name"]].setdefault(phase_, now)
+
+    watchers = [Watcher(plane.api(4), f"/apis/batch/v1/namespaces/{ns}/jobs", on_job),
+                Watcher(plane.api(4), f"/apis/finetune.io/v1alpha1/namespaces/{ns}/finetunejobs", on_ftj)]
+    for w in watchers:
+        w.start()
+        w.ready.wait(30)
+    proc, counts_file, log = start_operator(ctx, work, tag, args.poll_interval, args.tracemalloc)
+    profiler = None
+    if args.profile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        profiler = subprocess.Popen([py_spy, "record", "-p", str(proc.pid), "-o", str(work / f"profile-{tag}.txt"),
+                                     "-f", "raw", "-r", "100", "--nonblocking"],
+                                    stdout=subprocess.DEVNULL, stderr=(work / f"py-spy-{tag}.log").open("w"))
+    before_server = apiserver_requests(plane)
+    before_proc = proc_status(proc.pid)
+    before_counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+    names = [f"ftj-{i:05d}" for i in range(n)]
+    sent: dict[str, float] = {}
+    rss_samples: list[float] = []
+    stop_sampling = threading.Event()
+
+    def sample():
+        while not stop_sampling.is_set():
+            s = proc_status(proc.pid)
+            if "VmRSS" in s:
+                rss_samples.append(s["VmRSS"])
+            time.sleep(0.25)
+
+    threading.Thread(target=sample, daemon=True).start()
+    path = f"/apis/finetune.io/v1alpha1/namespaces/{ns}/finetunejobs"
+
+    def create(name: str) -> None:
+        sent[name] = time.time()
+        for attempt in range(5):
+            try:
+                request(api, "POST", path, manifest(name, ns))
+                return
+            except Exception:  # noqa: BLE001 - 429/5xx under load: retry
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
+    t_apply = time.time()
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        list(pool.map(create, names))
+    t_applied = time.time()
+    deadline = time.monotonic() + args.timeout
+    jobs_done_at = None
+    while time.monotonic() < deadline:
+        with lock:
+            done = sum(1 for x in names if "Succeeded" in ftj_phase_seen.get(x, {}))
+            failed = sum(1 for x in names if "Failed" in ftj_phase_seen.get(x, {}))
+            jobs = len(job_seen)
+        if jobs >= n and jobs_done_at is None:
+            jobs_done_at = time.time()
+        if done + failed >= n:
+            break
+        time.sleep(0.5)
+    t_end = time.time()
+    time.sleep(1)
+    after_proc = proc_status(proc.pid)
+    after_server = apiserver_requests(plane)
+    time.sleep(1.2)
+    after_counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+    stop_sampling.set()
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        try:
+            profiler.wait(60)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+    operator_metrics = {}
+    stop_operator(proc)
+    for w in watchers:
+        w.stopped.set()
+
+    # server-side timestamps (1 s resolution)
+    ftjs = request(api, "GET", path, timeout=(5, 300))["items"]
+    jobs_list = request(api, "GET", f"/apis/batch/v1/namespaces/{ns}/jobs", timeout=(5, 300))["items"]
+    created = {o["metadata"]["name"]: ts(o["metadata"]["creationTimestamp"]) for o in ftjs}
+    job_created = {}
+    for j in jobs_list:
+        owner = j["metadata"].get("labels", {}).get("finetune.io/job")
+        if owner:
+            job_created[owner] = min(job_created.get(owner, 1e20), ts(j["metadata"]["creationTimestamp"]))
+    succeeded_at = {}
+    for o in ftjs:
+        for c in (o.get("status") or {}).get("conditions", []):
+            if c.get("type") == "Succeeded" and c.get("status") == "True":
+                succeeded_at[o["metadata"]["name"]] = ts(c.get("lastTransitionTime"))
+    phases = collections.Counter((o.get("status") or {}).get("phase", "none") for o in ftjs)
+
+    to_job_client = [job_seen[x] - sent[x] for x in names if x in job_seen]
+    to_ok_client = [ftj_phase_seen[x]["Succeeded"] - sent[x] for x in names if "Succeeded" in ftj_phase_seen[x]]
+    to_job_server = [job_created[x] - created[x] for x in names if x in job_created and x in created]
+    to_ok_server = [succeeded_at[x] - created[x] for x in names if x in succeeded_at and x in created]
+    op_delta = collections.Counter(after_counts)
+    op_delta.subtract(before_counts)
+    srv_delta = after_server.copy()
+    srv_delta.subtract(before_server)
+    op_total = sum(v for k, v in op_delta.items() if not k.startswith("SCRAPE"))
+    srv_total = sum(srv_delta.values())
+    cleanup_s = cleanup(plane, ctx)
+
+    def r(x, nd=2):
+        return None if x is None else round(x, nd)
+
+    result = {
+        "jobs": n, "phases": dict(phases), "apply_s": r(t_applied - t_apply),
+        "create_rate_per_s": r(n / max(1e-9, t_applied - t_apply), 0),
+        "all_jobs_created_s": r((jobs_done_at or t_end) - t_apply), "all_succeeded_s": r(t_end - t_apply),
+        "apply_to_job_client_s": {"p50": r(pct(to_job_client, 50)), "p99": r(pct(to_job_client, 99)),
+                                  "max": r(max(to_job_client, default=None)), "n": len(to_job_client)},
+        "apply_to_job_server_s": {"p50": r(pct(to_job_server, 50)), "p99": r(pct(to_job_server, 99)),
+                                  "max": r(max(to_job_server, default=None))},
+        "apply_to_succeeded_client_s": {"p50": r(pct(to_ok_client, 50)), "p99": r(pct(to_ok_client, 99)),
+                                        "max": r(max(to_ok_client, default=None)), "n": len(to_ok_client)},
+        "apply_to_succeeded_server_s": {"p50": r(pct(to_ok_server, 50)), "p99": r(pct(to_ok_server, 99)),
+                                        "max": r(max(to_ok_server, default=None))},
+        "operator_cpu_s": r(after_proc.get("cpu_s", 0) - before_proc.get("cpu_s", 0)),
+        "operator_peak_rss_mib": r(after_proc.get("VmHWM"), 1),
+        "operator_rss_end_mib": r(after_proc.get("VmRSS"), 1),
+        "operator_rss_start_mib": r(before_proc.get("VmRSS"), 1),
+        "operator_requests_per_job": r(op_total / n),
+        "operator_requests_by_kind_per_job": {k: r(v / n) for k, v in sorted(op_delta.items(), key=lambda kv: -kv[1])
+                                              if v},
+        "apiserver_requests_per_job_all_clients": r(srv_total / n),
+        "apiserver_top_per_job": {k: r(v / n) for k, v in srv_delta.most_common(12) if v},
+        "cleanup_s": r(cleanup_s, 1),
+        "operator_log_tail": log.read_text()[-1500:],
+    }
+    del operator_metrics
+    if args.profile:
+        result["profile"] = str(work / f"profile-{tag}.txt")
+    if args.tracemalloc:
+        result["memory"] = str(counts_file) + ".mem.txt"
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--counts", default="500,2000")
+    p.add_argument("--state", type=Path, default=None)
+    p.add_argument("--shared", action="store_true", help="use the default plane (tools/k8s/cluster.sh's)")
+    p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--poll-interval", type=float, default=15)
+    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--profile", action="store_true", help="record the operator with py-spy (pip install py-spy)")
+    p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                   help="diagnostic: the operator's top allocations at exit (slows it down; not for timings)")
+    p.add_argument("--keep-plane", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="fto-scale-"))
+    if args.shared:
+        state = Path(os.environ.get("FTO_K8S_STATE") or Path.home() / ".local/state/finetune-operator/plane")
+        plane = Plane(state, int(os.environ.get("FTO_K8S_NODES", 2)), own=False)
+    else:
+        plane = Plane(args.state or work / "plane", args.nodes, own=not args.keep_plane)
+    info = machine()
+    print(json.dumps({"machine": info, "plane": str(plane.state), "nodes": plane.nodes, "work": str(work)}),
+          flush=True)
+    plane.up()
+    results = []
+    try:
+        plane.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=fto-bench", "-f", str(CRD))
+        plane.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetune.io", "--timeout=60s")
+        for n in [int(x) for x in args.counts.split(",")]:
+            res = phase(plane, n, work, args)
+            results.append(res)
+            print(json.dumps(res), flush=True)
+    finally:
+        plane.down()
+    rows = [{"jobs": x["jobs"], "create s": x["apply_s"],
+             "job p50 s": x["apply_to_job_client_s"]["p50"], "job p99 s": x["apply_to_job_client_s"]["p99"],
+             "job p99 (ts) s": x["apply_to_job_server_s"]["p99"],
+             "ok p50 s": x["apply_to_succeeded_client_s"]["p50"], "ok p99 s": x["apply_to_succeeded_client_s"]["p99"],
+             "ok p99 (ts) s": x["apply_to_succeeded_server_s"]["p99"], "all ok s": x["all_succeeded_s"],
+             "op CPU s": x["operator_cpu_s"], "op peak RSS MiB": x["operator_peak_rss_mib"],
+             "op req/job": x["operator_requests_per_job"], "apiserver req/job": x["apiserver_requests_per_job_all_clients"]}
+            for x in results]
+    print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
+          f"{plane.nodes} KWOK nodes; operator poll interval {args.poll_interval}s")
+    print(table(rows, list(rows[0]) if rows else []))
+    for x in results:
+        print(f"\n{x['jobs']} jobs, operator requests per job: " +
+              ", ".join(f"{k} {v}" for k, v in x["operator_requests_by_kind_per_job"].items()))
+        print(f"{x['jobs']} jobs, API server (all clients) per job, top: " +
+              ", ".join(f"{k} {v}" for k, v in x["apiserver_top_per_job"].items()))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    if not args.keep_plane:
+        if not (args.profile or args.tracemalloc):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Cost scaling of our trainer: samples/s against sequence length and batch size, for full and partial last:2.
+
+    .venv/bin/python bench/scaling.py [--samples 320] [--json OUT]
+
+Data: MRPC pairs with both sentences repeated until the pair is longer than the target length, then truncated to
+it (dataset.maxLength = L), so every example is exactly L tokens and dynamic padding and grouping change
+nothing: the cost of L tokens is what is measured. Written to a temporary directory (never into the repo).
+Sweeps (each point its own subprocess, full and partial interleaved at each point):
+  sequence length 64 / 128 / 256 / 512 at batch 32
+  batch size 8 / 16 / 32 at length 128
+Every run trains on the same number of samples (--samples, default 320: 40 steps at batch 8, 10 at batch 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import snapshot_trainer, MRPC, STRATEGIES, child_env, machine, run_measured, table, trainer_config  # noqa: E402
+
+LENGTHS = [64, 128, 256, 512]
+BATCHES = [8, 16, 32]
+
+
+def make_data(target: Path, rows: int = 1000, dev_rows: int = 32) -> None:
+    """train.tsv/dev.tsv in MRPC's layout with each sentence repeated 12 times (> 512 tokens per pair)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train.tsv", rows), ("dev.tsv", dev_rows)):
+        with open(MRPC / name, encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(reader)
+            body = [r for _, r in zip(range(count), reader)]
+        with open(target / name, "w", encoding="utf-8") as f:
+            f.write("\t".join(header) + "\n")
+            for r in body:
+                r[3], r[4] = " ".join([r[3]] * 12), " ".join([r[4]] * 12)
+                f.write("\t".join(r) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=320)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="fto-scaling-"))
+    data = work / "data"
+    make_data(data)
+    log = work / "runs.log"
+    info = machine()
+    info["trainer"] = snapshot_trainer()
+    print(json.dumps({"machine": info, "samples": args.samples, "log": str(log)}), flush=True)
+    points = [(L, 32) for L in LENGTHS] + [(128, b) for b in BATCHES if b != 32]
+    records = []
+    for length, batch in points:
+        for strategy in ("full", "partial"):
+            out = work / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = trainer_config("scaling", str(out), STRATEGIES[strategy], data=str(data), batch_size=batch,
+                                 max_steps=max(1, args.samples // batch), max_length=length)
+            path = work / "cfg.json"
+            path.write_text(json.dumps(cfg))
+            r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],
+                             env=child_env(), log=log)
+            r.update(strategy=strategy, length=length, batch=batch)
+            records.append(r)
+            print(json.dumps(r), flush=True)
+    rows = []
+    for length, batch in points:
+        full = next(r for r in records if (r["length"], r["batch"], r["strategy"]) == (length, batch, "full"))
+        part = next(r for r in records if (r["length"], r["batch"], r["strategy"]) == (length, batch, "partial"))
+        row = {"length": length, "batch": batch}
+        for key, r in (("full", full), ("partial", part)):
+            sps = r.get("samples_per_s")
+            row[f"{key} samples/s"] = sps
+            row[f"{key} ms/sample"] = round(1000 / sps, 1) if sps else None
+            row[f"{key} RSS MiB"] = r["peak_rss_mib"]
+        if full.get("samples_per_s") and part.get("samples_per_s"):
+            row["partial/full"] = round(part["samples_per_s"] / full["samples_per_s"], 2)
+        rows.append(row)
+    print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
+          f"{args.samples} samples per run")
+    print(table(rows, ["length", "batch", "full samples/s", "full ms/sample", "partial samples/s",
+                       "partial ms/sample", "partial/full", "full RSS MiB", "partial RSS MiB"]))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "records": records, "rows": rows}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(info["trainer"]["path"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

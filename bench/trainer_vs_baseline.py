@@ -1,0 +1,128 @@
+"""Our trainer against the plain Hugging Face Trainer baseline on GLUE MRPC with all-MiniLM-L6-v2 (issue 8).
+
+    .venv/bin/python bench/trainer_vs_baseline.py                 # speed: same optimizer steps, interleaved
+    .venv/bin/python bench/trainer_vs_baseline.py --epochs 3      # accuracy and F1 after 3 epochs
+    options: --steps N (speed, default 40) --rounds R (default 2) --only baseline,full,...  --json OUT
+
+Speed mode runs, in each round and in this order, ``shared/bench/seed_baseline.py max_steps:N`` (batch 8,
+every pair padded to 128, lr 5e-5, fp32, torch's default threads) and our trainer for the same N optimizer steps
+at the job's defaults (batch 32, dynamic padding with length grouping, threads from the CPU quota, fp32 on CPU)
+for ``full``, ``partial last:2``, ``hybrid`` (last:1 full + LoRA r=8 on the 5 blocks below) and ``lora`` (r=8 on
+every block, head trains). ``--only baseline,full@8`` adds ``full`` at batch 8, the like-for-like point (same
+steps and samples as the baseline; levers.py row L3 is the same configuration). Every run is its own subprocess; peak RSS is that child's ``ru_maxrss``. samples/s is what each
+reports: the baseline's ``train_samples_per_second`` (samples / train() wall time), our summary's
+``samplesPerSecond`` (samples / summed step time, data loading included, eval and checkpoints excluded).
+Ratios are against the baseline of the same round; the table shows per-round ratios' median. Because the
+machine is shared, each run also reports samples per CPU-second of its training loop (process CPU time of all
+its threads inside Trainer.train for the baseline, inside the step loop for ours): wall-clock ratios swing
+with the neighbours' load, CPU-time ratios hardly do.
+
+Accuracy mode trains each for 3 epochs and evaluates on dev.tsv (408 pairs). Learning rates: baseline 5e-5
+(fixed), full 5e-5, partial 1e-4, hybrid and lora 3e-4 (adapters want a larger step), all batch 32 and linear
+decay with 6% warmup (the trainer's defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (STRATEGIES, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
+                     snapshot_trainer, table, trainer_config)
+
+LEARNING_RATES = {"full": 5e-5, "full@8": 5e-5, "partial": 1e-4, "hybrid": 3e-4, "lora": 3e-4}
+ORDER = ["baseline", "full", "partial", "hybrid", "lora", "full@8"]  # full@8: with --only (levers.py has it as L3)
+
+
+def run_one(name: str, budget: dict, work: Path, log: Path) -> dict:
+    if name == "baseline":
+        arg = f"max_steps:{budget['steps']}" if "steps" in budget else f"epochs:{budget['epochs']:g}"
+        r = run_measured(baseline_cmd(arg), env=child_env(), log=log)
+        r["batch"] = 8
+        return r
+    strategy = name.split("@")[0]
+    batch = int(name.split("@")[1]) if "@" in name else 32
+    out = work / name.replace("@", "_b")
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = trainer_config(name, str(out), STRATEGIES[strategy], batch_size=batch, learning_rate=LEARNING_RATES[name],
+                         max_steps=budget.get("steps"), epochs=budget.get("epochs", 3))
+    path = work / f"{name.replace('@', '_b')}.json"
+    path.write_text(json.dumps(cfg))
+    r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],
+                     env=child_env(), log=log)
+    shutil.rmtree(out, ignore_errors=True)
+    r["batch"] = batch
+    return r
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--epochs", type=float, default=None, help="accuracy mode: train this many epochs")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--only", default=None, help="comma-separated subset of " + ",".join(ORDER))
+    p.add_argument("--json", type=Path, default=None, help="also write every run's record here")
+    args = p.parse_args()
+    names = args.only.split(",") if args.only else ORDER[:5]
+    if "baseline" not in names:
+        names = ["baseline", *names]
+    rounds = args.rounds or (2 if args.epochs is None else 1)
+    budget = {"epochs": args.epochs} if args.epochs else {"steps": args.steps}
+    work = Path(tempfile.mkdtemp(prefix="fto-bench-"))
+    log = work / "runs.log"
+    info = machine()
+    info["trainer"] = snapshot_trainer()
+    print(json.dumps({"machine": info, "budget": budget, "rounds": rounds, "log": str(log)}), flush=True)
+    records = []
+    for rnd in range(rounds):
+        base = None
+        for name in names:
+            r = run_one(name, budget, work, log)
+            r.update(name=name, round=rnd)
+            if name == "baseline":
+                base = r
+            if base and r.get("samples_per_s") and base.get("samples_per_s"):
+                r["ratio"] = round(r["samples_per_s"] / base["samples_per_s"], 2)
+            if base and r.get("samples_per_cpu_s") and base.get("samples_per_cpu_s"):
+                r["cpu_ratio"] = round(r["samples_per_cpu_s"] / base["samples_per_cpu_s"], 2)
+            records.append(r)
+            print(json.dumps(r), flush=True)
+    rows = []
+    for name in names:
+        rs = [r for r in records if r["name"] == name and r["rc"] == 0]
+        if not rs:
+            rows.append({"run": name, "note": "failed"})
+            continue
+        rows.append({
+            "run": name, "batch": rs[0]["batch"],
+            "samples/s": median([r["samples_per_s"] for r in rs]),
+            "x baseline": median([r.get("ratio", 1.0) for r in rs]),
+            "per-round x": " ".join(f"{r.get('ratio', 1.0):.2f}" for r in rs),
+            "samples/CPU-s": median([r["samples_per_cpu_s"] for r in rs]) if rs[0].get("samples_per_cpu_s") else None,
+            "x baseline (CPU)": median([r.get("cpu_ratio", 1.0) for r in rs]),
+            "per-round x (CPU)": " ".join(f"{r.get('cpu_ratio', 1.0):.2f}" for r in rs),
+            "peak RSS MiB": max(r["peak_rss_mib"] for r in rs),
+            "RSS at last step MiB": max(r.get("train_peak_rss_mib") or 0 for r in rs) or None,
+            "trainable": rs[0].get("trainable"),
+            "accuracy": rs[-1].get("accuracy"), "f1": rs[-1].get("f1"),
+            "wall s": median([r["wall_s"] for r in rs]),
+        })
+    cols = ["run", "batch", "samples/s", "x baseline", "per-round x", "samples/CPU-s", "x baseline (CPU)",
+            "per-round x (CPU)", "peak RSS MiB", "RSS at last step MiB", "trainable", "accuracy", "f1", "wall s"]
+    print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
+          f"budget {budget}; trainer snapshot {info['trainer']['sha256']}")
+    print(table(rows, cols))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "budget": budget, "records": records, "rows": rows},
+                                        indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(info["trainer"]["path"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
