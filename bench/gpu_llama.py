@@ -15,11 +15,17 @@ What runs (each in its own subprocess, so GPU memory is clean between runs):
   hf            transformers.Trainer: bf16=True (autocast, fp32 master weights), optim="adamw_torch_fused",
                 every text padded to 2048 (padding="max_length"), 16 rows per step (32,768 padded tokens, ~17.5k
                 real), sdpa attention, no gradient checkpointing, max_grad_norm 1.0.
-  full          our trainer, train.run(TrainerConfig): strategy full, 30 texts per step packed into rows of at
-                most 2048 tokens (~32.7k real tokens per step), precision auto (= bf16 autocast on the H200, fp32
-                master weights), fused AdamW (the trainer's default on every device), sdpa.
+  full          our trainer, train.run(TrainerConfig): strategy full, 16 texts per step (training.batchSize counts
+                texts) packed into rows of at most 2048 tokens: at most 16 x 2048 = 32,768 tokens in a step, the
+                HF run's bound, ~17.4k real on average; precision auto (= bf16 autocast on the H200, fp32 master
+                weights), fused AdamW (the trainer's default on every device), sdpa.
+                (Length grouping runs the longest batch first: with batchSize 30, as in the first GPU session,
+                step 1 held 30 texts of ~2,000 tokens = ~61k tokens, which ran out of memory for full and lora.)
   partial       the same, strategy partial layers last:4 (blocks 12-15 + lm_head train).
   lora          the same, strategy lora r=8 alpha=16 dropout 0.05 on every projection of every block (+ lm_head).
+  full-compile  (only with --runs) full with the model wrapped in torch.compile(dynamic=True) by the bench (the
+                trainer has no switch for it): what fusing RMSNorm/SwiGLU/RoPE/residual kernels is worth. Compiling
+                takes 1-2 minutes of the run; --warmup 4 or more.
   full-nogroup  (only with --runs) full with training.groupByLength false: random batches pack into 2048-token
                 rows at ~0.89 efficiency, length-grouped ones at ~0.96 (rows are as wide as the batch's longest).
 
@@ -76,7 +82,7 @@ def sizes(tiny: bool) -> dict:
     if tiny:
         return dict(shape=TINY_SHAPE, seq=128, min_words=8, records=240, hf_batch=4, our_batch=8, partial="last:1",
                     lr=1e-3)
-    return dict(shape=FULL_SHAPE, seq=2048, min_words=128, records=2000, hf_batch=16, our_batch=30,
+    return dict(shape=FULL_SHAPE, seq=2048, min_words=128, records=2000, hf_batch=16, our_batch=16,
                 partial="last:4", lr=1e-4)
 
 
@@ -169,7 +175,7 @@ def lora_params(shape: dict, r: int = 8) -> int:
 
 def flops_per_token(run: str, shape: dict, top_blocks: int) -> float:
     m = matmul_params(shape)
-    if run in ("hf", "full", "full-nogroup"):
+    if run in ("hf", "full", "full-nogroup", "full-compile"):
         return 6 * m["N"]
     if run == "partial":
         top = top_blocks * m["block"] + m["head"]
@@ -190,7 +196,7 @@ def figures(run: str, shape: dict, tokens: int, seconds: float, sum_sq: float, t
     model_flops = flops_per_token(run, shape, top_blocks) * tps
     out = {"tokens_per_s": round(tps, 1), "tflops": round(model_flops / 1e12, 1),
            "mfu": round(model_flops / PEAK_SPEC, 4), "mfu_vs_matmul": round(model_flops / PEAK_MATMUL, 4)}
-    if run in ("hf", "full", "full-nogroup"):
+    if run in ("hf", "full", "full-nogroup", "full-compile"):
         out["mfu_attn"] = round((model_flops + attention_flops(shape, sum_sq) / seconds) / PEAK_SPEC, 4)
     return out
 
@@ -261,12 +267,15 @@ def worker_ours(args, assets: dict, run: str) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO / "trainer_image"))
+    _datasets_fingerprint_fallback()
     from finetune_trainer import train
     from finetune_trainer.config import TrainerConfig
     from finetune_trainer.tasks.causal_lm import pack
 
     s = sizes(args.tiny)
-    strategy = {"full": {"type": "full"}, "full-nogroup": {"type": "full"},
+    if args.our_batch:
+        s["our_batch"] = args.our_batch
+    strategy = {"full": {"type": "full"}, "full-nogroup": {"type": "full"}, "full-compile": {"type": "full"},
                 "partial": {"type": "partial", "layers": s["partial"]},
                 "lora": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}}[run]
     total_steps = args.warmup + args.steps
@@ -306,6 +315,13 @@ def worker_ours(args, assets: dict, run: str) -> dict:
         return loss
 
     train.Recipe._step = timed_step
+    if run == "full-compile":
+        original_wrap = train.Recipe._wrap
+
+        def compiled_wrap(self):
+            return torch.compile(original_wrap(self), dynamic=True)
+
+        train.Recipe._wrap = compiled_wrap
     train.Recipe.save_checkpoint = lambda self: None
     train.Recipe.save_model = lambda self: None
     summary = train.run(config)
@@ -321,6 +337,27 @@ def worker_ours(args, assets: dict, run: str) -> dict:
            "trainer_tokens_per_s": summary["metrics"].get("tokensPerSecond")}
     out.update(figures(run, s["shape"], stats["tokens"], seconds, stats["sum_sq"], top_blocks))
     return out
+
+
+def _datasets_fingerprint_fallback() -> None:
+    """Bench-only: on the GPU image (Python 3.12) hashing a from-list Dataset's state for its fingerprint failed;
+    fall back to a random fingerprint (what datasets itself does when a transform cannot be hashed). Caching is
+    off in the trainer anyway, so fingerprints only name in-memory tables."""
+    try:
+        import datasets.arrow_dataset as arrow_dataset
+        import datasets.fingerprint as fingerprint
+    except ImportError:
+        return
+    original = fingerprint.generate_fingerprint
+
+    def generate_fingerprint(dataset):
+        try:
+            return original(dataset)
+        except Exception:  # noqa: BLE001 - any hashing failure
+            return fingerprint.generate_random_fingerprint()
+
+    fingerprint.generate_fingerprint = generate_fingerprint
+    arrow_dataset.generate_fingerprint = generate_fingerprint
 
 
 def worker(args) -> None:
@@ -345,7 +382,8 @@ def worker(args) -> None:
 # ----------------------------------------------------------------------------------------------------- parent
 def launch(args, role: str, assets: dict, work: Path, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--worker", role, "--assets", json.dumps(assets), "--work", str(work),
-           "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else [])
+           "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else []) + \
+        (["--our-batch", str(args.our_batch)] if args.our_batch else [])
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     log = work / f"{role}.log"
     started = time.perf_counter()
@@ -372,6 +410,8 @@ def main() -> None:
     p.add_argument("--runs", default=",".join(RUNS))
     p.add_argument("--steps", type=int, default=None, help="measured steps (default 10; tiny 4)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps before the clock starts (default 3; tiny 2)")
+    p.add_argument("--our-batch", type=int, default=None,
+                   help="texts per step for our trainer (default 16: at most 16 x 2048 tokens, the HF run's bound)")
     p.add_argument("--out", type=Path, default=None, help="write results.json and table.md here")
     p.add_argument("--work", default=None, help="model/data directory (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
