@@ -2,8 +2,8 @@
 counted on the client side, for bench/operator_scale.py. Nothing in the operator changes: urllib3 (the
 kubernetes client under kube.py) and aiohttp (Kopf's watches and patches) are wrapped before it starts.
 
-FTO_TRACEMALLOC=N (frames) also writes tracemalloc's top allocations to FTO_COUNTS_FILE.mem.txt at exit (a
-diagnostic run: tracing slows the operator down).
+FTO_TRACEMALLOC=N (frames) also writes tracemalloc's top allocations to FTO_COUNTS_FILE.mem.txt on SIGUSR1 and at
+exit (a diagnostic run: tracing slows the operator down).
 
 Counts go to the JSON file named by FTO_COUNTS_FILE, rewritten every second and at exit:
 ``{"VERB resource[/subresource] (client)": n}`` with the API server's verbs (LIST, GET, WATCH, CREATE, PATCH,
@@ -108,6 +108,10 @@ def install() -> None:
         import tracemalloc
 
         tracemalloc.start(frames)
+        import signal
+
+        # SIGUSR1 writes the snapshot (the bench sends it while the backlog is at its largest); exit writes one too.
+        signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=dump_memory, daemon=True).start())
         atexit.register(dump_memory)
 
 

@@ -177,6 +177,24 @@ def proc_status(pid: int) -> dict:
     return out
 
 
+def smaps_summary(pid: int, top: int = 8) -> dict:
+    """RSS of the process by mapping (MiB): [heap] (glibc's main arena), anonymous mappings (pymalloc arenas, other
+    malloc arenas, thread stacks), shared libraries; says where memory that Python's tracemalloc does not see lives."""
+    sizes: collections.Counter = collections.Counter()
+    name = "?"
+    try:
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            parts = line.split()
+            if parts and "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+                name = parts[5] if len(parts) >= 6 else "[anon]"
+                name = Path(name).name if name.startswith("/") else name
+            elif parts and parts[0] == "Rss:":
+                sizes[name] += int(parts[1]) / 1024
+    except OSError:
+        return {}
+    return {k: round(v, 1) for k, v in sizes.most_common(top)}
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -365,6 +383,9 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         list(pool.map(create, names))
     t_applied = time.time()
+    if args.tracemalloc:  # the snapshot while the backlog is largest
+        time.sleep(20)
+        proc.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + args.timeout
     jobs_done_at = None
     while time.monotonic() < deadline:
@@ -380,6 +401,7 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
     t_end = time.time()
     time.sleep(1)
     after_proc = proc_status(proc.pid)
+    smaps = smaps_summary(proc.pid)
     after_server = apiserver_requests(plane)
     time.sleep(1.2)
     after_counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
@@ -442,6 +464,7 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
         "operator_peak_rss_mib": r(after_proc.get("VmHWM"), 1),
         "operator_rss_end_mib": r(after_proc.get("VmRSS"), 1),
         "operator_rss_start_mib": r(before_proc.get("VmRSS"), 1),
+        "operator_rss_by_mapping_mib": smaps,
         "operator_requests_per_job": r(op_total / n),
         "operator_requests_by_kind_per_job": {k: r(v / n) for k, v in sorted(op_delta.items(), key=lambda kv: -kv[1])
                                               if v},
@@ -469,6 +492,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="record the operator with py-spy (pip install py-spy)")
     p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                    help="diagnostic: the operator's top allocations at exit (slows it down; not for timings)")
+    p.add_argument("--experiment-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="what-if: extra environment for the operator process, e.g. MALLOC_ARENA_MAX=2 (repeatable)")
     p.add_argument("--keep-plane", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()

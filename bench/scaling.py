@@ -9,6 +9,8 @@ Sweeps (each point its own subprocess, full and partial interleaved at each poin
   sequence length 64 / 128 / 256 / 512 at batch 32
   batch size 8 / 16 / 32 at length 128
 Every run trains on the same number of samples (--samples, default 320: 40 steps at batch 8, 10 at batch 32).
+Reported: samples/s (wall), samples per CPU-second of the step loop and CPU-ms per sample (robust to the shared
+machine's load), partial/full, and RSS when the last step ends.
 """
 
 from __future__ import annotations
@@ -76,17 +78,19 @@ def main() -> None:
         part = next(r for r in records if (r["length"], r["batch"], r["strategy"]) == (length, batch, "partial"))
         row = {"length": length, "batch": batch}
         for key, r in (("full", full), ("partial", part)):
-            sps = r.get("samples_per_s")
+            sps, cps = r.get("samples_per_s"), r.get("samples_per_cpu_s")
             row[f"{key} samples/s"] = sps
-            row[f"{key} ms/sample"] = round(1000 / sps, 1) if sps else None
-            row[f"{key} RSS MiB"] = r["peak_rss_mib"]
-        if full.get("samples_per_s") and part.get("samples_per_s"):
-            row["partial/full"] = round(part["samples_per_s"] / full["samples_per_s"], 2)
+            row[f"{key} samples/CPU-s"] = cps
+            row[f"{key} CPU-ms/sample"] = round(1000 / cps, 1) if cps else None
+            row[f"{key} RSS MiB"] = r.get("train_peak_rss_mib") or r["peak_rss_mib"]
+        if full.get("samples_per_cpu_s") and part.get("samples_per_cpu_s"):
+            row["partial/full (CPU)"] = round(part["samples_per_cpu_s"] / full["samples_per_cpu_s"], 2)
         rows.append(row)
     print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
           f"{args.samples} samples per run")
-    print(table(rows, ["length", "batch", "full samples/s", "full ms/sample", "partial samples/s",
-                       "partial ms/sample", "partial/full", "full RSS MiB", "partial RSS MiB"]))
+    print(table(rows, ["length", "batch", "full samples/s", "full samples/CPU-s", "full CPU-ms/sample",
+                       "partial samples/s", "partial samples/CPU-s", "partial CPU-ms/sample", "partial/full (CPU)",
+                       "full RSS MiB", "partial RSS MiB"]))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "records": records, "rows": rows}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
