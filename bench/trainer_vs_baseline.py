@@ -9,7 +9,8 @@ every pair padded to 128, lr 5e-5, fp32, torch's default threads) and our traine
 at the job's defaults (batch 32, dynamic padding with length grouping, threads from the CPU quota, fp32 on CPU)
 for ``full``, ``partial last:2``, ``hybrid`` (last:1 full + LoRA r=8 on the 5 blocks below) and ``lora`` (r=8 on
 every block, head trains). ``--only baseline,full@8`` adds ``full`` at batch 8, the like-for-like point (same
-steps and samples as the baseline; levers.py row L3 is the same configuration). Every run is its own subprocess; peak RSS is that child's ``ru_maxrss``. samples/s is what each
+steps and samples as the baseline; levers.py row L3 is the same configuration); ``full-dropout0`` and
+``partial-dropout0`` are the same runs with ``training.dropout: 0``. Every run is its own subprocess; peak RSS is that child's ``ru_maxrss``. samples/s is what each
 reports: the baseline's ``train_samples_per_second`` (samples / train() wall time), our summary's
 ``samplesPerSecond`` (samples / summed step time, data loading included, eval and checkpoints excluded).
 Ratios are against the baseline of the same round; the table shows per-round ratios' median. Because the
@@ -35,8 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (STRATEGIES, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
                      snapshot_trainer, table, trainer_config)
 
-LEARNING_RATES = {"full": 5e-5, "full@8": 5e-5, "partial": 1e-4, "hybrid": 3e-4, "lora": 3e-4}
-ORDER = ["baseline", "full", "partial", "hybrid", "lora", "full@8"]  # full@8: with --only (levers.py has it as L3)
+LEARNING_RATES = {"full": 5e-5, "partial": 1e-4, "hybrid": 3e-4, "lora": 3e-4}
+# Our runs: name -> (strategy, batch size, training fields beyond the defaults). The last three only with --only:
+# full@8 is the like-for-like point (levers.py row L3); *-dropout0 set training.dropout: 0.
+RUNS = {
+    "full": ("full", 32, {}), "partial": ("partial", 32, {}), "hybrid": ("hybrid", 32, {}), "lora": ("lora", 32, {}),
+    "full@8": ("full", 8, {}),
+    "full-dropout0": ("full", 32, {"dropout": 0.0}), "partial-dropout0": ("partial", 32, {"dropout": 0.0}),
+}
+ORDER = ["baseline", *RUNS]
 
 
 def run_one(name: str, budget: dict, work: Path, log: Path) -> dict:
@@ -45,12 +53,12 @@ def run_one(name: str, budget: dict, work: Path, log: Path) -> dict:
         r = run_measured(baseline_cmd(arg), env=child_env(), log=log)
         r["batch"] = 8
         return r
-    strategy = name.split("@")[0]
-    batch = int(name.split("@")[1]) if "@" in name else 32
+    strategy, batch, extra = RUNS[name]
     out = work / name.replace("@", "_b")
     shutil.rmtree(out, ignore_errors=True)
-    cfg = trainer_config(name, str(out), STRATEGIES[strategy], batch_size=batch, learning_rate=LEARNING_RATES[name],
-                         max_steps=budget.get("steps"), epochs=budget.get("epochs", 3))
+    cfg = trainer_config(name, str(out), STRATEGIES[strategy], batch_size=batch,
+                         learning_rate=LEARNING_RATES[strategy], max_steps=budget.get("steps"),
+                         epochs=budget.get("epochs", 3), extra_training=extra)
     path = work / f"{name.replace('@', '_b')}.json"
     path.write_text(json.dumps(cfg))
     r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],

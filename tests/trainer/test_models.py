@@ -68,3 +68,32 @@ def test_a_directory_without_a_model_is_a_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError) as info:
         load_model(ModelSpec(source=str(tmp_path)), "AutoModelForSequenceClassification")
     assert info.value.field == "model.source"
+
+
+@pytest.mark.parametrize("arch,auto_class,config", [
+    ("bert", "AutoModelForSequenceClassification", {}), ("roberta", "AutoModelForSequenceClassification", {}),
+    ("distilbert", "AutoModelForSequenceClassification", {}), ("gpt2", "AutoModelForCausalLM", {}),
+    ("llama", "AutoModelForCausalLM", {"attention_dropout": 0.1}),  # Llama ships with 0.0
+    ("t5", "AutoModelForSeq2SeqLM", {}), ("bart", "AutoModelForSeq2SeqLM", {}),
+])
+def test_training_dropout_replaces_every_dropout_probability_of_the_model(arch, auto_class, config, tiny_model_dir):
+    import torch
+
+    spec = ModelSpec(source=str(tiny_model_dir(arch, auto_class, **config)))
+    own = load_model(spec, auto_class)
+    model = load_model(spec, auto_class, dropout=0.0)
+
+    changed = {k for k, v in own.config.to_dict().items() if v != model.config.to_dict()[k]}
+    assert changed and all("dropout" in k or k.endswith("pdrop") for k in changed)
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in model.modules())  # Llama keeps a float
+    assert own.config.to_dict() != model.config.to_dict()  # the model's own values are kept by default
+
+
+def test_dropout_overrides_leave_flags_and_other_settings_alone():
+    from finetune_trainer.models import dropout_overrides
+
+    values = {"hidden_dropout_prob": 0.1, "attn_pdrop": 0.1, "classifier_dropout": None, "use_dropout": True,
+              "layerdrop": 0.1, "initializer_range": 0.02, "summary_first_dropout": 0.1}
+    assert dropout_overrides(values, 0.0) == {"hidden_dropout_prob": 0.0, "attn_pdrop": 0.0,
+                                              "classifier_dropout": 0.0, "summary_first_dropout": 0.0}

@@ -306,6 +306,11 @@ class TrainingSpec(ApiModel):
     packing: bool = Field(True, description="Causal LM: pack examples into padding-free rows.")
     early_stopping: EarlyStopping | None = Field(None, description="Stop when an eval metric stops improving.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    dropout: float | None = Field(
+        None, ge=0, lt=1,
+        description="Set every dropout probability in the model's config (hidden, attention, classifier) to this; "
+                    "unset keeps the model's own. 0 also trains faster on CPU, where drawing the masks is costly.",
+    )
 
 
 class OutputSpec(ApiModel):

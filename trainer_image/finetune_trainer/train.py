@@ -125,7 +125,8 @@ class Recipe:
         # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
         # without a device sync per micro-batch.
         self.train_lengths = list(self.data.train["length"])
-        model = models.load_model(cfg.model, self.task.auto_model, self.data.model_kwargs, self.tokenizer)
+        model = models.load_model(cfg.model, self.task.auto_model, self.data.model_kwargs, self.tokenizer,
+                                  dropout=training.dropout)
         self.layout = resolve_layout(model)
         self.strategy = build_strategy(model, self.layout, cfg.strategy)
         self.model = self.strategy.model.to(self.rt.device)
