@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from finetune_operator.api import FineTuneJob, FineTuneJobStatus
 from finetune_operator.manifest import describe_validation_error
+from finetune_operator.status import read_summary
 from finetune_operator.render import COMPLETION_INDEX_ANNOTATION, CONTAINER, LABEL_ATTEMPT
 
 # Pod-level reasons (pod.status.reason) of pods that were stopped from outside: a new attempt can succeed.
@@ -36,12 +37,13 @@ class Terminated:
 
     @property
     def summary(self) -> dict[str, Any] | None:
-        """The trainer's exit summary, when the termination message is one (not a log tail)."""
+        """The trainer's exit summary, when the termination message is one (not a log tail), reduced to the parts
+        that have the trainer's schema (status.read_summary: a custom image can leave any JSON there)."""
         try:
             summary = json.loads(self.message)
         except ValueError:
             return None
-        return summary if isinstance(summary, dict) else None
+        return read_summary(summary) if isinstance(summary, dict) else None
 
 
 @dataclass(frozen=True)

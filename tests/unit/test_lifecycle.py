@@ -194,6 +194,17 @@ def test_success_takes_metrics_and_locations_from_the_summary():
     assert transition_event(o, d)[0:2] == ("Normal", "TrainingSucceeded")
 
 
+def test_a_summary_the_trainer_writes_passes_the_reader_unchanged():
+    from finetune_operator.status import read_summary
+
+    written = {"phase": "Failed", "reason": "InvalidData", "message": "dataset.source: no such file", "exitCode": 2,
+               "field": "dataset.source", "startTime": "2026-11-28T20:00:00+00:00",
+               "completionTime": "2026-11-28T20:01:00+00:00", "progress": {"step": 3, "totalSteps": 9, "epoch": 0.3},
+               "metrics": {"trainLoss": 0.5}, "parameters": {"trainable": 1, "total": 2},
+               "checkpoint": {"location": "/out/checkpoints/step-3", "step": 3}, "output": {"location": "/out"}}
+    assert read_summary({**written, "metricsUrl": "http://127.0.0.1:9090/metrics"}) == written
+
+
 def test_finished_job_stays_finished_and_is_deleted_after_its_ttl():
     done = {**RUNNING, "phase": "Succeeded", "completionTime": T(-60),
             "conditions": [{"type": "Ready", "status": "True", "reason": "TrainingSucceeded", "message": "done"}]}
