@@ -1,6 +1,7 @@
 """Cost scaling of our trainer: samples/s against sequence length and batch size, for full and partial last:2.
 
     .venv/bin/python bench/scaling.py [--samples 320] [--json OUT]
+    .venv/bin/python bench/scaling.py --runs full,full-dropout0 --lengths 128,256,512 --batches 32
 
 Data: MRPC pairs with both sentences repeated until the pair is longer than the target length, then truncated to
 it (dataset.maxLength = L), so every example is exactly L tokens and dynamic padding and grouping change
@@ -9,6 +10,7 @@ Sweeps (each point its own subprocess, full and partial interleaved at each poin
   sequence length 64 / 128 / 256 / 512 at batch 32
   batch size 8 / 16 / 32 at length 128
 Every run trains on the same number of samples (--samples, default 320: 40 steps at batch 8, 10 at batch 32).
+``--runs`` picks the configurations: full, partial (last:2), full-dropout0 (full with training.dropout: 0).
 Reported: samples/s (wall), samples per CPU-second of the step loop and CPU-ms per sample (robust to the shared
 machine's load), partial/full, and RSS when the last step ends.
 """
@@ -45,11 +47,22 @@ def make_data(target: Path, rows: int = 1000, dev_rows: int = 32) -> None:
                 f.write("\t".join(r) + "\n")
 
 
+RUNS = {"full": ("full", {}), "partial": ("partial", {}), "full-dropout0": ("full", {"dropout": 0.0})}
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=320)
+    p.add_argument("--runs", default="full,partial", help="comma-separated subset of " + ",".join(RUNS))
+    p.add_argument("--lengths", type=ints, default=LENGTHS, help="at batch 32")
+    p.add_argument("--batches", type=ints, default=BATCHES, help="at length 128")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    runs = args.runs.split(",")
     work = Path(tempfile.mkdtemp(prefix="fto-scaling-"))
     data = work / "data"
     make_data(data)
@@ -57,45 +70,48 @@ def main() -> None:
     info = machine()
     info["trainer"] = snapshot_trainer()
     print(json.dumps({"machine": info, "samples": args.samples, "log": str(log)}), flush=True)
-    points = [(L, 32) for L in LENGTHS] + [(128, b) for b in BATCHES if b != 32]
+    points = [(L, 32) for L in args.lengths] + [(128, b) for b in args.batches if (128, b) not in
+                                                 [(L, 32) for L in args.lengths]]
     records = []
     for length, batch in points:
-        for strategy in ("full", "partial"):
+        for run in runs:
+            strategy, extra = RUNS[run]
             out = work / "out"
             shutil.rmtree(out, ignore_errors=True)
             cfg = trainer_config("scaling", str(out), STRATEGIES[strategy], data=str(data), batch_size=batch,
-                                 max_steps=max(1, args.samples // batch), max_length=length)
+                                 max_steps=max(1, args.samples // batch), max_length=length, extra_training=extra)
             path = work / "cfg.json"
             path.write_text(json.dumps(cfg))
             r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],
                              env=child_env(), log=log)
-            r.update(strategy=strategy, length=length, batch=batch)
+            r.update(run=run, length=length, batch=batch)
             records.append(r)
             print(json.dumps(r), flush=True)
     rows = []
     for length, batch in points:
-        full = next(r for r in records if (r["length"], r["batch"], r["strategy"]) == (length, batch, "full"))
-        part = next(r for r in records if (r["length"], r["batch"], r["strategy"]) == (length, batch, "partial"))
+        at = {r["run"]: r for r in records if (r["length"], r["batch"]) == (length, batch)}
         row = {"length": length, "batch": batch}
-        for key, r in (("full", full), ("partial", part)):
+        for run, r in at.items():
             sps, cps = r.get("samples_per_s"), r.get("samples_per_cpu_s")
-            row[f"{key} samples/s"] = sps
-            row[f"{key} samples/CPU-s"] = cps
-            row[f"{key} CPU-ms/sample"] = round(1000 / cps, 1) if cps else None
-            row[f"{key} RSS MiB"] = r.get("train_peak_rss_mib") or r["peak_rss_mib"]
-        if full.get("samples_per_cpu_s") and part.get("samples_per_cpu_s"):
-            row["partial/full (CPU)"] = round(part["samples_per_cpu_s"] / full["samples_per_cpu_s"], 2)
+            row[f"{run} samples/s"] = sps
+            row[f"{run} samples/CPU-s"] = cps
+            row[f"{run} CPU-ms/sample"] = round(1000 / cps, 1) if cps else None
+            row[f"{run} RSS MiB"] = r.get("train_peak_rss_mib") or r["peak_rss_mib"]
+        for run in runs[1:]:
+            if at.get(runs[0], {}).get("samples_per_cpu_s") and at.get(run, {}).get("samples_per_cpu_s"):
+                row[f"{run}/{runs[0]} (CPU)"] = round(at[run]["samples_per_cpu_s"] / at[runs[0]]["samples_per_cpu_s"], 2)
         rows.append(row)
     print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
           f"{args.samples} samples per run")
-    print(table(rows, ["length", "batch", "full samples/s", "full samples/CPU-s", "full CPU-ms/sample",
-                       "partial samples/s", "partial samples/CPU-s", "partial CPU-ms/sample", "partial/full (CPU)",
-                       "full RSS MiB", "partial RSS MiB"]))
+    columns = ["length", "batch"]
+    for suffix in ("samples/s", "samples/CPU-s", "CPU-ms/sample"):
+        columns += [f"{run} {suffix}" for run in runs]
+    columns += [f"{run}/{runs[0]} (CPU)" for run in runs[1:]] + [f"{run} RSS MiB" for run in runs]
+    print(table(rows, columns))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "records": records, "rows": rows}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(info["trainer"]["path"], ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
