@@ -4,6 +4,7 @@
     options: --counts 500,2000  --state DIR (plane state; default a fresh one under /tmp, stopped afterwards)
              --shared (use the default plane, tools/k8s/cluster.sh's, and leave it running)  --nodes 10
              --poll-interval 15 (the operator's default)  --timeout 900  --json OUT  --profile (py-spy)
+             --experiment-env KEY=VALUE (extra operator environment, e.g. FINETUNE_WORKERS=32; repeatable)
 
 Per phase: a fresh namespace with the Helm chart's RBAC (``helm template``, per-namespace install), a claim and a
 Secret, as the cluster tests set up; the operator runs as ``python -m finetune_operator.runner`` under the
@@ -18,7 +19,9 @@ clock at every event. Figures:
 - apply -> Succeeded: to the watch event that shows status.phase Succeeded; and the Succeeded condition's
   lastTransitionTime minus the FineTuneJob's creationTimestamp (1 s resolution). This includes the simulated
   pod lifecycle (KWOK: scheduled, Running after ~0.5 s, Succeeded ~1-1.5 s later) and the Job controller.
-- operator CPU seconds (utime+stime of the process over the phase) and peak RSS (VmHWM), RSS at the end.
+- operator CPU seconds (utime+stime of the process over the phase) and peak RSS (VmHWM), RSS at the end; the CPU
+  seconds of each control-plane process over the phase (which side the machine is busy with), and the operator's
+  own reconcile passes per job and mean pass time (its /metrics).
 - API requests per job: the operator's own (counted client-side, by verb and resource) and the API server's
   ``apiserver_request_total`` delta over the phase from every client (operator, controllers, scheduler, KWOK,
   this bench's creates and watches), divided by N; the server metric has no per-client label.
@@ -177,6 +180,36 @@ def proc_status(pid: int) -> dict:
     return out
 
 
+def plane_cpu(plane: Plane) -> dict[str, float]:
+    """CPU seconds (utime+stime) so far of each control-plane process (cluster.sh's <state>/pids/<component>.pid):
+    with the operator's, says whether the API server side or the operator is what the machine is busy with."""
+    out = {}
+    for pid_file in sorted((plane.state / "pids").glob("*.pid")):
+        try:
+            out[pid_file.stem] = proc_status(int(pid_file.read_text().split()[0])).get("cpu_s", 0.0)
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def operator_passes(metrics_port: int) -> dict[str, float]:
+    """The operator's own reconcile counters (metrics.py): passes by result, and seconds spent in them."""
+    import urllib.request
+
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith(("finetune_operator_reconcile_total{", "finetune_operator_reconcile_duration_seconds_sum",
+                            "finetune_operator_reconcile_duration_seconds_count")):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
 def smaps_summary(pid: int, top: int = 8) -> dict:
     """RSS of the process by mapping (MiB): [heap] (glibc's main arena), anonymous mappings (pymalloc arenas, other
     malloc arenas, thread stacks), shared libraries; says where memory that Python's tracemalloc does not see lives."""
@@ -270,14 +303,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_operator(ctx: dict, work: Path, tag: str, poll_interval: float,
-                   tracemalloc_frames: int = 0) -> tuple[subprocess.Popen, Path, Path]:
+def start_operator(ctx: dict, work: Path, tag: str, poll_interval: float, tracemalloc_frames: int = 0,
+                   extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path, Path, int]:
     import urllib.request
 
     counts, log = work / f"counts-{tag}.json", work / f"operator-{tag}.log"
     health, metrics_port = free_port(), free_port()
     env = dict(os.environ, FTO_COUNTS_FILE=str(counts), FTO_API_HOSTPORT=ctx["api_hostport"],
-               FTO_TRACEMALLOC=str(tracemalloc_frames))
+               FTO_TRACEMALLOC=str(tracemalloc_frames), **(extra_env or {}))
     cmd = [sys.executable, str(HERE / "_operator_counted.py"), "--kubeconfig", str(ctx["kubeconfig"]),
            "--namespace", ctx["ns"], "--trainer-image", IMAGE, "--poll-interval", str(poll_interval),
            "--metrics-port", str(metrics_port), "--health-port", str(health), "--log-level", "WARNING"]
@@ -294,7 +327,7 @@ def start_operator(ctx: dict, work: Path, tag: str, poll_interval: float,
             raise RuntimeError(f"operator did not start: {log.read_text()[-3000:]}")
         time.sleep(0.2)
     time.sleep(2)  # Kopf's initial listing of the (empty) namespace
-    return proc, counts, log
+    return proc, counts, log, metrics_port
 
 
 def stop_operator(proc: subprocess.Popen) -> None:
@@ -315,6 +348,17 @@ def cleanup(plane: Plane, ctx: dict) -> float:
     plane.kubectl("delete", "pv", ctx["pv"], "--ignore-not-found", "--wait=false", check=False)
     plane.kubectl("wait", "--for=delete", f"namespace/{ctx['ns']}", "--timeout=600s", check=False, timeout=660)
     return time.monotonic() - started
+
+
+def experiment_env(pairs: list[str]) -> dict[str, str]:
+    """--experiment-env KEY=VALUE (repeatable) as a dict, e.g. FINETUNE_WORKERS=32 or MALLOC_ARENA_MAX=2."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--experiment-env wants KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
 
 
 def phase(plane: Plane, n: int, work: Path, args) -> dict:
@@ -343,7 +387,8 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
     for w in watchers:
         w.start()
         w.ready.wait(30)
-    proc, counts_file, log = start_operator(ctx, work, tag, args.poll_interval, args.tracemalloc)
+    proc, counts_file, log, metrics_port = start_operator(ctx, work, tag, args.poll_interval, args.tracemalloc,
+                                            experiment_env(args.experiment_env))
     profiler = None
     if args.profile:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -351,6 +396,7 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
                                      "-f", "raw", "-r", "100", "--nonblocking"],
                                     stdout=subprocess.DEVNULL, stderr=(work / f"py-spy-{tag}.log").open("w"))
     before_server = apiserver_requests(plane)
+    before_plane = plane_cpu(plane)
     before_proc = proc_status(proc.pid)
     before_counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
     names = [f"ftj-{i:05d}" for i in range(n)]
@@ -403,6 +449,8 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
     after_proc = proc_status(proc.pid)
     smaps = smaps_summary(proc.pid)
     after_server = apiserver_requests(plane)
+    after_plane = plane_cpu(plane)
+    passes = operator_passes(metrics_port)
     time.sleep(1.2)
     after_counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
     stop_sampling.set()
@@ -412,7 +460,6 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
             profiler.wait(60)
         except subprocess.TimeoutExpired:
             profiler.kill()
-    operator_metrics = {}
     stop_operator(proc)
     for w in watchers:
         w.stopped.set()
@@ -449,7 +496,8 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
         return None if x is None else round(x, nd)
 
     result = {
-        "jobs": n, "phases": dict(phases), "apply_s": r(t_applied - t_apply),
+        "jobs": n, "experiment_env": experiment_env(args.experiment_env), "phases": dict(phases),
+        "apply_s": r(t_applied - t_apply),
         "create_rate_per_s": r(n / max(1e-9, t_applied - t_apply), 0),
         "all_jobs_created_s": r((jobs_done_at or t_end) - t_apply), "all_succeeded_s": r(t_end - t_apply),
         "apply_to_job_client_s": {"p50": r(pct(to_job_client, 50)), "p99": r(pct(to_job_client, 99)),
@@ -469,11 +517,16 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
         "operator_requests_by_kind_per_job": {k: r(v / n) for k, v in sorted(op_delta.items(), key=lambda kv: -kv[1])
                                               if v},
         "apiserver_requests_per_job_all_clients": r(srv_total / n),
+        "apiserver_requests_per_s": r(srv_total / max(1e-9, t_end - t_apply), 0),
+        "plane_cpu_s": {k: r(after_plane.get(k, 0) - v, 1) for k, v in before_plane.items()},
+        "operator_passes_per_job": r(sum(v for k, v in passes.items()
+                                         if k.startswith("finetune_operator_reconcile_total")) / n),
+        "operator_pass_mean_s": r(passes.get("finetune_operator_reconcile_duration_seconds_sum", 0)
+                                  / max(1.0, passes.get("finetune_operator_reconcile_duration_seconds_count", 0)), 3),
         "apiserver_top_per_job": {k: r(v / n) for k, v in srv_delta.most_common(12) if v},
         "cleanup_s": r(cleanup_s, 1),
         "operator_log_tail": log.read_text()[-1500:],
     }
-    del operator_metrics
     if args.profile:
         result["profile"] = str(work / f"profile-{tag}.txt")
     if args.tracemalloc:
@@ -510,7 +563,11 @@ def main() -> None:
     results = []
     try:
         plane.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=fto-bench", "-f", str(CRD))
-        plane.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetune.io", "--timeout=60s")
+        for attempt in range(10):  # kubectl wait fails outright while the new CRD has no status.conditions yet
+            if plane.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetune.io", "--timeout=60s",
+                             check=attempt == 9).returncode == 0:
+                break
+            time.sleep(1)
         for n in [int(x) for x in args.counts.split(",")]:
             res = phase(plane, n, work, args)
             results.append(res)

@@ -1,9 +1,13 @@
 """Kopf wiring: which cluster events reach the reconciler. No decisions are made here.
 
 - a FineTuneJob is created, changed, or found at startup -> reconcile (Kopf retries it with backoff on failure)
-- one of its attempts' Jobs changes (pods start, finish, fail) -> reconcile its FineTuneJob
-- every watch event of a FineTuneJob -> the jobs-by-phase gauge and the poller's list of active jobs
-- the poller (poller.py) reconciles active jobs every poll interval and reads their trainers' progress
+- one of its attempts' Jobs or pods changes -> the store of children (children.py) keeps it, and if anything a
+  pass reads changed (a pod starts, becomes ready, ends; a Job completes, fails, is suspended) -> its FineTuneJob
+  is queued for a pass (workqueue.py: once, however many events); a failed pass is run again by the poller
+- every watch event of a FineTuneJob -> the jobs-by-phase gauge and the poller's list of jobs to poll
+- the poller (poller.py) reconciles running jobs and those with a deadline or TTL every poll interval, and reads
+  running trainers' progress
+- at startup, and after Kopf re-listed the Jobs or pods (a watch restarted), the store is synced from a LIST
 
 Kopf's own bookkeeping lives in ``finetune.io/*`` annotations, never in ``status``, which the reconciler owns;
 no handler needs a finalizer, so FineTuneJobs stay deletable while the operator is down or uninstalled.
@@ -19,17 +23,21 @@ from typing import Any
 
 import kopf
 
+from finetune_operator import children as children_store
 from finetune_operator import logs, metrics
-from finetune_operator.api import GROUP, PLURAL, VERSION
-from finetune_operator.kube import CRD_NAME, KubeError, Unavailable
-from finetune_operator.render import LABEL_JOB, MANAGED_BY
+from finetune_operator.api import GROUP, KIND, PLURAL, VERSION
+from finetune_operator.kube import CHILD_SELECTOR, CRD_NAME, KubeError, Unavailable
 
 log = logging.getLogger(__name__)
 
 FINETUNEJOBS = (GROUP, VERSION, PLURAL)
+JOBS = ("batch", "v1", "jobs")
+PODS = ("v1", "pods")
 STORAGE_PREFIX = "finetune.io"
 # A reconcile that met an API failure is retried after this long.
 RETRY_DELAY = 10
+# Seconds Kopf waits for its own annotation patch to come back on the watch (see configure).
+CONSISTENCY_TIMEOUT = 60.0
 
 
 class EndlessBackoff:
@@ -40,17 +48,43 @@ class EndlessBackoff:
         yield from itertools.repeat(30)
 
 
+class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's record of the last handled spec (``finetune.io/last-handled-configuration``), built for FineTuneJobs only.
+
+    Kopf builds an object's "essence", a deep copy of its whole body, on every watch event of every resource it
+    watches, but only change handlers (on.create/update/resume) read it, and only FineTuneJobs have those. For the
+    Jobs' and pods' events the copies were 10 % of the operator's samples at 500 jobs (BENCHMARKS.md §5).
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        if body.get("kind", KIND) != KIND:
+            return None  # what Kopf sees for an object it never handled: no change to detect
+        return super().build(body=body, extra_fields=extra_fields)
+
+
 def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     return memo.reconciler.kube.connection_info()
 
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=STORAGE_PREFIX)
+    settings.persistence.diffbase_storage = DiffBaseStorage(prefix=STORAGE_PREFIX)
+    # After Kopf patches its annotations it waits for the watch to show that version before it runs the change
+    # handlers again. Its default, 5 s, is shorter than the watch lags when hundreds of jobs arrive at once; past it,
+    # Kopf takes the older copy (our status patch's event, without its annotation) for a new object and runs the
+    # creation handler again: a second pass and a second patch (BENCHMARKS.md §5: 1.9 Kopf patches per job). The
+    # wait holds back only this object's change handlers, and ends as soon as the version arrives.
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT
     # Events come from the reconciler, one per transition, with the lifecycle's reasons.
     settings.posting.enabled = False
     # Endless retries: an API outage longer than Kopf's default ~1 minute must not stop the watches.
     settings.networking.error_backoffs = EndlessBackoff()
+    # Passes mostly wait on the API server; Kopf's default pool, min(32, CPUs + 4) threads, queued them (§5).
+    settings.execution.max_workers = memo.reconciler.settings.workers
+    # Only our children reach the operator: the API server filters the Jobs and pods watches by label. (The
+    # handlers below need no label filter of their own, and so also see a child that lost its label leave.)
+    settings.watching.label_selectors[JOBS] = CHILD_SELECTOR
+    settings.watching.label_selectors[PODS] = CHILD_SELECTOR
     try:
         if not memo.reconciler.kube.crd_installed():
             log.warning("The FineTuneJob CRD (%s) is not installed; waiting for it (install it with "
@@ -59,12 +93,28 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         log.warning("Cannot check for the FineTuneJob CRD (%s): %s", CRD_NAME, error)
 
 
+def sync_children(memo: kopf.Memo, **_: Any) -> None:
+    """Fill the store of children before the watches start, so the passes at startup need no LISTs."""
+    kube, namespaces = memo.reconciler.kube, memo.reconciler.settings.namespaces
+    try:
+        children_store.sync(memo.children, lambda: kube.list_all_children(namespaces))
+    except KubeError as error:  # keep_synced tries again; until then every pass LISTs its children
+        log.warning("Cannot list the trainer Jobs and pods yet: %s", error)
+
+
 async def start_polling(memo: kopf.Memo, **_: Any) -> None:
+    memo.passes.start()
     memo.polling = asyncio.create_task(memo.poller.run(), name="finetune-poller")
+    kube, namespaces = memo.reconciler.kube, memo.reconciler.settings.namespaces
+    memo.syncing = asyncio.create_task(
+        children_store.keep_synced(memo.children, lambda: kube.list_all_children(namespaces)),
+        name="finetune-children-sync")
 
 
 async def stop_polling(memo: kopf.Memo, **_: Any) -> None:
     memo.polling.cancel()
+    memo.syncing.cancel()
+    await asyncio.get_running_loop().run_in_executor(None, memo.passes.stop)
 
 
 def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
@@ -80,16 +130,36 @@ def finetunejob_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) ->
     _reconcile(memo, namespace, name)
 
 
-def attempt_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def event_pass(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """A pass queued by children's watch events (memo.passes runs it)."""
     try:
-        _reconcile(memo, namespace, labels[LABEL_JOB])
+        _reconcile(memo, namespace, name)
     except kopf.TemporaryError as error:
-        # Watch events are not retried; the poller catches up on its next round.
-        log.warning("%s/%s: %s", namespace, labels[LABEL_JOB], error)
+        # Watch events are not retried, and the job may be one the poller does not poll: it runs this pass again.
+        memo.poller.retry(namespace, name)
+        log.warning("%s/%s: %s", namespace, name, error)
 
 
-def finetunejob_seen(type: str, name: str, namespace: str, spec: dict[str, Any], status: dict[str, Any],
-                     memo: kopf.Memo, **_: Any) -> None:
+def _child_changed(memo: kopf.Memo, kind: str, type_: str | None, body: kopf.Body) -> None:
+    owner = memo.children.apply(kind, type_, body)
+    if owner is not None:  # else nothing a pass reads has changed (most Job status updates, pod timestamps)
+        memo.passes.add(owner)
+
+
+# Async, so they run on Kopf's event loop: storing a trimmed copy and queueing a key take microseconds, and the
+# event's full body is let go at once instead of waiting in the thread pool's queue.
+async def attempt_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _child_changed(memo, children_store.JOB, type, body)
+
+
+async def pod_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _child_changed(memo, children_store.POD, type, body)
+
+
+# Async (on the event loop, no I/O): every status patch comes back as an event of its FineTuneJob, and as a sync
+# handler each took a turn in Kopf's thread pool, queued among the creation passes of new FineTuneJobs.
+async def finetunejob_seen(type: str, name: str, namespace: str, spec: dict[str, Any], status: dict[str, Any],
+                           memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         metrics.JOBS.forget(f"{namespace}/{name}")
         memo.poller.forget(namespace, name)
@@ -103,11 +173,14 @@ def register(registry: kopf.OperatorRegistry) -> None:
     on = {"registry": registry}
     kopf.on.login(**on)(login)
     kopf.on.startup(**on)(configure)
+    kopf.on.startup(**on)(sync_children)
     kopf.on.startup(**on)(start_polling)
     kopf.on.cleanup(**on)(stop_polling)
     kopf.on.create(*FINETUNEJOBS, id="reconcile-created", **on)(finetunejob_changed)
     kopf.on.resume(*FINETUNEJOBS, id="reconcile-resumed", **on)(finetunejob_changed)
     kopf.on.update(*FINETUNEJOBS, id="reconcile-updated", **on)(finetunejob_changed)
     kopf.on.event(*FINETUNEJOBS, id="finetunejob-seen", **on)(finetunejob_seen)
-    kopf.on.event("batch", "v1", "jobs", id="attempt-changed",
-                  labels={"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_JOB: kopf.PRESENT}, **on)(attempt_changed)
+    # No labels= filter: the watches are filtered by the API server (configure), and a filter here would hide the
+    # DELETED event of a child whose label was removed. children.apply ignores objects without the label.
+    kopf.on.event(*JOBS, id="attempt-changed", **on)(attempt_changed)
+    kopf.on.event(*PODS, id="pod-changed", **on)(pod_changed)

@@ -21,7 +21,7 @@ from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator.api import API_VERSION, GROUP, KIND, PLURAL
-from finetune_operator.render import LABEL_JOB
+from finetune_operator.render import LABEL_JOB, MANAGED_BY
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ EVENT_SOURCE = "finetune-operator"
 MAX_EVENT_MESSAGE = 1024
 # (connect, read) seconds: a hung apiserver must not hold a reconcile thread for long.
 REQUEST_TIMEOUT = (5, 30)
+# Every trainer Job and pod this operator made (render.labels), and nothing else: what the watches and full syncs ask
+# the API server for, so that other workloads' Jobs and pods are never sent to the operator.
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_JOB}"
+# Items per page of a full listing: bounds the size of one answer in a large cluster.
+LIST_PAGE = 500
 
 _COLLECTIONS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
@@ -79,8 +84,10 @@ def _error(status: int, body: bytes | str | None) -> KubeError:
     return KubeError(status, message)
 
 
-def collection_path(api_version: str, kind: str, namespace: str) -> str:
-    return _COLLECTIONS[(api_version, kind)].format(namespace=namespace)
+def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
+    """The collection in ``namespace``; None: across all namespaces."""
+    path = _COLLECTIONS[(api_version, kind)]
+    return path.replace("/namespaces/{namespace}", "") if namespace is None else path.format(namespace=namespace)
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -101,9 +108,16 @@ class Kube:
         self.api = api
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None) -> Kube:
-        """From ``kubeconfig`` if given, else the pod's ServiceAccount, else $KUBECONFIG or ~/.kube/config."""
+    def connect(cls, kubeconfig: str | None = None, pool_size: int | None = None) -> Kube:
+        """From ``kubeconfig`` if given, else the pod's ServiceAccount, else $KUBECONFIG or ~/.kube/config.
+
+        ``pool_size``: connections kept open to the API server. Give one per thread that may call at once (the
+        handler threads, the poller's): the client's default is 5 per CPU, and a thread that finds the pool empty
+        opens a connection (a new TLS handshake) that is then discarded.
+        """
         configuration = Configuration()
+        if pool_size:
+            configuration.connection_pool_maxsize = pool_size
         if kubeconfig:
             kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         else:
@@ -178,20 +192,42 @@ class Kube:
     # ------------------------------------------------------------------------------------------ children
 
     def list_children(self, namespace: str, job_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The Jobs and pods of every attempt of a FineTuneJob."""
+        """The Jobs and pods of every attempt of a FineTuneJob (a consistent read: children.py's fallback)."""
         query = {"labelSelector": f"{LABEL_JOB}={job_name}"}
         jobs = self._request("GET", collection_path("batch/v1", "Job", namespace), query=query)
         pods = self._request("GET", collection_path("v1", "Pod", namespace), query=query)
         return jobs.get("items", []), pods.get("items", [])
 
-    def create_if_absent(self, obj: dict[str, Any]) -> bool:
-        """Create ``obj``; True if this call created it, False if it existed (a retried reconcile)."""
+    def list_all_children(self, namespaces: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every trainer Job and pod of this operator in ``namespaces`` (empty: all), for a full sync of children.py."""
+        jobs: list[dict[str, Any]] = []
+        pods: list[dict[str, Any]] = []
+        for namespace in namespaces or (None,):
+            jobs += self._list_pages(collection_path("batch/v1", "Job", namespace))
+            pods += self._list_pages(collection_path("v1", "Pod", namespace))
+        return jobs, pods
+
+    def _list_pages(self, path: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        query = {"labelSelector": CHILD_SELECTOR, "limit": str(LIST_PAGE)}
+        while True:
+            answer = self._request("GET", path, query=query)
+            items += answer.get("items", [])
+            token = (answer.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query = {**query, "continue": token}
+
+    def create_if_absent(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create ``obj``: the object as created if this call created it, None if it existed (a retried pass).
+
+        Names are deterministic, so this is what makes a pass safe to repeat, on any view of the cluster.
+        """
         meta = obj["metadata"]
         try:
-            self._request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
+            return self._request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
         except Conflict:
-            return False
-        return True
+            return None
 
     def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self._request("PATCH", f"{collection_path('batch/v1', 'Job', namespace)}/{name}",

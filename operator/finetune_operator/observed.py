@@ -3,6 +3,9 @@
 The gatherer (reconciler.py) reads the FineTuneJob, its attempts' Jobs and their pods, and the latest scraped
 trainer metrics; the functions here turn those raw API objects into the frozen dataclasses below. They are pure,
 so the lifecycle's tests build an ``Observed`` from literal dicts without a cluster.
+
+``trim_job`` and ``trim_pod`` cut a Job or pod down to the fields read here, for the in-memory store of children
+(children.py): they live next to the readers so that a new field read here is not forgotten there.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pydantic import ValidationError
 from finetune_operator.api import FineTuneJob, FineTuneJobStatus
 from finetune_operator.manifest import describe_validation_error
 from finetune_operator.status import read_summary
-from finetune_operator.render import COMPLETION_INDEX_ANNOTATION, CONTAINER, LABEL_ATTEMPT
+from finetune_operator.render import COMPLETION_INDEX_ANNOTATION, CONTAINER, LABEL_ATTEMPT, LABEL_JOB
 
 # Pod-level reasons (pod.status.reason) of pods that were stopped from outside: a new attempt can succeed.
 DISRUPTED_POD_REASONS = frozenset({
@@ -51,7 +54,7 @@ class ObservedPod:
     name: str
     phase: str = "Pending"
     index: int = 0  # completion index (rank of the node); 0 for single-node jobs
-    ip: str | None = None
+    ip: str | None = None  # while Running: where its metrics are read (an IP assigned earlier is not used yet)
     ready: bool = False
     terminated: Terminated | None = None
     disruption: str | None = None  # why the pod was stopped from outside (DisruptionTarget, eviction, ...)
@@ -149,11 +152,12 @@ def _waiting(pod: dict[str, Any]) -> str | None:
 def observe_pod(pod: dict[str, Any]) -> ObservedPod:
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     ready = _condition(pod, "Ready") is not None
+    phase = status.get("phase") or "Pending"
     return ObservedPod(
         name=meta.get("name", ""),
-        phase=status.get("phase") or "Pending",
+        phase=phase,
         index=int((meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION, 0)),
-        ip=status.get("podIP"),
+        ip=status.get("podIP") if phase == "Running" else None,
         ready=ready,
         terminated=_terminated(pod),
         disruption=_disruption(pod),
@@ -207,3 +211,70 @@ def observe(ftj: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str
         scraped=scraped,
         spec_error=spec_error,
     )
+
+
+# ---------------------------------------------------------------------------------------------- trimming
+# What children.py keeps of each Job and pod: exactly what the functions above read, in the form they read it,
+# plus the name, namespace and finetune.io/job label the store files it under (uid and resourceVersion are kept
+# beside the copy). Two reasons. Size: a full pod is ~5-10 KiB of JSON (managed fields, the whole spec), the
+# trimmed one a few hundred bytes. And a trimmed copy changes only when what is observed may change, so the store
+# can tell which watch events need a pass: a pod's heartbeat timestamps, its PodScheduled=True or
+# ContainersReady, a Job's active/ready counters or SuccessCriteriaMet need none. The tests check that observe()
+# gives the same answer on trimmed and full objects; a new field read above must be kept here.
+
+# The conditions read above, in the state in which they are read (_condition: True; _waiting: PodScheduled False).
+# In any other state a condition reads as absent, so it is left out.
+_READ_CONDITIONS = {"Complete": "True", "Failed": "True", "Ready": "True", "DisruptionTarget": "True",
+                    "PodScheduled": "False"}
+_NORMAL_WAITING = (None, "ContainerCreating", "PodInitializing")  # _waiting does not report these
+
+
+def _trim_conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: c[k] for k in ("type", "status", "reason", "message") if c.get(k) is not None}
+            for c in (obj.get("status") or {}).get("conditions") or []
+            if _READ_CONDITIONS.get(c.get("type")) == c.get("status")]
+
+
+def _trim_container(status: dict[str, Any]) -> dict[str, Any] | None:
+    state = status.get("state") or {}
+    if state.get("terminated") is not None:
+        keep = ("exitCode", "reason", "message", "finishedAt")
+        return {"name": status.get("name"),
+                "state": {"terminated": {k: v for k, v in state["terminated"].items() if k in keep}}}
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") not in _NORMAL_WAITING:
+        return {"name": status.get("name"),
+                "state": {"waiting": {k: v for k, v in waiting.items() if k in ("reason", "message")}}}
+    return None  # running, or starting normally: nothing above reads it
+
+
+def _trim_metadata(obj: dict[str, Any], annotations: tuple[str, ...] = ()) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    out = {k: meta[k] for k in ("name", "namespace") if k in meta}
+    out["labels"] = {k: labels[k] for k in (LABEL_JOB, LABEL_ATTEMPT) if k in labels}
+    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k in annotations}
+    if kept:
+        out["annotations"] = kept
+    return out
+
+
+def trim_job(job: dict[str, Any]) -> dict[str, Any]:
+    """A batch/v1 Job cut down to what ``observe_attempt`` reads (and the store's identity fields)."""
+    spec = job.get("spec") or {}
+    return {
+        "metadata": _trim_metadata(job),
+        "spec": {k: spec[k] for k in ("parallelism", "suspend") if k in spec},
+        "status": {"conditions": _trim_conditions(job)},
+    }
+
+
+def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """A pod cut down to what ``observe_pod`` reads (and the store's identity fields)."""
+    status = pod.get("status") or {}
+    trimmed = {k: status[k] for k in ("phase", "reason", "message") if status.get(k) is not None}
+    if status.get("phase") == "Running" and status.get("podIP"):
+        trimmed["podIP"] = status["podIP"]  # read while Running only (observe_pod): an IP given earlier is no news
+    trimmed["conditions"] = _trim_conditions(pod)
+    trimmed["containerStatuses"] = [c for c in map(_trim_container, status.get("containerStatuses") or []) if c]
+    return {"metadata": _trim_metadata(pod, (COMPLETION_INDEX_ANNOTATION,)), "status": trimmed}

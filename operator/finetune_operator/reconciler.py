@@ -1,8 +1,11 @@
 """One pass over one FineTuneJob: gather what is observed, let the lifecycle decide, act, write the status.
 
-Every trigger (the FineTuneJob changed, one of its Jobs changed, the poll timer) runs the same pass, so the
-outcome depends only on what the cluster holds, never on which event arrived or whether an earlier pass was
+Every trigger (the FineTuneJob changed, one of its Jobs or pods changed, the poll timer) runs the same pass, so
+the outcome depends only on what the cluster holds, never on which event arrived or whether an earlier pass was
 cut short: a pass killed after creating a Job finds that Job next time (deterministic names) and carries on.
+
+The children (Jobs, pods) come from the watch-fed store (children.py), not from LISTs; where the store may be
+behind in a way the decision depends on, the pass LISTs once (``_children``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from finetune_operator import metrics
+from finetune_operator.children import Children, behind
 from finetune_operator.kube import Invalid, Kube, NotFound, merge_patch
 from finetune_operator.api import Phase
 from finetune_operator.lifecycle import (
@@ -41,9 +45,11 @@ def utc_now() -> datetime:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: Settings, scraper: Scraper,
+    def __init__(self, kube: Kube, settings: Settings, scraper: Scraper, children: Children | None = None,
                  clock: Callable[[], datetime] = utc_now):
         self.kube, self.settings, self.scraper, self.clock = kube, settings, scraper, clock
+        # A store never synced answers nothing: every pass LISTs, as before there was one.
+        self.children = children if children is not None else Children()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -74,10 +80,15 @@ class Reconciler:
         return decision
 
     def _pass(self, namespace: str, name: str, poll: bool) -> Decision | None:
+        # A GET, not the body of the event that triggered the pass: the status patch below is a merge patch computed
+        # against this copy's status, and a stale copy (an older event's body, or one from a watch that lags) would
+        # leave out keys that changed since, so the stored status would not become what next_status says. Our own
+        # writes (patch_status) would have to be folded into any cached copy too. One GET by name is cheap for the
+        # API server (no scan); the LISTs were the expensive part (BENCHMARKS.md §5).
         ftj = self.kube.get_finetunejob(namespace, name)
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
             return None  # deleted: garbage collection removes the children
-        jobs, pods = self.kube.list_children(namespace, name)
+        jobs, pods = self._children(ftj)
         observed = observe(ftj, jobs, pods, self.clock())
         if poll:
             observed = replace(observed, scraped=self._scrape(observed))
@@ -102,6 +113,20 @@ class Reconciler:
             self.kube.post_event(ftj, *event)
         return decision
 
+    def _children(self, ftj: dict) -> tuple[list[dict], list[dict]]:
+        namespace, name = ftj["metadata"]["namespace"], ftj["metadata"]["name"]
+        stored = self.children.get(namespace, name)
+        if stored is not None:
+            why = behind(ftj.get("status") or {}, *stored)
+            if why is None:
+                return stored
+            log.debug("%s/%s: listing its children: %s", namespace, name, why)
+        # Not synced yet (startup), or behind where the decision depends on it: one consistent read, which the store
+        # keeps where it is newer than what it holds, so the next pass need not ask again.
+        jobs, pods = self.kube.list_children(namespace, name)
+        self.children.seed(jobs, pods)
+        return jobs, pods
+
     def _scrape(self, o: Observed) -> dict | None:
         rank0 = o.current.rank0 if o.current else None
         if rank0 is None or rank0.phase != "Running" or not rank0.ip:
@@ -111,11 +136,15 @@ class Reconciler:
     def _act(self, o: Observed, d: Decision) -> None:
         action = d.action
         if isinstance(action, CreateAttempt):
+            # Safe on a store that lags (a Job created by an earlier pass whose event has not arrived): names are
+            # deterministic and create_if_absent takes "already exists" for success, so nothing is made twice.
             objects = build_attempt(o.job, action.number, self.settings, suspend=action.suspend,
                                     active_deadline_seconds=action.active_deadline_seconds)
             for obj in objects:
                 created = self.kube.create_if_absent(obj)
-                if created and obj["kind"] == "Job":
+                if created is not None and obj["kind"] == "Job":
+                    # The next pass sees the new Job even before its watch event arrives (no LIST for it).
+                    self.children.seed([created], [])
                     metrics.ATTEMPTS.inc()
                     if action.number > 1:
                         metrics.RESTARTS.inc()

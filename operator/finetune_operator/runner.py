@@ -7,6 +7,7 @@ Serves Prometheus metrics on --metrics-port and Kopf's liveness probe on --healt
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -15,11 +16,13 @@ import time
 import kopf
 
 from finetune_operator import handlers, logs, metrics
+from finetune_operator.children import Children
 from finetune_operator.kube import Kube
-from finetune_operator.poller import Poller
+from finetune_operator.poller import CONCURRENCY, Poller
 from finetune_operator.reconciler import Reconciler
 from finetune_operator.scrape import Scraper
 from finetune_operator.settings import Settings
+from finetune_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 # Longest wait before restarting the watches after Kopf stopped them; short enough for liveness probes.
@@ -43,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--health-port", type=int, help="liveness endpoint port, /healthz (default 8081)")
     parser.add_argument("--poll-interval", type=float,
                         help="seconds between progress polls of a running job (default 15)")
+    parser.add_argument("--workers", type=int,
+                        help="reconcile passes at once: threads for FineTuneJob handlers, and as many for the "
+                             "passes Job and pod events queue (default 16)")
     parser.add_argument("--log-level", default=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -57,6 +63,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         poll_interval=args.poll_interval,
+        workers=args.workers,
     )
 
 
@@ -64,13 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
     settings = settings_from(args)
-    kube = Kube.connect(args.kubeconfig)
+    if settings.workers < 1:
+        build_parser().error("--workers (FINETUNE_WORKERS) must be at least 1")
+    # A connection for every thread that may call the API at once: Kopf's handler threads and the event passes'
+    # (settings.workers each), the poller's, the sync loop's.
+    kube = Kube.connect(args.kubeconfig, pool_size=2 * settings.workers + CONCURRENCY + 1)
     scraper = Scraper(settings.trainer_metrics_port, settings.scrape_timeout, min_interval=settings.poll_interval)
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
     metrics.serve(settings.metrics_port)
-    reconciler = Reconciler(kube, settings, scraper)
-    memo = kopf.Memo(reconciler=reconciler, poller=Poller(reconciler, settings.poll_interval))
+    children = Children()
+    reconciler = Reconciler(kube, settings, scraper, children)
+    memo = kopf.Memo(reconciler=reconciler, children=children, poller=Poller(reconciler, settings.poll_interval))
+    memo.passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers)
     scope = f"namespaces {', '.join(settings.namespaces)}" if settings.namespaces else "all namespaces"
     log.info("watching FineTuneJobs in %s; trainer image %s; metrics on :%d",
              scope, settings.trainer_image, settings.metrics_port)

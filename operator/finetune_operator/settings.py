@@ -26,6 +26,10 @@ class Settings:
     metrics_port: int = 8080  # the operator's own Prometheus endpoint
     health_port: int = 8081  # the operator's liveness endpoint (/healthz)
     poll_interval: float = 15.0  # seconds between progress polls of a running job (bounds the scrape rate)
+    # Reconcile passes at once: threads for Kopf's FineTuneJob handlers (its executor), and as many for the passes
+    # children's events queue (workqueue.py); the API client keeps a connection for each. A pass mostly waits on the
+    # API server, so more threads than CPUs pay off; Kopf's default is min(32, CPUs + 4).
+    workers: int = 16
     scrape_timeout: float = 2.0  # seconds for one read of a trainer's metrics endpoint
     trainer_metrics_port: int = 9090
     rendezvous_port: int = 29500  # torchrun's store on rank 0 of a multi-node job

@@ -179,7 +179,7 @@ def test_the_trainer_never_writes_or_serves_its_secrets_or_its_configuration(tin
 # ------------------------------------------------------------------------------------------ RBAC
 
 NEEDED = [("create", "jobs.batch"), ("patch", "jobs.batch"), ("watch", "jobs.batch"), ("list", "pods"),
-          ("create", "configmaps"), ("create", "events"), ("patch", "finetunejobs.finetune.io/status"),
+          ("watch", "pods"), ("create", "configmaps"), ("create", "events"), ("patch", "finetunejobs.finetune.io/status"),
           ("delete", "finetunejobs.finetune.io")]
 FORBIDDEN = [("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("create", "pods"),
              ("create", "pods/exec"), ("get", "configmaps"), ("delete", "jobs.batch"), ("delete", "pods"),

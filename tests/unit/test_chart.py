@@ -141,6 +141,7 @@ def test_deployment_env_is_what_the_operator_reads(all_on: list[dict[str, Any]])
     assert settings.image_pull_policy == "Always" and settings.gpu_resource == "amd.com/gpu"
     assert (settings.metrics_port, settings.health_port, settings.trainer_metrics_port) == (9180, 9181, 9190)
     assert settings.poll_interval == 5.0 and settings.termination_grace_seconds == 600
+    assert settings.workers == 24
 
 
 def test_all_on_pod_settings(all_on: list[dict[str, Any]]) -> None:
@@ -165,7 +166,7 @@ OPERATOR_RULES = {  # (apiGroup, resource) -> verbs; see the comment on finetune
     ("finetune.io", "finetunejobs/status"): {"get", "patch"},
     ("finetune.io", "finetunejobs/finalizers"): {"update"},
     ("batch", "jobs"): {"create", "list", "watch", "patch"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"list", "watch"},
     ("", "configmaps"): {"create"},
     ("", "services"): {"create"},
     ("", "events"): {"create"},

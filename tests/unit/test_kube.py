@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_operator.kube import Conflict, KubeError, NotFound, Unavailable, _error, merge_patch
+from finetune_operator.kube import Conflict, KubeError, NotFound, Unavailable, _error, collection_path, merge_patch
 
 
 def test_merge_patch_turns_old_into_new():
@@ -26,3 +26,9 @@ def test_errors_map_to_what_the_reconciler_does_next(status, kind):
     error = _error(status, b'{"kind":"Status","message":"jobs.batch is forbidden"}')
     assert type(error) is kind
     assert "jobs.batch is forbidden" in str(error)
+
+
+def test_collections_in_a_namespace_and_across_all():
+    assert collection_path("v1", "Pod", "ml") == "/api/v1/namespaces/ml/pods"
+    assert collection_path("v1", "Pod", None) == "/api/v1/pods"
+    assert collection_path("batch/v1", "Job", None) == "/apis/batch/v1/jobs"

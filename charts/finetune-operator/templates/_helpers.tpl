@@ -68,7 +68,8 @@ What the operator does with FineTuneJobs and their children, granted cluster-wid
 Every verb is used: Kopf lists, watches and patches FineTuneJobs (its annotations and finalizer), the operator
 reads one and deletes it after ttlSecondsAfterFinished; it patches only the status subresource; it creates
 ConfigMaps, Services and Jobs (never updates or deletes them: owner references let the garbage collector do
-that), watches Jobs, suspends/resumes them by patch, lists pods for their termination messages, posts Events.
+that), watches Jobs and pods (its in-memory view of them: phases, readiness, termination messages) and lists
+them (to fill that view), suspends/resumes Jobs by patch, posts Events.
 */}}
 {{- define "finetune-operator.rules" -}}
 - apiGroups: [finetune.io]
@@ -87,7 +88,7 @@ that), watches Jobs, suspends/resumes them by patch, lists pods for their termin
   verbs: [create, list, watch, patch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create]

@@ -1,0 +1,254 @@
+"""The operator's children in memory: every batch/v1 Job and pod it manages, kept from the watches.
+
+Why: a pass used to LIST its FineTuneJob's Jobs and pods by label, two server-side label scans per pass, O(N) each
+and O(N^2) for N jobs (BENCHMARKS.md §5). The operator watches those Jobs and pods anyway, because their changes
+trigger passes; keeping what the watches deliver lets a pass read memory instead.
+
+What is kept: trimmed copies (observed.trim_job/trim_pod, only what observed.py reads), filed under (namespace,
+the ``finetune.io/job`` label), with uid and resourceVersion beside them. ``apply`` says whether an event changed
+the trimmed copy, so the many status updates nothing here reads (a Job's counters, a pod's timestamps) trigger no
+pass.
+
+How fresh it is, and what covers the gaps:
+
+- Each watch stream is in order, and handlers.py applies an event before the pass it triggers, so that pass sees
+  at least that event's object.
+- Jobs and pods come on two streams: a pass may see a Job Complete before its pod's termination message (which
+  holds the trainer's summary), or a Job the status records may not have arrived yet (just created, or the cache
+  is being filled after a restart). ``behind`` names those cases and the reconciler then LISTs once, a consistent
+  read, and ``seed``s the answer back.
+- A LIST answer may be older than events already applied, and events still in flight may be older than a LIST
+  answer: a copy is only replaced by a higher resourceVersion (comparable integers, KEP-5504), and the uid of a
+  deleted object is remembered for longer than a LIST can be in flight, so a late answer cannot bring it back.
+- Kopf re-lists when it restarts a watch (API outage, 410 Gone), and an object deleted while the watch was down
+  gets no DELETED event. A re-list shows as events of type None; after one, ``wants_sync`` asks for a full
+  ``replace`` from a LIST of every child, which drops what the API no longer has. The first full sync runs at
+  startup, before the watches; until it succeeds ``get`` answers None and every pass LISTs, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_operator.kube import KubeError
+from finetune_operator.lifecycle import TERMINAL
+from finetune_operator.observed import attempt_number, trim_job, trim_pod
+from finetune_operator.render import LABEL_JOB
+
+log = logging.getLogger(__name__)
+
+JOB, POD = "Job", "Pod"
+_TRIM = {JOB: trim_job, POD: trim_pod}
+# A deleted object's uid is remembered this long: longer than a LIST answer can be in flight (kube.REQUEST_TIMEOUT).
+TOMBSTONE_SECONDS = 120.0
+# How often the sync loop checks whether a full sync is wanted (after a re-list, or while the first one failed).
+SYNC_CHECK_SECONDS = 5.0
+
+Owner = tuple[str, str]  # (namespace, FineTuneJob name)
+_Ident = tuple[str, str, str]  # (kind, namespace, name)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    owner: Owner
+    uid: str | None
+    version: int | None  # metadata.resourceVersion
+    body: dict[str, Any]  # trimmed; never changed in place, so readers may hold it without a copy
+    seq: int  # when it was last written (Children._seq), for replace()
+
+
+def _version(body: dict[str, Any]) -> int | None:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None  # not an etcd-backed API server: every copy counts as newer
+
+
+def _ident(kind: str, body: dict[str, Any]) -> _Ident:
+    meta = body.get("metadata") or {}
+    return kind, meta.get("namespace") or "", meta.get("name") or ""
+
+
+class Children:
+    """Thread-safe: watch events write (on Kopf's event loop); passes read and seed it from worker threads."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._objects: dict[_Ident, _Entry] = {}
+        self._by_owner: dict[Owner, set[_Ident]] = {}
+        self._deleted: dict[str, float] = {}  # uid -> when its deletion was seen; insertion order is time order
+        self._seq = 0
+        self._synced_at: int | None = None  # _seq when the last full sync started; None: never synced
+        self._relisted_at = 0  # _seq of the last re-list event seen
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    def get(self, namespace: str, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """The Jobs and pods of a FineTuneJob, trimmed; None until the first full sync, when nothing is known."""
+        with self._lock:
+            if self._synced_at is None:
+                return None
+            idents = self._by_owner.get((namespace, name), ())
+            jobs = [self._objects[i].body for i in idents if i[0] == JOB]
+            pods = [self._objects[i].body for i in idents if i[0] == POD]
+        return jobs, pods
+
+    @property
+    def wants_sync(self) -> bool:
+        with self._lock:
+            return self._synced_at is None or self._relisted_at > self._synced_at
+
+    def mark(self) -> int:
+        """A point in the store's history, to pass to ``replace`` with the LIST answer requested after it."""
+        with self._lock:
+            return self._seq
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    def apply(self, kind: str, event_type: str | None, body: dict[str, Any]) -> Owner | None:
+        """One watch event (Kopf's type: None while it lists). Returns the FineTuneJob whose children changed in
+        what observed.py reads, or None when nothing it reads changed (no pass needed)."""
+        with self._lock:
+            if event_type is None and self._synced_at is not None:
+                self._seq += 1
+                self._relisted_at = self._seq
+            if event_type == "DELETED":
+                return self._remove(kind, body)
+            return self._put(kind, body)
+
+    def seed(self, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+        """What a LIST (or a create) answered: kept where it is newer than what is held."""
+        with self._lock:
+            for kind, items in ((JOB, jobs), (POD, pods)):
+                for body in items:
+                    self._put(kind, body)
+
+    def replace(self, jobs: list[dict[str, Any]], pods: list[dict[str, Any]], since: int) -> None:
+        """A full sync from a LIST of every child, requested after ``since = mark()``: like ``seed``, and what the
+        answer lacks is dropped unless an event wrote it after ``since`` (then it is newer than the answer)."""
+        with self._lock:
+            listed = set()
+            for kind, items in ((JOB, jobs), (POD, pods)):
+                for body in items:
+                    self._put(kind, body)
+                    listed.add(_ident(kind, body))
+            for ident, entry in list(self._objects.items()):
+                if ident not in listed and entry.seq <= since:
+                    self._drop(ident, entry)
+            self._synced_at = since
+
+    # ------------------------------------------------------------------------------------------ internals (locked)
+
+    def _put(self, kind: str, body: dict[str, Any]) -> Owner | None:
+        meta = body.get("metadata") or {}
+        ident, uid, version = _ident(kind, body), meta.get("uid"), _version(body)
+        owner_name = (meta.get("labels") or {}).get(LABEL_JOB)
+        old = self._objects.get(ident)
+        if uid is not None and uid in self._deleted:
+            return None  # a LIST answer from before its deletion
+        if old is not None and old.version is not None and version is not None and version < old.version:
+            return None  # older than the copy held (a late LIST answer, or an event overtaken by one)
+        if not owner_name:  # the label was removed: not ours any more
+            return self._drop(ident, old) if old else None
+        owner, trimmed = (ident[1], owner_name), _TRIM[kind](body)
+        self._seq += 1
+        if old is not None and old.owner != owner:
+            self._unlink(ident, old.owner)
+        self._objects[ident] = _Entry(owner, uid, version, trimmed, self._seq)
+        self._by_owner.setdefault(owner, set()).add(ident)
+        changed = old is None or old.owner != owner or old.body != trimmed
+        return owner if changed else None
+
+    def _remove(self, kind: str, body: dict[str, Any]) -> Owner | None:
+        uid, now = (body.get("metadata") or {}).get("uid"), self.clock()
+        if uid:
+            self._deleted[uid] = now
+        while self._deleted:  # forget tombstones no LIST in flight can need any more
+            oldest = next(iter(self._deleted))
+            if now - self._deleted[oldest] <= TOMBSTONE_SECONDS:
+                break
+            del self._deleted[oldest]
+        ident = _ident(kind, body)
+        old = self._objects.get(ident)
+        if old is None or (uid and old.uid and uid != old.uid):
+            return None  # unknown, or the late deletion of an earlier object of the same name
+        return self._drop(ident, old)
+
+    def _drop(self, ident: _Ident, entry: _Entry) -> Owner:
+        self._seq += 1
+        del self._objects[ident]
+        self._unlink(ident, entry.owner)
+        return entry.owner
+
+    def _unlink(self, ident: _Ident, owner: Owner) -> None:
+        idents = self._by_owner.get(owner)
+        if idents is not None:
+            idents.discard(ident)
+            if not idents:
+                del self._by_owner[owner]
+
+
+# ---------------------------------------------------------------------------------------------- staleness
+
+def _finished(job: dict[str, Any]) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def behind(status: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> str | None:
+    """Why the stored children may be behind the cluster where a pass's decision depends on them; None if not.
+
+    Pure: ``status`` is the FineTuneJob's, ``jobs`` and ``pods`` what the store holds for it.
+    """
+    if status.get("phase") in TERMINAL:
+        return None  # a finished job's decision does not read its children (lifecycle.finished)
+    recorded = int(status.get("attempts") or 0)
+    current = max((attempt_number(j) for j in jobs), default=0)
+    if current < recorded:
+        # Created by an earlier pass (or before a restart), and its watch event has not arrived yet.
+        return f"the Job of attempt {recorded} is not in the store yet"
+    if current:
+        job = next(j for j in jobs if attempt_number(j) == current)
+        mine = [p for p in pods if attempt_number(p) == current]
+        if _finished(job) and (not mine or any((p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                                               for p in mine)):
+            # The Job controller saw the pods end; our pod stream may not have yet, and the end of a pod is
+            # where the trainer's summary and the failure's cause are.
+            return f"the Job of attempt {current} finished, its pods' ends are not in the store yet"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- full sync
+
+def sync(children: Children, list_all: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
+    """One full sync: LIST every child and replace the store's content with the answer."""
+    since = children.mark()
+    jobs, pods = list_all()
+    children.replace(jobs, pods, since)
+    log.debug("children: synced %d Jobs and %d pods", len(jobs), len(pods))
+
+
+async def keep_synced(children: Children, list_all: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+                      every: float = SYNC_CHECK_SECONDS) -> None:
+    """Run a full sync whenever one is wanted: after Kopf re-listed, or while the startup sync has not succeeded."""
+    while True:
+        await asyncio.sleep(every)
+        if not children.wants_sync:
+            continue
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sync, children, list_all)
+        except KubeError as error:  # tried again on the next check; passes LIST meanwhile if never synced
+            log.warning("could not list the trainer Jobs and pods to refresh the operator's view: %s", error)
+        except Exception:  # a bug must not end the loop
+            log.exception("could not refresh the operator's view of trainer Jobs and pods")

@@ -1,0 +1,83 @@
+"""The queue of passes that children's watch events ask for (workqueue.py): one per job however many events,
+again after a running pass when its job changed meanwhile, never two at once for one job."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from finetune_operator.workqueue import WorkQueue
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_events_for_a_job_that_waits_in_the_queue_make_one_pass():
+    runs, gate = [], threading.Event()
+    queue = WorkQueue(lambda ns, name: (gate.wait(5), runs.append(name)), workers=1)
+    queue.start()
+    try:
+        queue.add(("ml", "busy"))  # occupies the only worker until the gate opens
+        wait_until(lambda: len(queue) == 0)
+        for _ in range(5):
+            queue.add(("ml", "a"))
+            queue.add(("ml", "b"))
+        assert len(queue) == 2
+        gate.set()
+        wait_until(lambda: len(runs) == 3)
+        time.sleep(0.05)
+        assert runs == ["busy", "a", "b"]
+    finally:
+        queue.stop()
+
+
+def test_a_job_that_changes_while_its_pass_runs_runs_again_after_it_never_alongside():
+    running, overlaps, runs = set(), [], []
+    started, release = threading.Event(), threading.Event()
+
+    def run(ns, name):
+        if name in running:
+            overlaps.append(name)
+        running.add(name)
+        started.set()
+        release.wait(5)
+        runs.append(name)
+        running.discard(name)
+
+    queue = WorkQueue(run, workers=4)
+    queue.start()
+    try:
+        queue.add(("ml", "a"))
+        started.wait(5)
+        queue.add(("ml", "a"))  # while it runs: once more afterwards, on any worker
+        queue.add(("ml", "a"))
+        time.sleep(0.05)
+        assert runs == [] and overlaps == []
+        release.set()
+        wait_until(lambda: len(runs) == 2)
+        time.sleep(0.05)
+        assert runs == ["a", "a"] and overlaps == []
+    finally:
+        queue.stop()
+
+
+def test_a_failing_pass_does_not_end_the_worker():
+    runs = []
+
+    def run(ns, name):
+        runs.append(name)
+        if name == "bad":
+            raise RuntimeError("bug")
+
+    queue = WorkQueue(run, workers=1)
+    queue.start()
+    try:
+        queue.add(("ml", "bad"))
+        queue.add(("ml", "good"))
+        wait_until(lambda: runs == ["bad", "good"])
+    finally:
+        queue.stop()
