@@ -181,3 +181,14 @@ def median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def finish(json_out: Path | None, info: dict, work: Path, **results) -> None:
+    """End a bench run: write ``{"machine": info, **results}`` to ``json_out`` if asked, remove the run's
+    temporary directory and its trainer snapshot."""
+    import shutil
+
+    if json_out:
+        json_out.write_text(json.dumps({"machine": info, **results}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(info["trainer"]["path"], ignore_errors=True)

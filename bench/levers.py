@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (STRATEGIES, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
+from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
                      snapshot_trainer, table, trainer_config)
 
 LEVERS = [
@@ -112,10 +112,7 @@ def main() -> None:
           f"{args.steps} optimizer steps per run, {args.rounds} rounds; trainer {info['trainer']['sha256']}")
     print(table(rows, ["configuration", "samples/s", "x row above", "x baseline", "per-round x baseline",
                        "samples/CPU-s", "x row above (CPU)", "x baseline (CPU)", "threads", "peak RSS MiB"]))
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "records": records, "rows": rows}, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(info["trainer"]["path"], ignore_errors=True)
+    finish(args.json, info, work, records=records, rows=rows)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import snapshot_trainer, MRPC, STRATEGIES, child_env, machine, run_measured, table, trainer_config  # noqa: E402
+from _common import finish, snapshot_trainer, MRPC, STRATEGIES, child_env, machine, run_measured, table, trainer_config  # noqa: E402
 
 LENGTHS = [64, 128, 256, 512]
 BATCHES = [8, 16, 32]
@@ -108,10 +108,8 @@ def main() -> None:
         columns += [f"{run} {suffix}" for run in runs]
     columns += [f"{run}/{runs[0]} (CPU)" for run in runs[1:]] + [f"{run} RSS MiB" for run in runs]
     print(table(rows, columns))
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "records": records, "rows": rows}, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(info["trainer"]["path"], ignore_errors=True)
+    finish(args.json, info, work, records=records, rows=rows)
+
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (STRATEGIES, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
+from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
                      snapshot_trainer, table, trainer_config)
 
 LEARNING_RATES = {"full": 5e-5, "partial": 1e-4, "hybrid": 3e-4, "lora": 3e-4}
@@ -125,11 +125,7 @@ def main() -> None:
     print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
           f"budget {budget}; trainer snapshot {info['trainer']['sha256']}")
     print(table(rows, cols))
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "budget": budget, "records": records, "rows": rows},
-                                        indent=1))
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(info["trainer"]["path"], ignore_errors=True)
+    finish(args.json, info, work, budget=budget, records=records, rows=rows)
 
 
 if __name__ == "__main__":
