@@ -511,10 +511,15 @@ def test_node_deleted_under_a_running_job_is_retried_as_the_next_attempt(private
                                   env.condition("orphaned", "Ready")["message"], timeout=60, what="attempt 2 waiting")
     finally:
         env.cp.kubectl("create", "-f", "-", input=node_manifest("kwok-node-0"), check=False)
-    env.cp.wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
-                                env.cp.kubectl_json("get", "node", "kwok-node-0")["status"].get("conditions", [])),
-                    timeout=60, what="kwok-node-0 Ready again")
-    assert env.cp.kubectl_json("get", "node", "kwok-node-0")["metadata"]["labels"] == node["metadata"]["labels"]
+
+    def back_as_before() -> bool:
+        # The node lifecycle controller adds the beta.kubernetes.io/{os,arch} labels a moment after the node
+        # is created, so wait for the labels as well as for Ready.
+        now = env.cp.kubectl_json("get", "node", "kwok-node-0")
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in now["status"].get("conditions", []))
+        return ready and now["metadata"]["labels"] == node["metadata"]["labels"]
+
+    env.cp.wait_for(back_as_before, timeout=60, what="kwok-node-0 Ready again, with its labels")
     [pod2] = env.wait_running_pods("orphaned", 2)
     env.complete_pod(pod2)
     done = env.wait_phase("orphaned", "Succeeded")
