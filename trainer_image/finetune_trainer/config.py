@@ -286,7 +286,10 @@ class EarlyStopping(ApiModel):
 class TrainingSpec(ApiModel):
     epochs: float = Field(3, gt=0, le=1000, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(32, ge=1, le=65536, description="Examples per device per step.")
+    batch_size: int = Field(
+        32, ge=1, le=65536, description="Examples per device per step, counted before causal-LM packing: a step "
+        "holds at most batchSize x dataset.maxLength tokens per device.",
+    )
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(2e-5, gt=0, le=1, description="Peak learning rate.")
     optimizer: Optimizer = Field(Optimizer.ADAMW, description="adamw, adam, sgd (momentum 0.9), rmsprop or adafactor.")
@@ -303,7 +306,10 @@ class TrainingSpec(ApiModel):
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: at each epoch end).")
     log_every: int = Field(10, ge=1, le=100000, description="Update metrics every N steps.")
     group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding.")
-    packing: bool = Field(True, description="Causal LM: pack examples into padding-free rows.")
+    packing: bool = Field(
+        True, description="Causal LM: pack each step's batchSize examples into padding-free rows of at most "
+        "dataset.maxLength tokens.",
+    )
     early_stopping: EarlyStopping | None = Field(None, description="Stop when an eval metric stops improving.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     dropout: float | None = Field(
