@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -186,8 +187,6 @@ def median(xs: list[float]) -> float:
 def finish(json_out: Path | None, info: dict, work: Path, **results) -> None:
     """End a bench run: write ``{"machine": info, **results}`` to ``json_out`` if asked, remove the run's
     temporary directory and its trainer snapshot."""
-    import shutil
-
     if json_out:
         json_out.write_text(json.dumps({"machine": info, **results}, indent=1))
     shutil.rmtree(work, ignore_errors=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kopf
@@ -93,11 +93,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         log.warning("Cannot check for the FineTuneJob CRD (%s): %s", CRD_NAME, error)
 
 
+def _list_all_children(memo: kopf.Memo) -> Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    kube, namespaces = memo.reconciler.kube, memo.reconciler.settings.namespaces
+    return lambda: kube.list_all_children(namespaces)
+
+
 def sync_children(memo: kopf.Memo, **_: Any) -> None:
     """Fill the store of children before the watches start, so the passes at startup need no LISTs."""
-    kube, namespaces = memo.reconciler.kube, memo.reconciler.settings.namespaces
     try:
-        children_store.sync(memo.children, lambda: kube.list_all_children(namespaces))
+        children_store.sync(memo.children, _list_all_children(memo))
     except KubeError as error:  # keep_synced tries again; until then every pass LISTs its children
         log.warning("Cannot list the trainer Jobs and pods yet: %s", error)
 
@@ -105,10 +109,8 @@ def sync_children(memo: kopf.Memo, **_: Any) -> None:
 async def start_polling(memo: kopf.Memo, **_: Any) -> None:
     memo.passes.start()
     memo.polling = asyncio.create_task(memo.poller.run(), name="finetune-poller")
-    kube, namespaces = memo.reconciler.kube, memo.reconciler.settings.namespaces
-    memo.syncing = asyncio.create_task(
-        children_store.keep_synced(memo.children, lambda: kube.list_all_children(namespaces)),
-        name="finetune-children-sync")
+    memo.syncing = asyncio.create_task(children_store.keep_synced(memo.children, _list_all_children(memo)),
+                                       name="finetune-children-sync")
 
 
 async def stop_polling(memo: kopf.Memo, **_: Any) -> None:
