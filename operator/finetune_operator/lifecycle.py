@@ -46,8 +46,17 @@ OUT_OF_MEMORY = "OutOfMemory"
 TRAINER_FAILED = "TrainerFailed"  # permanent exit without a summary to name the reason
 TRAINER_EXITED = "TrainerExited"  # any other non-zero exit: retried, as a Job would
 POD_DISRUPTED = "PodDisrupted"
+# Why a pod of the attempt does not run, in three kinds a user acts on differently.
+UNSCHEDULABLE = "Unschedulable"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CONTAINER_CANNOT_START = "ContainerCannotStart"
 
-WARNING_REASONS = frozenset({RETRYING})
+WARNING_REASONS = frozenset({RETRYING, UNSCHEDULABLE, IMAGE_PULL_FAILED, CONTAINER_CANNOT_START})
+# The kubelet's container waiting reasons that mean the image cannot be had; any other reason it reports (other than
+# a normal start) means the container cannot be created or started (CreateContainerConfigError: a Secret is
+# missing, CreateContainerError, RunContainerError, ...).
+IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                                   "RegistryUnavailable", "SignatureValidationFailed"})
 
 
 # ---------------------------------------------------------------------------------------------- decisions
@@ -288,6 +297,20 @@ def resumed(o: Observed) -> Decision | None:
                     ResumeAttempt(current.number))
 
 
+def _why_waiting(pod: ObservedPod) -> tuple[str, str]:
+    """(reason, message) for a pod that does not run: what the scheduler or kubelet said, and what to check."""
+    w = pod.waiting
+    said = f"{w.reason}: {w.message}" if w.message else w.reason
+    if not w.scheduled:
+        return UNSCHEDULABLE, (f"pod {pod.name} cannot be scheduled ({said}); it waits for a node that fits "
+                               "spec.resources (gpus, cpu, memory, nodeSelector, tolerations) and for its volumes")
+    if w.reason in IMAGE_WAITING_REASONS:
+        return IMAGE_PULL_FAILED, (f"pod {pod.name} cannot get its image ({said}); check spec.image or the "
+                                   "operator's trainer image, and that the node can pull it")
+    return CONTAINER_CANNOT_START, (f"pod {pod.name} cannot start the trainer ({said}); check what it names: "
+                                    "secretRef Secrets, volumes, the image's command")
+
+
 def active(o: Observed) -> Decision:
     current = o.current
     started = sum(1 for p in current.pods if p.ready or p.terminated)
@@ -295,8 +318,12 @@ def active(o: Observed) -> Decision:
         return Decision(Phase.RUNNING, TRAINER_RUNNING,
                         f"attempt {current.number}: {current.parallelism}/{current.parallelism} trainer pods running")
     message = f"attempt {current.number}: {started}/{current.parallelism} trainer pods running"
-    waiting = next((f"pod {p.name} is {p.waiting}" for p in current.pods if p.waiting), None)
-    return Decision(Phase.PENDING, WAITING_FOR_PODS, f"{message}; {waiting}" if waiting else message)
+    stuck = next((p for p in current.pods if p.waiting), None)
+    if stuck is None:
+        return Decision(Phase.PENDING, WAITING_FOR_PODS, message)
+    # Its own reason, so the change is an Event (transition_event) and `kubectl get ftj` can say why it waits.
+    reason, why = _why_waiting(stuck)
+    return Decision(Phase.PENDING, reason, f"{message}; {why}")
 
 
 # Order matters: each rule may assume the ones before it passed (e.g. a parsed spec, an existing attempt).

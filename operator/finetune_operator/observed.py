@@ -27,6 +27,8 @@ DISRUPTED_POD_REASONS = frozenset({
     "Evicted", "Preempted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated",
     "UnexpectedAdmissionError",
 })
+# Container waiting reasons of a normal start: not reported (nor kept by trim_pod).
+_NORMAL_WAITING = (None, "ContainerCreating", "PodInitializing")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,15 @@ class Terminated:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Why a pod does not run yet, in the words of the scheduler or the kubelet."""
+
+    reason: str  # Unschedulable, ErrImagePull, ImagePullBackOff, CreateContainerConfigError, ...
+    message: str = ""
+    scheduled: bool = True  # False: no node was found for it (the scheduler's reason), else the kubelet's
+
+
+@dataclass(frozen=True)
 class ObservedPod:
     name: str
     phase: str = "Pending"
@@ -58,7 +69,7 @@ class ObservedPod:
     ready: bool = False
     terminated: Terminated | None = None
     disruption: str | None = None  # why the pod was stopped from outside (DisruptionTarget, eviction, ...)
-    waiting: str | None = None  # why it does not run yet: "Unschedulable: 0/3 nodes ...", "ImagePullBackOff: ..."
+    waiting: Waiting | None = None  # why it does not run yet (none while it starts normally)
 
 
 @dataclass(frozen=True)
@@ -137,15 +148,15 @@ def _disruption(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def _waiting(pod: dict[str, Any]) -> str | None:
+def _waiting(pod: dict[str, Any]) -> Waiting | None:
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return f"{cond.get('reason') or 'Unschedulable'}: {cond.get('message') or 'not scheduled yet'}"
+            return Waiting(cond.get("reason") or "Unschedulable", cond.get("message") or "not scheduled yet",
+                           scheduled=False)
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (status.get("state") or {}).get("waiting") or {}
-        # ContainerCreating and PodInitializing are a normal start, not a reason to report.
-        if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
-            return f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
+        if waiting.get("reason") not in _NORMAL_WAITING:
+            return Waiting(waiting["reason"], waiting.get("message") or "")
     return None
 
 
@@ -226,7 +237,6 @@ def observe(ftj: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str
 # In any other state a condition reads as absent, so it is left out.
 _READ_CONDITIONS = {"Complete": "True", "Failed": "True", "Ready": "True", "DisruptionTarget": "True",
                     "PodScheduled": "False"}
-_NORMAL_WAITING = (None, "ContainerCreating", "PodInitializing")  # _waiting does not report these
 
 
 def _trim_conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:

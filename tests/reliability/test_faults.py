@@ -507,7 +507,7 @@ def test_node_deleted_under_a_running_job_is_retried_as_the_next_attempt(private
         retry = next(e for e in env.events("orphaned") if e["reason"] == "Retrying")
         # Attempt 2 waits for a node it may run on, and says so.
         waiting = env.cp.wait_for(lambda: not any(p["spec"].get("nodeName") for p in env.pods("orphaned", 2)) and
-                                  env.condition("orphaned", "Ready")["reason"] == "WaitingForPods" and
+                                  env.condition("orphaned", "Ready")["reason"] == "Unschedulable" and
                                   env.condition("orphaned", "Ready")["message"], timeout=60, what="attempt 2 waiting")
     finally:
         env.cp.kubectl("create", "-f", "-", input=node_manifest("kwok-node-0"), check=False)

@@ -277,7 +277,7 @@ def test_a_job_cannot_make_the_operator_read_or_mount_another_namespaces_objects
         # Names of objects that exist only in the other namespace.
         env.apply_job("reach", model={"source": "hf://org/tiny-bert", "secretRef": {"name": "cross-secret"}},
                       dataset={"source": "pvc://cross-claim/data"})
-        waiting = env.cp.wait_for(lambda: env.condition("reach", "Ready")["reason"] == "WaitingForPods" and
+        waiting = env.cp.wait_for(lambda: env.condition("reach", "Ready")["reason"] == "Unschedulable" and
                                   "cross-claim" in env.condition("reach", "Ready")["message"] and
                                   env.condition("reach", "Ready")["message"], timeout=60, what="reach waiting")
         [pod] = env.pods("reach")

@@ -135,15 +135,23 @@ def test_unparseable_spec_fails_with_the_field():
 
 # ---------------------------------------------------------------------------------------------- running
 
-def test_pods_not_running_yet_say_why():
+def test_pods_not_running_yet_say_why_with_a_reason_of_their_own():
     unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                      "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}
-    _, d, _ = run(ftj(RUNNING), [job(1)], [pod(1, phase="Pending", ready=False, conditions=[unschedulable])])
-    assert (d.phase.value, d.reason) == ("Pending", "WaitingForPods")
-    assert "0/1" in d.message and "Insufficient nvidia.com/gpu" in d.message
+    o, d, _ = run(ftj(RUNNING), [job(1)], [pod(1, phase="Pending", ready=False, conditions=[unschedulable])])
+    assert (d.phase.value, d.reason) == ("Pending", "Unschedulable")
+    assert "0/1" in d.message and "Insufficient nvidia.com/gpu" in d.message and "spec.resources" in d.message
+    assert transition_event(o, d)[:2] == ("Warning", "Unschedulable")
+    for reason in ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull"):
+        _, d, _ = run(ftj(RUNNING), [job(1)], [pod(1, phase="Pending", ready=False,
+                                                  waiting={"reason": reason, "message": "no such image"})])
+        assert d.reason == "ImagePullFailed" and f"{reason}: no such image" in d.message and "spec.image" in d.message
+    missing = {"reason": "CreateContainerConfigError", "message": 'secret "hf-token" not found'}
+    _, d, _ = run(ftj(RUNNING), [job(1)], [pod(1, phase="Pending", ready=False, waiting=missing)])
+    assert d.reason == "ContainerCannotStart" and 'secret "hf-token" not found' in d.message
     _, d, _ = run(ftj(RUNNING), [job(1)], [pod(1, phase="Pending", ready=False,
-                                              waiting={"reason": "ImagePullBackOff", "message": "no such image"})])
-    assert "ImagePullBackOff: no such image" in d.message
+                                              waiting={"reason": "ContainerCreating"})])
+    assert (d.reason, d.message) == ("WaitingForPods", "attempt 1: 0/1 trainer pods running")
 
 
 def test_running_gang_with_progress_from_the_trainer():
@@ -179,15 +187,15 @@ def test_success_takes_metrics_and_locations_from_the_summary():
     message = summary("Succeeded", progress={"step": 200, "totalSteps": 200, "epoch": 3.0},
                       metrics={"trainLoss": 0.2, "evalAccuracy": 0.86},
                       parameters={"trainable": 10, "total": 100},
-                      checkpoint={"location": "/mnt/pvc/ckpt/run/checkpoint-200", "step": 200},
-                      output={"location": "/mnt/pvc/ckpt/run/final"})
+                      checkpoint={"location": "pvc://ckpt/run/checkpoint-200", "step": 200},
+                      output={"location": "pvc://ckpt/run/final"})
     o, d, status = run(ftj(RUNNING), [job(1, complete=True)],
                        [pod(1, phase="Succeeded", ready=False, exit_code=0, message=message)])
     assert (d.phase.value, d.reason, d.action) == ("Succeeded", "TrainingSucceeded", None)
-    assert "/mnt/pvc/ckpt/run/final" in d.message
+    assert "pvc://ckpt/run/final" in d.message
     assert status["metrics"] == {"trainLoss": 0.2, "evalAccuracy": 0.86}
     assert status["progress"] == {"step": 200, "totalSteps": 200, "epoch": 3.0, "percent": 100.0, "etaSeconds": 0}
-    assert status["output"] == {"location": "/mnt/pvc/ckpt/run/final"}
+    assert status["output"] == {"location": "pvc://ckpt/run/final"}
     assert status["parameters"] == {"trainable": 10, "total": 100}
     assert status["completionTime"] == T(0)
     assert cond(status, "Ready")["status"] == cond(status, "Succeeded")["status"] == "True"
@@ -221,14 +229,14 @@ def test_finished_job_stays_finished_and_is_deleted_after_its_ttl():
 
 def test_retryable_exit_creates_the_next_attempt():
     message = summary("Interrupted", "Interrupted", "SIGTERM; checkpoint saved", exit_code=75,
-                      checkpoint={"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40})
+                      checkpoint={"location": "pvc://ckpt/run/checkpoint-40", "step": 40})
     o, d, status = run(ftj(RUNNING), [job(1, failed="PodFailurePolicy")],
                        [pod(1, phase="Failed", ready=False, exit_code=75, message=message)])
     assert d.action == CreateAttempt(2)
     assert (d.phase.value, d.reason) == ("Pending", "Retrying")
     assert "attempt 1 failed (Interrupted: SIGTERM; checkpoint saved)" in d.message and "2 of 4" in d.message
     assert status["attempts"] == 2
-    assert status["checkpoint"] == {"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40}
+    assert status["checkpoint"] == {"location": "pvc://ckpt/run/checkpoint-40", "step": 40}
     assert transition_event(o, d)[0] == "Warning"
 
 
