@@ -10,20 +10,17 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from finetune_trainer.config import (
     ApiModel,
     DatasetSpec,
     ModelSpec,
     OutputSpec,
-    Rule,
     StrategySpec,
     Task,
     TrainerConfig,
     TrainingSpec,
-    enforce,
-    rules_schema,
 )
 
 GROUP = "finetune.io"
@@ -69,21 +66,10 @@ def _quantity(description: str) -> Any:
     )
 
 
-RESOURCES_RULES = [
-    Rule(
-        cel="self.nodes <= 1 || self.gpus >= 1",
-        message="resources.nodes > 1 needs resources.gpus >= 1 (multi-node training runs one torchrun rank per GPU)",
-        check=lambda r: r.nodes <= 1 or r.gpus >= 1,
-        field="gpus",
-    ),
-]
-
-
 class ResourcesSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=rules_schema(RESOURCES_RULES))
-
     gpus: int = Field(0, ge=0, le=64, description="GPUs per node (0 trains on CPU).")
-    nodes: int = Field(1, ge=1, le=256, description="Nodes; more than 1 runs an Indexed Job with torchrun rendezvous.")
+    nodes: int = Field(1, ge=1, le=256, description="Nodes; more than 1 runs an Indexed Job with torchrun rendezvous, "
+                                                     "one rank per GPU (gloo, one rank per node, without GPUs).")
     cpu: str | None = _quantity('CPU request and limit per node, e.g. "8".')
     memory: str | None = _quantity('Memory request and limit per node, e.g. "32Gi".')
     gpu_resource: str | None = Field(
@@ -99,11 +85,6 @@ class ResourcesSpec(ApiModel):
     @classmethod
     def _quantity_as_string(cls, v: Any) -> Any:
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> ResourcesSpec:
-        enforce(self, RESOURCES_RULES)
-        return self
 
 
 class RunPolicy(ApiModel):

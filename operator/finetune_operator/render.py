@@ -76,13 +76,6 @@ def _claim_of(location: str | None) -> str | None:
     return None
 
 
-def _in_pod(location: str, settings: Settings) -> str:
-    """pvc://claim/sub/path -> <mount root>/claim/sub/path; other locations (hf://, pkg://, paths) unchanged."""
-    if not location.startswith(PVC_SCHEME):
-        return location
-    return f"{settings.pvc_mount_root}/{location[len(PVC_SCHEME):]}".rstrip("/")
-
-
 def _claims(job: FineTuneJob) -> dict[str, bool]:
     """Each claim the job reads or writes -> whether it is mounted read-only (only inputs live on it)."""
     spec = job.spec
@@ -97,8 +90,8 @@ def _claims(job: FineTuneJob) -> dict[str, bool]:
     return dict(sorted(claims.items()))
 
 
-def output_location(job: FineTuneJob, settings: Settings) -> str:
-    return _in_pod(job.spec.output.location, settings) if job.spec.output.location else SCRATCH_OUTPUT
+def output_location(job: FineTuneJob) -> str:
+    return job.spec.output.location or SCRATCH_OUTPUT
 
 
 def _volumes(job: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -127,13 +120,10 @@ def _volumes(job: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[d
 # ---------------------------------------------------------------------------------------------- config
 
 def build_trainer_config(job: FineTuneJob, settings: Settings) -> TrainerConfig:
-    """The trainer's config as the pod sees it: volume-backed locations rewritten to their mount paths."""
-    spec = job.spec
-    in_pod = job.model_copy(update={"spec": spec.model_copy(update={
-        "model": spec.model.model_copy(update={"source": _in_pod(spec.model.source, settings)}),
-        "dataset": spec.dataset.model_copy(update={"source": _in_pod(spec.dataset.source, settings)}),
-    })})
-    return trainer_config(in_pod, output_location(job, settings), metrics_port=settings.trainer_metrics_port)
+    """The trainer's config as the pod sees it. ``pvc://`` locations stay as the user wrote them: the trainer
+    finds each claim under $FINETUNE_PVC_ROOT (where _volumes mounts it) and reports its checkpoints and model
+    as ``pvc://`` URIs, so status shows locations a user can use, not the pod's mount paths."""
+    return trainer_config(job, output_location(job), metrics_port=settings.trainer_metrics_port)
 
 
 def build_config_map(job: FineTuneJob, attempt: int, settings: Settings) -> dict[str, Any]:
@@ -174,7 +164,8 @@ def trainer_command(job: FineTuneJob, attempt: int, settings: Settings) -> list[
         return [
             "torchrun",
             f"--nnodes={resources.nodes}",
-            f"--nproc-per-node={resources.gpus}",
+            # One rank per GPU; on CPU nodes one rank per node (gloo), which already uses all the node's cores.
+            f"--nproc-per-node={max(resources.gpus, 1)}",
             # The kubelet expands $(VAR) from the container's env: the rank is the pod's completion index.
             "--node-rank=$(JOB_COMPLETION_INDEX)",
             f"--master-addr={name}-0.{name}",
@@ -201,10 +192,11 @@ def _resources(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
     return {"requests": amounts, "limits": dict(amounts)} if amounts else {}
 
 
-def _env(job: FineTuneJob, attempt: int) -> list[dict[str, Any]]:
+def _env(job: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "FINETUNE_JOB_NAME", "value": job.metadata.name},
         {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
+        {"name": "FINETUNE_PVC_ROOT", "value": settings.pvc_mount_root},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
@@ -230,7 +222,7 @@ def _container(job: FineTuneJob, attempt: int, settings: Settings, mounts: list[
         "image": job.spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": trainer_command(job, attempt, settings),
-        "env": _env(job, attempt),
+        "env": _env(job, attempt, settings),
         "envFrom": _secret_refs(job),
         "ports": ports,
         "resources": _resources(job, settings),

@@ -297,9 +297,11 @@ def test_contract_rendered_pod_trains_a_tiny_model_and_its_summary_becomes_the_s
     decision = decide(observed)
     status = next_status(observed, decision)
     assert (decision.phase.value, decision.reason) == ("Succeeded", "TrainingSucceeded")
+    # Status names the locations as the user wrote them (pvc://claim/...), not the pod's mount paths.
     output = status["output"]["location"]
-    assert output.startswith(str(volumes / "ckpt" / "contract"))
-    assert Path(output).is_dir()
+    assert output.startswith("pvc://ckpt/contract/")
+    assert (volumes / output.removeprefix("pvc://")).is_dir()
+    assert status["checkpoint"]["location"].startswith("pvc://ckpt/contract/")
     assert status["progress"]["percent"] == 100.0 and status["progress"]["step"] == status["progress"]["totalSteps"]
     assert "trainLoss" in status["metrics"]
     assert 0 < status["parameters"]["trainable"] < status["parameters"]["total"]

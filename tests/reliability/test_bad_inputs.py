@@ -261,9 +261,11 @@ def run_preflight(case: Case, tiny: Path, workdir: Path) -> tuple[int, dict[str,
     termination_log.parent.mkdir(parents=True, exist_ok=True)
     termination_log.write_text("")  # the kubelet provides the file; the trainer writes it only if it exists
     config = _trainer_config_as_rendered(case, tiny, workdir / case.name / "output")
-    saved = {k: os.environ.get(k) for k in ("FINETUNE_TERMINATION_LOG", "HF_HUB_OFFLINE")}
+    saved = {k: os.environ.get(k) for k in ("FINETUNE_TERMINATION_LOG", "HF_HUB_OFFLINE", "FINETUNE_PVC_ROOT")}
     with _preflight_lock:
-        os.environ.update(FINETUNE_TERMINATION_LOG=str(termination_log), HF_HUB_OFFLINE="1")
+        # FINETUNE_PVC_ROOT: where the pod would mount the claims (the rendered pod's env says the same).
+        os.environ.update(FINETUNE_TERMINATION_LOG=str(termination_log), HF_HUB_OFFLINE="1",
+                          FINETUNE_PVC_ROOT=str(tiny / "pvc"))
         try:
             run(config)
             code = 0

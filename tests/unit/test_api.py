@@ -53,7 +53,6 @@ def test_good_job_gets_the_defaults_the_crd_has():
     ({"strategy__layers": None}, "strategy.layers is required when strategy.type is partial or hybrid"),
     ({"strategy__layers": "last two"}, "spec.strategy.layers: String should match pattern"),
     ({"strategy__lora": {"r": 4}}, "strategy.lora is allowed only when strategy.type is lora or hybrid"),
-    ({"resources__nodes": 2}, "resources.nodes > 1 needs resources.gpus >= 1"),
     ({"training__learningRate": 0}, "spec.training.learningRate: Input should be greater than 0"),
     ({"training__batchsize": 8}, "spec.training.batchsize: unknown field"),
     ({"dataset__eval": "dev", "dataset__evalFraction": 0.2}, "dataset.eval and dataset.evalFraction are exclusive"),

@@ -102,7 +102,7 @@ def terminated(code: int, message: str = "", reason: str | None = None) -> dict:
 
 
 SUMMARY = json.dumps({"phase": "Succeeded", "exitCode": 0, "metrics": {"trainLoss": 0.3},
-                      "output": {"location": "/mnt/pvc/ckpt/run"}, "progress": {"step": 9, "totalSteps": 9}})
+                      "output": {"location": "pvc://ckpt/run"}, "progress": {"step": 9, "totalSteps": 9}})
 STATES = {
     "running": ([job()], [pod()]),
     "starting": ([job()], [pod(phase="Pending", ready=False, state={"waiting": {"reason": "ContainerCreating"}})]),
@@ -326,7 +326,7 @@ def test_a_job_that_completed_before_its_pod_ended_in_the_store_is_read_from_the
     decision = reconciler(kube, children).reconcile(NS, "mrpc")
     assert "LIST" in kube.calls
     assert decision.phase.value == "Succeeded" and decision.summary["metrics"] == {"trainLoss": 0.3}
-    assert kube.ftjs["mrpc"]["status"]["output"] == {"location": "/mnt/pvc/ckpt/run"}
+    assert kube.ftjs["mrpc"]["status"]["output"] == {"location": "pvc://ckpt/run"}
 
 
 def test_until_the_first_sync_every_pass_lists():

@@ -150,7 +150,7 @@ def test_gpu_resource_name_comes_from_the_job_else_the_operator():
     assert "resources" not in _pod(build_attempt(_job("quickstart.yaml"), 1, SETTINGS)[-1])["containers"][0]
 
 
-def test_pvc_locations_are_mounted_and_rewritten_in_the_config():
+def test_pvc_locations_are_mounted_and_passed_to_the_trainer_as_uris():
     job = _job("cluster-llama-2gpu.yaml")
     objs, _ = _objects(job)
     pod = _pod(objs["Job"])
@@ -161,8 +161,11 @@ def test_pvc_locations_are_mounted_and_rewritten_in_the_config():
     assert "readOnly" not in mounts["/mnt/pvc/checkpoints"]
     assert mounts["/mnt/pvc/datasets"]["readOnly"] is True
     config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
-    assert config["dataset"]["source"] == "/mnt/pvc/datasets/instructions"
-    assert config["output"]["location"] == "/mnt/pvc/checkpoints/llama-instruct-lora"
+    # The trainer maps pvc:// to its mount under FINETUNE_PVC_ROOT, and reports pvc:// URIs back into status.
+    assert config["dataset"]["source"] == "pvc://datasets/instructions"
+    assert config["output"]["location"] == "pvc://checkpoints/llama-instruct-lora"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["FINETUNE_PVC_ROOT"] == "/mnt/pvc"
     assert config["model"]["source"] == "hf://meta-llama/Llama-3.2-1B"
     assert config["metricsPort"] == 9090
     assert build_trainer_config(job, SETTINGS).model_dump(by_alias=True, exclude_none=True, mode="json") == config
