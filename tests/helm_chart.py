@@ -1,6 +1,6 @@
 """The Helm chart under test: where it is, the helm binary tools/k8s builds, and `helm template` as parsed objects.
 
-Shared by tests/unit/test_chart.py and tests/cluster/test_chart_cluster.py.
+Shared by tests/chart/test_chart.py and tests/cluster/test_chart_cluster.py.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ is in crds/. The copy is the generated CRD plus two things: the `crds.install` s
     tools/sync-chart-crd.py           rewrite charts/finetune-operator/templates/crd.yaml
     tools/sync-chart-crd.py --check   exit 1 if that file is not what this script would write
 
-Run it after `make crd`; tests/unit/test_chart.py fails when the two drift apart.
+Run it after `make crd`; tests/chart/test_chart.py fails when the two drift apart.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ model, so the two cannot drift.
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
@@ -19,7 +20,6 @@ from finetune_trainer.config import (
     OutputSpec,
     StrategySpec,
     Task,
-    TrainerConfig,
     TrainingSpec,
 )
 
@@ -214,16 +214,11 @@ class FineTuneJob(ApiModel):
         return v
 
 
-def trainer_config(job: FineTuneJob, output_location: str, metrics_port: int = 9090) -> TrainerConfig:
-    """The trainer's view of a job: what the operator writes into the ConfigMap and `finetune run` executes."""
-    spec = job.spec
-    return TrainerConfig(
-        name=job.metadata.name,
-        model=spec.model,
-        task=spec.task,
-        dataset=spec.dataset,
-        strategy=spec.strategy,
-        training=spec.training,
-        output=spec.output.model_copy(update={"location": output_location}),
-        metrics_port=metrics_port,
-    )
+def parse_time(value: str) -> datetime:
+    """A time as the API writes it (RFC 3339, e.g. status.startTime)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def format_time(value: datetime) -> str:
+    """A UTC time as the API writes it, to the second."""
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")

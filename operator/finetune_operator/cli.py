@@ -35,15 +35,17 @@ def cmd_crd(_: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from finetune_operator.local import local_config
-    from finetune_operator.manifest import load_job
+    from finetune_operator.manifest import load_finetunejob
+    from finetune_operator.places import OnThisMachine, trainer_config
 
-    job = load_job(args.manifest)
-    config, note = local_config(job, Path(args.manifest), getattr(args, "output", None),
-                                getattr(args, "metrics_port", 0))
+    ftj = load_finetunejob(args.manifest)
+    here = OnThisMachine(Path(args.manifest).resolve().parent, getattr(args, "output", None),
+                         getattr(args, "metrics_port", 0))
+    config = trainer_config(ftj, here)
+    note = here.output_note(ftj)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    return job, config
+    return ftj, config
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -65,13 +67,14 @@ def _quiet_libraries() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    job, config = _load(args)
+    ftj, config = _load(args)
     _quiet_libraries()
     from finetune_operator.status import status_from_summary
+    from finetune_operator.summary import read_summary
     from finetune_trainer import train
     from finetune_trainer.errors import TrainerError
 
-    print(f"finetune: running {job.metadata.name} ({job.spec.task}, strategy {job.spec.strategy.type}); "
+    print(f"finetune: running {ftj.metadata.name} ({ftj.spec.task}, strategy {ftj.spec.strategy.type}); "
           f"output {config.output.location}", file=sys.stderr)
     try:
         summary = train.run(config, progress_bar=not args.no_progress)
@@ -80,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The trainer wrote its summary before raising: the same file the operator reads in a cluster.
         summary = json.loads((Path(config.output.location) / "summary.json").read_text())
         code = error.exit_code
-    _print_yaml({"status": status_from_summary(summary).wire()})
+    _print_yaml({"status": status_from_summary(read_summary(summary)).wire()})
     if code == EXIT_RETRYABLE:
         print("finetune: interrupted after saving a checkpoint; run the same command again to resume",
               file=sys.stderr)
@@ -115,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finetune_operator.local import LocalRunError
     from finetune_operator.manifest import ManifestError
+    from finetune_operator.places import LocalRunError
     from finetune_trainer.errors import TrainerError
 
     argv = sys.argv[1:] if argv is None else argv

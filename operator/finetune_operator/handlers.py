@@ -26,7 +26,8 @@ import kopf
 from finetune_operator import children as children_store
 from finetune_operator import logs, metrics
 from finetune_operator.api import GROUP, KIND, PLURAL, VERSION
-from finetune_operator.kube import CHILD_SELECTOR, CRD_NAME, KubeError, Unavailable
+from finetune_operator.kube import CRD_NAME, KubeError, Unavailable
+from finetune_operator.names import CHILD_SELECTOR
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +164,11 @@ async def pod_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: A
 async def finetunejob_seen(type: str, name: str, namespace: str, spec: dict[str, Any], status: dict[str, Any],
                            memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
-        metrics.JOBS.forget(f"{namespace}/{name}")
+        metrics.FINETUNEJOBS.forget(f"{namespace}/{name}")
         memo.poller.forget(namespace, name)
         memo.reconciler.forget(namespace, name)
     else:
-        metrics.JOBS.observe(f"{namespace}/{name}", status.get("phase"))
+        metrics.FINETUNEJOBS.observe(f"{namespace}/{name}", status.get("phase"))
         memo.poller.track(namespace, name, spec, status)
 
 

@@ -1,7 +1,7 @@
 """The one module that talks to the Kubernetes API (Kopf's own watching aside).
 
-Objects travel as plain dicts in their wire form, the same dicts render.py builds, through the kubernetes
-client's transport (auth, TLS, kubeconfig or in-cluster config) without its typed models. Errors become a
+Objects travel as plain dicts in their wire form, the same dicts render.py and events.py build, through the
+kubernetes client's transport (auth, TLS, kubeconfig or in-cluster config) without its typed models. Errors become a
 small hierarchy the reconciler can act on: ``Unavailable`` (connection lost, 5xx, 429: retry later),
 ``NotFound``, ``Conflict``, and ``KubeError`` for the rest (e.g. 403 from a too narrow Role).
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-from datetime import datetime, timezone
 from typing import Any
 
 import kopf
@@ -21,18 +19,13 @@ from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator.api import API_VERSION, GROUP, KIND, PLURAL
-from finetune_operator.render import LABEL_JOB, MANAGED_BY
+from finetune_operator.names import CHILD_SELECTOR, LABEL_FINETUNEJOB
 
 log = logging.getLogger(__name__)
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
-EVENT_SOURCE = "finetune-operator"
-MAX_EVENT_MESSAGE = 1024
 # (connect, read) seconds: a hung apiserver must not hold a reconcile thread for long.
 REQUEST_TIMEOUT = (5, 30)
-# Every trainer Job and pod this operator made (render.labels), and nothing else: what the watches and full syncs ask
-# the API server for, so that other workloads' Jobs and pods are never sent to the operator.
-CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_JOB}"
 # Items per page of a full listing: bounds the size of one answer in a large cluster.
 LIST_PAGE = 500
 
@@ -191,9 +184,9 @@ class Kube:
 
     # ------------------------------------------------------------------------------------------ children
 
-    def list_children(self, namespace: str, job_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def list_children(self, namespace: str, finetunejob: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The Jobs and pods of every attempt of a FineTuneJob (a consistent read: children.py's fallback)."""
-        query = {"labelSelector": f"{LABEL_JOB}={job_name}"}
+        query = {"labelSelector": f"{LABEL_FINETUNEJOB}={finetunejob}"}
         jobs = self._request("GET", collection_path("batch/v1", "Job", namespace), query=query)
         pods = self._request("GET", collection_path("v1", "Pod", namespace), query=query)
         return jobs.get("items", []), pods.get("items", [])
@@ -235,27 +228,11 @@ class Kube:
 
     # ------------------------------------------------------------------------------------------ events
 
-    def post_event(self, ftj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def post_event(self, event: dict[str, Any]) -> None:
         """Best effort: a lost Event must not fail a reconcile, so failures are logged and dropped."""
-        meta = ftj["metadata"]
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "namespace": meta["namespace"],
-                "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:MAX_EVENT_MESSAGE],
-            "source": {"component": EVENT_SOURCE, "host": socket.gethostname()},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        about = event["involvedObject"]
         try:
-            self._request("POST", collection_path("v1", "Event", meta["namespace"]), event)
+            self._request("POST", collection_path("v1", "Event", about["namespace"]), event)
         except KubeError as error:
-            log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], error)
+            log.warning("could not post Event %s for %s/%s: %s", event["reason"], about["namespace"], about["name"],
+                        error)

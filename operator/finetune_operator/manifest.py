@@ -1,7 +1,8 @@
 """Read FineTuneJob manifests from YAML files, with errors a person can act on.
 
-`finetune run`/`plan` and the tests load manifests through ``load_job``; every problem becomes one
-``ManifestError`` line naming the file and the field, never a traceback.
+`finetune run`/`plan` and the tests load manifests through ``load_finetunejob``; every problem becomes one
+``ManifestError`` line naming the file and the field, never a traceback. (A "manifest" is always such a file; what a
+strategy trains is its trainable set.)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def describe_validation_error(error: ValidationError) -> str:
     return detail + (f" [and {more} more problem{'s' if more > 1 else ''}]" if more else "")
 
 
-def parse_job(document: Any, origin: str = "manifest") -> FineTuneJob:
+def parse_finetunejob(document: Any, origin: str = "manifest") -> FineTuneJob:
     if not isinstance(document, dict):
         raise ManifestError(f"{origin}: not a Kubernetes object (expected a mapping with apiVersion and kind)")
     kind, api_version = document.get("kind"), document.get("apiVersion")
@@ -60,7 +61,7 @@ def parse_job(document: Any, origin: str = "manifest") -> FineTuneJob:
         raise ManifestError(f"{origin}: {describe_validation_error(error)}") from None
 
 
-def load_job(path: str | Path) -> FineTuneJob:
+def load_finetunejob(path: str | Path) -> FineTuneJob:
     """The one FineTuneJob in a YAML file (other kinds in a multi-document file are skipped)."""
     path = Path(path)
     try:
@@ -71,7 +72,7 @@ def load_job(path: str | Path) -> FineTuneJob:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ManifestError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-    jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
-    if len(jobs) > 1:
-        raise ManifestError(f"{path}: holds {len(jobs)} FineTuneJobs; put one per file")
-    return parse_job(jobs[0] if jobs else (documents[0] if documents else None), str(path))
+    ftjs = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+    if len(ftjs) > 1:
+        raise ManifestError(f"{path}: holds {len(ftjs)} FineTuneJobs; put one per file")
+    return parse_finetunejob(ftjs[0] if ftjs else (documents[0] if documents else None), str(path))

@@ -43,8 +43,8 @@ class PhaseCollector:
         yield family
 
 
-JOBS = PhaseCollector()
-REGISTRY.register(JOBS)
+FINETUNEJOBS = PhaseCollector()
+REGISTRY.register(FINETUNEJOBS)
 
 
 def serve(port: int) -> None:

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from finetune_operator.api import FineTuneJob, FineTuneJobStatus
 from finetune_operator.manifest import describe_validation_error
-from finetune_operator.status import read_summary
-from finetune_operator.render import COMPLETION_INDEX_ANNOTATION, CONTAINER, LABEL_ATTEMPT, LABEL_JOB
+from finetune_operator.summary import read_summary
+from finetune_operator.names import COMPLETION_INDEX_ANNOTATION, CONTAINER, LABEL_ATTEMPT, LABEL_FINETUNEJOB
 
 # Pod-level reasons (pod.status.reason) of pods that were stopped from outside: a new attempt can succeed.
 DISRUPTED_POD_REASONS = frozenset({
@@ -43,7 +43,8 @@ class Terminated:
     @property
     def summary(self) -> dict[str, Any] | None:
         """The trainer's exit summary, when the termination message is one (not a log tail), reduced to the parts
-        that have the trainer's schema (status.read_summary: a custom image can leave any JSON there)."""
+        that have the trainer's schema (summary.read_summary: a custom image can leave any JSON there). Read once,
+        here: everything downstream (lifecycle, status) takes it as read."""
         try:
             summary = json.loads(self.message)
         except ValueError:
@@ -88,10 +89,6 @@ class ObservedAttempt:
         return self.complete or self.failed
 
     @property
-    def ready_pods(self) -> int:
-        return sum(1 for p in self.pods if p.ready)
-
-    @property
     def rank0(self) -> ObservedPod | None:
         """The pod that reports for the attempt: rank 0 serves the metrics and writes the summary."""
         return next((p for p in self.pods if p.index == 0), None)
@@ -105,7 +102,7 @@ class Observed:
     namespace: str
     generation: int
     now: datetime
-    job: FineTuneJob | None  # None when the stored object does not parse (see spec_error)
+    ftj: FineTuneJob | None  # None when the stored object does not parse (see spec_error)
     status: FineTuneJobStatus = field(default_factory=FineTuneJobStatus)
     attempts: tuple[ObservedAttempt, ...] = ()  # ordered by number
     scraped: dict[str, Any] | None = None  # {"progress": {...}, "metrics": {...}} from rank 0's endpoint
@@ -114,6 +111,14 @@ class Observed:
     @property
     def current(self) -> ObservedAttempt | None:
         return self.attempts[-1] if self.attempts else None
+
+    @property
+    def recorded_reason(self) -> tuple[str, str]:
+        """(reason, message) the status holds now: the Ready condition's, which always carries the latest."""
+        for cond in self.status.conditions or []:
+            if cond.type == "Ready":
+                return cond.reason, cond.message
+        return str(self.status.phase), ""
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -202,10 +207,10 @@ def observe(ftj: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str
             scraped: dict[str, Any] | None = None) -> Observed:
     meta = ftj.get("metadata") or {}
     try:
-        job, spec_error = FineTuneJob.model_validate(ftj), ""
+        parsed, spec_error = FineTuneJob.model_validate(ftj), ""
     except ValidationError as error:
         # The CRD admitted it, so the CRD and this operator disagree (e.g. a newer CRD): report, do not crash.
-        job, spec_error = None, describe_validation_error(error)
+        parsed, spec_error = None, describe_validation_error(error)
     try:
         status = FineTuneJobStatus.model_validate(ftj.get("status") or {})
     except ValidationError:
@@ -216,7 +221,7 @@ def observe(ftj: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str
         namespace=meta.get("namespace", ""),
         generation=int(meta.get("generation", 0)),
         now=now,
-        job=job,
+        ftj=parsed,
         status=status,
         attempts=tuple(a for a in attempts if a.number > 0),
         scraped=scraped,
@@ -262,7 +267,7 @@ def _trim_metadata(obj: dict[str, Any], annotations: tuple[str, ...] = ()) -> di
     meta = obj.get("metadata") or {}
     labels = meta.get("labels") or {}
     out = {k: meta[k] for k in ("name", "namespace") if k in meta}
-    out["labels"] = {k: labels[k] for k in (LABEL_JOB, LABEL_ATTEMPT) if k in labels}
+    out["labels"] = {k: labels[k] for k in (LABEL_FINETUNEJOB, LABEL_ATTEMPT) if k in labels}
     kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k in annotations}
     if kept:
         out["annotations"] = kept

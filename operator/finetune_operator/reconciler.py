@@ -11,6 +11,7 @@ behind in a way the decision depends on, the pass LISTs once (``_children``).
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,24 +19,18 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from finetune_operator import metrics
-from finetune_operator.children import Children, behind
-from finetune_operator.kube import Invalid, Kube, NotFound, merge_patch
 from finetune_operator.api import Phase
-from finetune_operator.lifecycle import (
-    INVALID_SPEC,
-    CreateAttempt,
-    Decision,
-    DeleteFineTuneJob,
-    ResumeAttempt,
-    SuspendAttempt,
-    decide,
-    next_status,
-    transition_event,
-)
+from finetune_operator.children import Children, behind
+from finetune_operator.events import build_event, transition_event
+from finetune_operator.kube import Invalid, Kube, NotFound, merge_patch
+from finetune_operator.lifecycle import (INVALID_SPEC, CreateAttempt, Decision, DeleteFineTuneJob, ResumeAttempt,
+                                         SuspendAttempt, decide)
+from finetune_operator.names import attempt_name
 from finetune_operator.observed import Observed, observe
-from finetune_operator.render import attempt_name, build_attempt
+from finetune_operator.render import build_attempt
 from finetune_operator.scrape import Scraper
 from finetune_operator.settings import Settings
+from finetune_operator.status import next_status
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +43,7 @@ class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, scraper: Scraper, children: Children | None = None,
                  clock: Callable[[], datetime] = utc_now):
         self.kube, self.settings, self.scraper, self.clock = kube, settings, scraper, clock
+        self.host = socket.gethostname()  # the Events' source
         # A store never synced answers nothing: every pass LISTs, as before there was one.
         self.children = children if children is not None else Children()
         self._locks: dict[str, threading.Lock] = {}
@@ -89,7 +85,8 @@ class Reconciler:
         if ftj is None or ftj["metadata"].get("deletionTimestamp"):
             return None  # deleted: garbage collection removes the children
         jobs, pods = self._children(ftj)
-        observed = observe(ftj, jobs, pods, self.clock())
+        now = self.clock()
+        observed = observe(ftj, jobs, pods, now)
         if poll:
             observed = replace(observed, scraped=self._scrape(observed))
         decision = decide(observed)
@@ -110,7 +107,7 @@ class Reconciler:
         event = transition_event(observed, decision)
         if event:
             log.info("%s/%s: %s (%s): %s", namespace, name, decision.phase.value, decision.reason, decision.message)
-            self.kube.post_event(ftj, *event)
+            self.kube.post_event(build_event(ftj, *event, now=now, host=self.host))
         return decision
 
     def _children(self, ftj: dict) -> tuple[list[dict], list[dict]]:
@@ -138,7 +135,7 @@ class Reconciler:
         if isinstance(action, CreateAttempt):
             # Safe on a store that lags (a Job created by an earlier pass whose event has not arrived): names are
             # deterministic and create_if_absent takes "already exists" for success, so nothing is made twice.
-            objects = build_attempt(o.job, action.number, self.settings, suspend=action.suspend,
+            objects = build_attempt(o.ftj, action.number, self.settings, suspend=action.suspend,
                                     active_deadline_seconds=action.active_deadline_seconds)
             for obj in objects:
                 created = self.kube.create_if_absent(obj)

@@ -16,12 +16,14 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from finetune_trainer.summary import metric_key
+
 log = logging.getLogger(__name__)
 
 PREFIX = "finetune_trainer_"
-# Trainer gauges that make up status.progress and status.parameters; every other trainer gauge is a metric
-# (train_loss -> trainLoss), and a gauge labelled by metric names one metric per label value
-# (finetune_trainer_eval_metric{metric="eval_f1"} -> evalF1).
+# Trainer gauges that make up status.progress and status.parameters; every other trainer gauge is a metric, named
+# as in the trainer's summary (summary.metric_key: train_loss -> trainLoss), and a gauge labelled by metric names
+# one metric per label value (finetune_trainer_eval_metric{metric="eval_f1"} -> evalF1).
 PROGRESS_FIELDS = {
     "step": "step",
     "total_steps": "totalSteps",
@@ -32,11 +34,6 @@ PROGRESS_FIELDS = {
 PARAMETER_FIELDS = {"trainable_parameters": "trainable", "total_parameters": "total"}
 METRIC_LABEL = "metric"
 _INTEGER_FIELDS = {"step", "totalSteps", "etaSeconds"}
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(part.capitalize() for part in rest)
 
 
 def parse_trainer_metrics(text: str) -> dict[str, Any]:
@@ -53,14 +50,14 @@ def parse_trainer_metrics(text: str) -> dict[str, Any]:
             if value != value:  # NaN: the trainer has not measured it yet
                 continue
             if METRIC_LABEL in sample.labels:
-                metrics[_camel(sample.labels[METRIC_LABEL])] = value
+                metrics[metric_key(sample.labels[METRIC_LABEL])] = value
             elif name in PROGRESS_FIELDS:
                 field = PROGRESS_FIELDS[name]
                 progress[field] = max(0, int(value)) if field in _INTEGER_FIELDS else round(max(0.0, value), 2)
             elif name in PARAMETER_FIELDS:
                 parameters[PARAMETER_FIELDS[name]] = int(value)
             else:
-                metrics[_camel(name)] = value
+                metrics[metric_key(name)] = value
     if "percent" in progress:
         progress["percent"] = min(100.0, progress["percent"])
     return {"progress": progress, "metrics": metrics,

@@ -1,72 +1,70 @@
-"""Turn the trainer's exit summary into the FineTuneJob status fields it determines.
+"""The FineTuneJob's status after a decision: conditions, attempts, times, and what the trainer reported.
 
-The trainer writes one summary (to /dev/termination-log in a pod, to <output>/summary.json everywhere); the
-operator reads it from the container's termination message and `finetune run` from the returned dict. Both
-build the status through this function, so a local run prints exactly what the cluster would show.
+``next_status`` is the whole status the reconciler writes after lifecycle.decide; the trainer's summary (as
+summary.read_summary returns it) settles progress, metrics, parameters and locations through
+``status_from_summary``, which `finetune run` uses too, so a local run prints exactly what the cluster would show.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from finetune_operator.api import FineTuneJobStatus, Phase, format_time
+from finetune_operator.lifecycle import TERMINAL, CreateAttempt, Decision, ResumeAttempt
+from finetune_operator.observed import Observed
 
-from finetune_operator.api import CheckpointStatus, FineTuneJobStatus, OutputStatus, Parameters, Phase, Progress
-
-# The summary's phases map onto the job's phases; "Interrupted" is a retryable stop: the job is not over.
+# Condition types. Ready is the summary condition (True once the FineTuneJob succeeded) and always carries the
+# latest reason and message, so `kubectl wait --for=condition=Ready` and dashboards need to look at one place only.
+CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended")
+_TRUE_IN = {"Ready": Phase.SUCCEEDED, "Running": Phase.RUNNING, "Succeeded": Phase.SUCCEEDED,
+            "Failed": Phase.FAILED, "Suspended": Phase.SUSPENDED}
+# The summary's phases map onto the FineTuneJob's phases; "Interrupted" is a retryable stop: the job is not over.
 _PHASES = {"Succeeded": Phase.SUCCEEDED, "Failed": Phase.FAILED, "Interrupted": Phase.RUNNING}
-# A condition reason as metav1.Condition admits it; a summary's reason becomes the Ready condition's.
-REASON_PATTERN = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-REASON_LIMIT = 128
-# Messages end up in a condition and an Event; the trainer's own are a few lines.
-MESSAGE_LIMIT = 4096
-_MODELS: dict[str, type[BaseModel]] = {
-    "progress": Progress, "parameters": Parameters, "checkpoint": CheckpointStatus, "output": OutputStatus,
-}
 
 
-def read_summary(raw: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a termination-message summary that have the trainer's schema, each checked on its own.
-
-    With a custom ``spec.image`` the message can hold any JSON, so it is input like a spec: a part that does not
-    fit is dropped (a failure without a usable reason then reads as a plain exit code), never passed on to a
-    status the CRD would refuse or a condition reason Kubernetes would reject.
-    """
-    out: dict[str, Any] = {}
-    if raw.get("phase") in _PHASES:
-        out["phase"] = raw["phase"]
-    reason = raw.get("reason")
-    if isinstance(reason, str) and len(reason) <= REASON_LIMIT and REASON_PATTERN.match(reason):
-        out["reason"] = reason
-    for key in ("message", "field"):
-        if isinstance(raw.get(key), str):
-            text = raw[key]
-            out[key] = text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 1] + "…"
-    if isinstance(raw.get("exitCode"), int):
-        out["exitCode"] = raw["exitCode"]
-    if isinstance(raw.get("metrics"), dict):
-        out["metrics"] = {k: float(v) for k, v in raw["metrics"].items()
-                          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-    for key, model in _MODELS.items():
-        try:
-            out[key] = model.model_validate(raw.get(key)).wire()
-        except ValidationError:
-            pass
-    for key in ("startTime", "completionTime"):
-        if isinstance(raw.get(key), str) and _is_time(raw[key]):
-            out[key] = raw[key]
-    return out
+def _conditions(o: Observed, d: Decision) -> list[dict[str, Any]]:
+    previous = {c.type: c for c in o.status.conditions or []}
+    now = format_time(o.now)
+    conditions = []
+    for ctype in CONDITION_TYPES:
+        status = "True" if d.phase == _TRUE_IN[ctype] else "False"
+        old = previous.get(ctype)
+        conditions.append({
+            "type": ctype,
+            "status": status,
+            "reason": d.reason,
+            "message": d.message,
+            # The time the status flipped, not the time the message last changed.
+            "lastTransitionTime": old.last_transition_time if old and old.status == status else now,
+            "observedGeneration": o.generation,
+        })
+    return conditions
 
 
-def _is_time(value: str) -> bool:
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return True
+def next_status(o: Observed, d: Decision) -> dict[str, Any]:
+    """The whole status after this decision, in wire form (camelCase)."""
+    status = o.status.wire()
+    if isinstance(d.action, CreateAttempt):
+        status["attempts"] = d.action.number
+        status.setdefault("startTime", format_time(o.now))
+    elif o.current:
+        status["attempts"] = o.current.number
+    if isinstance(d.action, ResumeAttempt):
+        status["startTime"] = format_time(o.now)  # restarts the deadline's clock, as a resumed Job does
+    if o.scraped and d.phase == Phase.RUNNING:
+        status["progress"] = o.scraped.get("progress") or status.get("progress")
+        status["parameters"] = o.scraped.get("parameters") or status.get("parameters")
+        status["metrics"] = {**status.get("metrics", {}), **(o.scraped.get("metrics") or {})}
+    if d.summary:
+        settled = status_from_summary(d.summary).wire()
+        for key in ("progress", "parameters", "checkpoint", "output"):
+            if key in settled:
+                status[key] = settled[key]
+        status["metrics"] = {**status.get("metrics", {}), **settled.get("metrics", {})}
+    if d.phase.value in TERMINAL:
+        status.setdefault("completionTime", format_time(o.now))
+    status.update(phase=d.phase.value, conditions=_conditions(o, d), observedGeneration=o.generation)
+    return {k: v for k, v in status.items() if v not in (None, {})}
 
 
 def progress_from_summary(summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,11 +81,9 @@ def progress_from_summary(summary: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def status_from_summary(summary: dict[str, Any]) -> FineTuneJobStatus:
-    """The status fields a trainer summary settles: phase, progress, metrics, parameters, locations.
-
-    Conditions, attempts and times of the cluster object are the lifecycle's business, not the summary's.
+    """The status fields a summary (as ``read_summary`` returns it) settles: phase, progress, metrics, parameters,
+    locations. Conditions, attempts and times of the cluster object are the lifecycle's business, not the summary's.
     """
-    summary = read_summary(summary)
     fields: dict[str, Any] = {
         "phase": _PHASES.get(summary.get("phase", ""), Phase.FAILED),
         "progress": progress_from_summary(summary),

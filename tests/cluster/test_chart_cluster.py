@@ -6,7 +6,7 @@ pod lifecycles without running containers. The process gets exactly what the pod
 environment and a token of the chart's ServiceAccount.
 
 (Named test_chart_cluster.py, not test_chart.py: pytest's default import mode refuses two test modules with the
-same basename, and tests/unit/test_chart.py exists.)
+same basename, and tests/chart/test_chart.py exists.)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ TRAINER_IMAGE = ("registry.example/finetune-trainer", "test")
 def _stand_in_crd(kind: str, plural: str) -> dict[str, Any]:
     """A schema-less CRD for a prometheus-operator kind. The plane has no prometheus-operator, and the server-side
     dry run needs the kinds to exist; the real CRDs validate the monitors' fields, these stand-ins only their
-    presence, so the monitors' content is checked by tests/unit/test_chart.py instead."""
+    presence, so the monitors' content is checked by tests/chart/test_chart.py instead."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.monitoring.coreos.com", "labels": {"finetune.io/test-stand-in": "true"}},

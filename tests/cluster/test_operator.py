@@ -38,7 +38,7 @@ from operator_process import (  # shared with tests/reliability
 )
 
 INTERRUPTED = summary_json("Interrupted", "Interrupted", "SIGTERM: checkpoint saved", 75,
-                           checkpoint={"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40})
+                           checkpoint={"location": "pvc://ckpt/run/checkpoints/step-40", "step": 40})
 BAD_LAYERS = summary_json("Failed", "InvalidLayerSelection", "last:30 asks for 30 blocks; the model has 12", 2,
                           field="strategy.layers")
 
@@ -67,7 +67,7 @@ def test_job_runs_to_success_with_the_expected_pod(env: Env) -> None:
     assert pod_spec["automountServiceAccountToken"] is False
     assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "ckpt"}} in pod_spec["volumes"]
     config = env.cp.kubectl_json("get", "configmap", "hello-a1", "-n", env.ns)["data"]["config.yaml"]
-    assert yaml.safe_load(config)["output"]["location"] == "/mnt/pvc/ckpt/hello"
+    assert yaml.safe_load(config)["output"]["location"] == "pvc://ckpt/hello"  # as written; the trainer maps it
     # Admitted under Pod Security "restricted", scheduled on a KWOK node with GPUs, completed.
     ftj = env.wait_phase("hello", "Succeeded")
     [pod] = env.pods("hello")
@@ -99,7 +99,7 @@ def test_retryable_failure_creates_attempt_2_which_succeeds(env: Env) -> None:
     [pod2] = env.wait_running_pods("retry", 2)
     ftj = env.ftj("retry")
     assert ftj["status"]["attempts"] == 2
-    assert ftj["status"]["checkpoint"] == {"location": "/mnt/pvc/ckpt/run/checkpoint-40", "step": 40}
+    assert ftj["status"]["checkpoint"] == {"location": "pvc://ckpt/run/checkpoints/step-40", "step": 40}
     env.complete_pod(pod2)
     ftj = env.wait_phase("retry", "Succeeded")
     assert [j["metadata"]["name"] for j in env.jobs("retry")] == ["retry-a1", "retry-a2"]
@@ -246,17 +246,18 @@ def test_contract_rendered_pod_trains_a_tiny_model_and_its_summary_becomes_the_s
     except ImportError as error:
         pytest.skip(f"the trainer engine does not import yet: {error}")
     from finetune_operator.api import FineTuneJob
-    from finetune_operator.lifecycle import decide, next_status
+    from finetune_operator.lifecycle import decide
     from finetune_operator.observed import observe
     from finetune_operator.render import CONFIG_PATH, build_attempt
     from finetune_operator.settings import Settings
+    from finetune_operator.status import next_status
 
     tiny = _tiny_models()
     volumes = tmp_path / "pvc"
     tiny.save_tiny_model("bert", "AutoModelForSequenceClassification", volumes / "models" / "tiny-bert", num_labels=2)
     tiny.write_sentiment_csv(volumes / "data" / "reviews" / "train.csv", n=32)
     tiny.write_sentiment_csv(volumes / "data" / "reviews" / "validation.csv", n=16, seed=1)
-    job = FineTuneJob.model_validate({
+    ftj = FineTuneJob.model_validate({
         "apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
         "metadata": {"name": "contract", "namespace": "ml", "uid": "u-contract", "generation": 1},
         "spec": {
@@ -269,7 +270,7 @@ def test_contract_rendered_pod_trains_a_tiny_model_and_its_summary_becomes_the_s
             "output": {"location": "pvc://ckpt/contract"},
         },
     })
-    config_map, pod_job = build_attempt(job, 1, Settings(pvc_mount_root=str(volumes)))
+    config_map, pod_job = build_attempt(ftj, 1, Settings(pvc_mount_root=str(volumes)))
     container = pod_job["spec"]["template"]["spec"]["containers"][0]
     config_file = tmp_path / "etc" / "config.yaml"
     config_file.parent.mkdir()
@@ -291,7 +292,7 @@ def test_contract_rendered_pod_trains_a_tiny_model_and_its_summary_becomes_the_s
            "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
                "exitCode": 0, "reason": "Completed", "message": message}}}]}}
     done = {**pod_job, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    resource = {**job.model_dump(by_alias=True, exclude_none=True, mode="json"),
+    resource = {**ftj.model_dump(by_alias=True, exclude_none=True, mode="json"),
                 "status": {"phase": "Running", "attempts": 1, "startTime": "2025-01-01T00:00:00Z"}}
     observed = observe(resource, [done], [pod], datetime.now(timezone.utc))
     decision = decide(observed)

@@ -236,15 +236,15 @@ _preflight_lock = threading.Lock()
 def _trainer_config_as_rendered(case: Case, tiny: Path, output: Path):
     """The trainer's config exactly as the operator writes it into the attempt's ConfigMap, with the pod's claim
     mount root (/mnt/pvc) at <tiny>/pvc; only the output folder and the metrics port differ from a pod."""
-    from finetune_operator.manifest import parse_job
+    from finetune_operator.manifest import parse_finetunejob
     from finetune_operator.render import CONFIG_FILE, build_config_map
     from finetune_operator.settings import Settings
     from finetune_trainer.config import TrainerConfig
 
     document = case.document(tiny)
     document["metadata"].update(namespace="ml", uid="uid-" + case.name)
-    job = parse_job(document, case.name)
-    config_map = build_config_map(job, 1, Settings(pvc_mount_root=str(tiny / "pvc")))
+    ftj = parse_finetunejob(document, case.name)
+    config_map = build_config_map(ftj, 1, Settings(pvc_mount_root=str(tiny / "pvc")))
     raw = yaml.safe_load(config_map["data"][CONFIG_FILE])
     raw["output"]["location"] = str(output)
     raw["metricsPort"] = 0
@@ -355,9 +355,10 @@ def test_a_malformed_termination_message_still_ends_the_attempt(label: str, exit
     from datetime import datetime, timezone
 
     from finetune_operator.api import FineTuneJobStatus
-    from finetune_operator.lifecycle import decide, next_status
+    from finetune_operator.lifecycle import decide
     from finetune_operator.observed import observe
-    from finetune_operator.status import REASON_PATTERN
+    from finetune_operator.status import next_status
+    from finetune_operator.summary import REASON_PATTERN
 
     message = MALFORMED_SUMMARIES[label]
     ftj = {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",

@@ -30,7 +30,7 @@ def test_no_weight_decay_on_biases_and_norms():
 def test_only_trainable_parameters_get_optimizer_state():
     model, layout = bert("partial", layers="last:1")
     training = TrainingSpec()
-    optimizer = build_optimizer(parameter_groups(model, layout, training), training, torch.device("cpu"))
+    optimizer = build_optimizer(parameter_groups(model, layout, training), training)
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
 
@@ -50,7 +50,7 @@ def test_layerwise_decay_lowers_the_rate_with_depth():
 def test_every_optimizer_steps(kind):
     model, layout = bert("partial", layers="last:1")
     training = TrainingSpec(optimizer=kind, learning_rate=1e-2)
-    optimizer = build_optimizer(parameter_groups(model, layout, training), training, torch.device("cpu"))
+    optimizer = build_optimizer(parameter_groups(model, layout, training), training)
     before = model.classifier.weight.detach().clone()
     ids = torch.randint(5, 100, (2, 6))
     model(input_ids=ids, labels=torch.tensor([0, 1])).loss.backward()
@@ -61,12 +61,12 @@ def test_every_optimizer_steps(kind):
 def test_rebuilt_optimizer_keeps_existing_state():
     model, layout = bert("partial", layers="last:1")
     training = TrainingSpec()
-    old = build_optimizer(parameter_groups(model, layout, training), training, torch.device("cpu"))
+    old = build_optimizer(parameter_groups(model, layout, training), training)
     model(input_ids=torch.randint(5, 100, (2, 6)), labels=torch.tensor([0, 1])).loss.backward()
     old.step()
     for p in model.bert.encoder.layer[2].parameters():
         p.requires_grad_(True)
-    new = rebuild_optimizer(old, parameter_groups(model, layout, training), training, torch.device("cpu"))
+    new = rebuild_optimizer(old, parameter_groups(model, layout, training), training)
     assert torch.equal(new.state[model.classifier.weight]["exp_avg"], old.state[model.classifier.weight]["exp_avg"])
     assert sum(len(g["params"]) for g in new.param_groups) > sum(len(g["params"]) for g in old.param_groups)
 
@@ -84,5 +84,5 @@ def test_warmup_and_rate_setting():
     assert warmup_steps(100, 0.06) == 6 and warmup_steps(10, 0.0) == 0
     model, layout = bert()
     training = TrainingSpec(learning_rate=0.1)
-    optimizer = build_optimizer(parameter_groups(model, layout, training), training, torch.device("cpu"))
+    optimizer = build_optimizer(parameter_groups(model, layout, training), training)
     assert set_learning_rate(optimizer, 0.5) == pytest.approx(0.05)

@@ -1,5 +1,5 @@
 """Each strategy on each architecture family: the parameters that change in a few real training steps are
-exactly the plan's trainable manifest, every other tensor is bit-identical, and hybrid puts LoRA only on the
+exactly the plan's trainable set, every other tensor is bit-identical, and hybrid puts LoRA only on the
 blocks that do not train fully."""
 
 from __future__ import annotations
@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 from finetune_trainer import runtime
-from finetune_trainer.models import local_path
+from finetune_trainer.locations import local_path
 from finetune_trainer.plan import plan
 from finetune_trainer.summary import Report
 from finetune_trainer.telemetry import Telemetry
-from finetune_trainer.train import Recipe, StopSignal
+from finetune_trainer.stopping import StopSignal
+from finetune_trainer.train import Recipe
 
 ARCHS = ["bert", "gpt2", "llama", "t5", "bart"]
 STRATEGIES = {
@@ -38,7 +39,7 @@ def train_in_process(config):
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("arch", ARCHS)
-def test_changed_parameters_are_exactly_the_manifest(arch, strategy, tiny_model_dir, job):
+def test_changed_parameters_are_exactly_the_trainable_set(arch, strategy, tiny_model_dir, job):
     config = job(tiny_model_dir(arch), STRATEGIES[strategy], maxSteps=3)
     planned = plan(config)
 
@@ -46,7 +47,7 @@ def test_changed_parameters_are_exactly_the_manifest(arch, strategy, tiny_model_
 
     assert changed == set(planned["trainable"])
     assert planned["parameters"]["trainable"] == sum(planned["trainable"].values())
-    assert recipe.strategy.manifest()["trainable"] == planned["trainable"]
+    assert recipe.strategy.trainable_set()["trainable"] == planned["trainable"]
     if strategy == "full":
         assert planned["parameters"]["trainable"] == planned["parameters"]["total"]
     else:

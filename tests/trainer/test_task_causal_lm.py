@@ -147,7 +147,7 @@ def test_trains_and_reports_perplexity():
     after = task.evaluate(model, data, tokenizer, 4, "cpu")
 
     assert losses[-1] < losses[0] / 2
-    assert set(after) == {"eval_loss", "eval_perplexity"}
+    assert set(after) == {"eval_loss", "eval_perplexity"} == set(task.higher_is_better)
     assert after["eval_perplexity"] == pytest.approx(math.exp(after["eval_loss"]), rel=1e-5)
     assert after["eval_perplexity"] < before["eval_perplexity"] / 10
 

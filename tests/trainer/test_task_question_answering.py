@@ -135,7 +135,7 @@ def test_trains_and_reports_exact_match_and_f1():
 
     assert set(batches[0]) == {"input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions"}
     assert losses[-1] < losses[0]
-    assert set(metrics) == {"eval_loss", "eval_exact_match", "eval_f1"}
+    assert set(metrics) == {"eval_loss", "eval_exact_match", "eval_f1"} == set(task.higher_is_better)
     assert 0.0 <= metrics["eval_exact_match"] <= metrics["eval_f1"] <= 1.0
 
 

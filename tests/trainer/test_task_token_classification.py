@@ -95,7 +95,8 @@ def test_trains_and_reports_entity_scores():
 
     assert batches[0]["labels"].shape == batches[0]["input_ids"].shape and "length" not in batches[0]
     assert losses[-1] < losses[0] / 2
-    assert set(after) == {"eval_loss", "eval_precision", "eval_recall", "eval_f1", "eval_accuracy"}
+    assert set(after) == {"eval_loss", "eval_precision", "eval_recall", "eval_f1", "eval_accuracy"} == set(
+        task.higher_is_better)
     assert after["eval_loss"] < before["eval_loss"]
     assert after["eval_accuracy"] > 0.8 and after["eval_f1"] > before["eval_f1"]
     assert model.training  # evaluate hands the model back in the mode it found it

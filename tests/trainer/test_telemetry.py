@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 import pytest
-from finetune_trainer.summary import Report, camel, termination_message, write
+from finetune_trainer.summary import Report, metric_key, termination_message, write
 from finetune_trainer.telemetry import Telemetry, peak_flops
 from finetune_trainer.train import run
 from tiny_models import sentiment_rows, write_rows
@@ -97,7 +97,7 @@ def test_summary_schema_and_metric_names():
                              "progress", "metrics", "parameters", "checkpoint", "output", "metricsUrl"]
     assert summary["metrics"] == {"evalF1": 0.5, "evalExactMatch": 1.0, "trainLoss": 0.25}
     assert summary["phase"] == "Succeeded" and summary["exitCode"] == 0
-    assert camel("samples_per_second") == "samplesPerSecond"
+    assert metric_key("samples_per_second") == "samplesPerSecond"
 
 
 def test_termination_message_fits_and_is_written_only_where_it_exists(tmp_path, monkeypatch):

@@ -51,8 +51,8 @@ class LengthGroupedBatches:
         return padded[self.rank::self.world_size]
 
 
-def rows(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:
-    """Rows of a ``datasets.Dataset`` as dicts, fetched in one columnar read."""
+def rows(dataset: Any, indices: list[int] | slice) -> list[dict[str, Any]]:
+    """Rows of a ``datasets.Dataset`` as dicts (what a task's ``collate`` takes), fetched in one columnar read."""
     columns = dataset[indices]
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 

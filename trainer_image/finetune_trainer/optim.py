@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+
 import torch
 from torch import nn
 
@@ -37,7 +38,7 @@ def parameter_groups(model: nn.Module, layout: Layout, training: TrainingSpec) -
     return [{"params": ps, "weight_decay": decay, "lr": lr, "base_lr": lr} for (decay, lr), ps in groups.items()]
 
 
-def build_optimizer(groups: list[dict], training: TrainingSpec, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict], training: TrainingSpec) -> torch.optim.Optimizer:
     kind = Optimizer(training.optimizer)
     lr = training.learning_rate
     if kind == Optimizer.ADAMW:
@@ -54,13 +55,27 @@ def build_optimizer(groups: list[dict], training: TrainingSpec, device: torch.de
     return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
 
 
-def rebuild_optimizer(old: torch.optim.Optimizer, groups: list[dict], training: TrainingSpec,
-                      device: torch.device) -> torch.optim.Optimizer:
+def rebuild_optimizer(old: torch.optim.Optimizer, groups: list[dict], training: TrainingSpec) -> torch.optim.Optimizer:
     """A new optimizer over a grown trainable set that keeps the state of the parameters it already had."""
-    new = build_optimizer(groups, training, device)
+    new = build_optimizer(groups, training)
     for p, state in old.state.items():
         new.state[p] = state
     return new
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, model: nn.Module,
+                    max_grad_norm: float | None) -> None:
+    """The optimizer step after backward: unscale (fp16), clip the trainable parameters' norm, step, clear."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: Schedule) -> float:
@@ -81,6 +96,12 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
     return max(group["lr"] for group in optimizer.param_groups)
+
+
+def total_steps(batches_per_epoch: int, training: TrainingSpec) -> int:
+    """Optimizer steps of the run: ``epochs`` (possibly fractional) of accumulation windows, at most ``maxSteps``."""
+    total = math.ceil(training.epochs * math.ceil(batches_per_epoch / training.gradient_accumulation))
+    return total if training.max_steps is None else min(total, training.max_steps)
 
 
 def warmup_steps(total_steps: int, ratio: float) -> int:

@@ -17,7 +17,7 @@ from torch import nn
 
 from finetune_trainer import models
 from finetune_trainer.config import Optimizer, StrategyType, TrainerConfig
-from finetune_trainer.layers import resolve_layout
+from finetune_trainer.layers import PARTS, resolve_layout
 from finetune_trainer.strategies import Strategy, build_strategy
 from finetune_trainer.tasks.base import get_task
 
@@ -33,7 +33,7 @@ def plan(config: TrainerConfig) -> dict[str, Any]:
     model = models.load_model(config.model, task.auto_model)
     layout = resolve_layout(model)
     strategy = build_strategy(model, layout, config.strategy)
-    manifest = strategy.manifest()
+    trainable_set = strategy.trainable_set()
     all_blocks = [b.index for b in layout.blocks]
     return {
         "model": {"source": config.model.source, "class": type(model).__name__,
@@ -45,16 +45,16 @@ def plan(config: TrainerConfig) -> dict[str, Any]:
         "blocks": {"total": len(all_blocks), "trainFully": strategy.full_blocks, "lora": strategy.adapted_blocks,
                    "frozen": sorted(set(all_blocks) - set(strategy.full_blocks) - set(strategy.adapted_blocks))},
         "stages": [{"epoch": epoch, "blocks": blocks} for epoch, blocks in strategy.stages],
-        "modules": {"parts": strategy.parts or ["attention", "mlp", "norm"],
+        "modules": {"parts": strategy.parts or list(PARTS),
                     "embeddings": _any_trains(strategy, layout.embeddings),
                     "head": bool(layout.head) and (config.strategy.head or strategy.kind == StrategyType.FULL),
                     "headParameters": layout.head, "unusedParameters": layout.unused},
         "loraTargets": {"count": len(strategy.lora_modules),
                         "names": sorted({m.rsplit(".", 1)[-1] for m in strategy.lora_modules})},
-        "parameters": {"trainable": manifest["trainableParameters"], "total": manifest["totalParameters"],
-                       "trainablePercent": round(100.0 * manifest["trainableParameters"]
-                                                 / max(1, manifest["totalParameters"]), 3)},
-        "trainable": manifest["trainable"],
+        "parameters": {"trainable": trainable_set["trainableParameters"], "total": trainable_set["totalParameters"],
+                       "trainablePercent": round(100.0 * trainable_set["trainableParameters"]
+                                                 / max(1, trainable_set["totalParameters"]), 3)},
+        "trainable": trainable_set["trainable"],
         "memory": memory_estimate(config, strategy),
     }
 

@@ -49,11 +49,19 @@ class Strategy:
         trained_base = any(p.requires_grad for p in self.layout.params.values())
         return self.uses_adapters and not trained_base
 
+    def check_shardable(self, merge_adapter: bool) -> None:
+        """FSDP shards the adapters too, and sharded adapters cannot be merged into base weights or staged."""
+        if self.uses_adapters and (not self.adapter_is_complete or merge_adapter or self.stages):
+            raise ConfigError(
+                "this model needs FSDP (sharded across GPUs), where adapters cannot be merged or staged: use "
+                "strategy.type lora (without embeddings, output.mergeAdapter or unfreeze) or partial",
+                field="strategy.type")
+
     def trainable_names(self) -> list[str]:
         return sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
 
-    def manifest(self) -> dict:
-        """What trains, as logged at start and saved in every checkpoint."""
+    def trainable_set(self) -> dict:
+        """What trains: logged at start, saved in every checkpoint, reported by `finetune plan`."""
         params = dict(self.model.named_parameters())
         trainable = self.trainable_names()
         return {
@@ -65,6 +73,14 @@ class Strategy:
             "totalParameters": sum(p.numel() for p in params.values()),
             "trainable": {n: params[n].numel() for n in trainable},
         }
+
+    def describe(self) -> str:
+        """For the log: 'lora on BertLayer: 1234 of 56789 parameters train (blocks: 6 (BertLayer); full [],
+        LoRA [0, 1, ...])'."""
+        trains = self.trainable_set()
+        return (f"{trains['strategy']} on {self.layout.stacks[0].block_class}: {trains['trainableParameters']} of "
+                f"{trains['totalParameters']} parameters train (blocks: {trains['blocks']}; full {self.full_blocks}, "
+                f"LoRA {self.adapted_blocks})")
 
     def describe_trainable(self) -> str:
         """The trainable names in one line, block indices folded: 'bert.encoder.layer.{4,5}.output.dense.weight'."""

@@ -31,8 +31,9 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def camel(name: str) -> str:
-    """eval_accuracy → evalAccuracy, eval_f1 → evalF1, samples_per_second → samplesPerSecond."""
+def metric_key(name: str) -> str:
+    """A metric's key in the summary and in the FineTuneJob's status.metrics (the operator names scraped metrics with
+    it too): eval_accuracy → evalAccuracy, eval_f1 → evalF1, eval_rougeL → evalRougeL."""
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
@@ -54,7 +55,7 @@ class Report:
     metrics_url: str | None = None
 
     def record_metrics(self, values: dict[str, float]) -> None:
-        self.metrics.update({camel(k): float(v) for k, v in values.items()})
+        self.metrics.update({metric_key(k): float(v) for k, v in values.items()})
 
     def as_dict(self, error: TrainerError | None) -> dict[str, Any]:
         if error is None:

@@ -1,7 +1,9 @@
 """What a task contributes to the training loop: its model class, its features, its batches, its metrics.
 
-The loop in train.py knows nothing task-specific; each task module defines one ``TaskAdapter`` subclass and
-registers it with ``@register``. ``get_task(name)`` returns the adapter for a config's ``task``.
+The loop in train.py knows nothing task-specific; each task module defines one ``TaskAdapter`` subclass, named
+``<Kind>Task``, and registers it with ``@register``. ``get_task(name)`` returns the adapter for a config's
+``task``. Columns are resolved and tokenized through columns.py and evaluated through evaluation.py, so every task
+checks its data and reports a missing column the same way.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ class PreparedData:
 class TaskAdapter(ABC):
     task: ClassVar[Task]
     auto_model: ClassVar[str]  # name of the transformers Auto class, e.g. "AutoModelForSequenceClassification"
-    primary_metric: ClassVar[str]  # the metric summaries lead with and early stopping defaults to
-    greater_is_better: ClassVar[bool] = True
+    # Every metric ``evaluate`` reports -> whether a higher value is better (what early stopping compares by).
+    higher_is_better: ClassVar[dict[str, bool]]
 
     def configure(self, training: TrainingSpec) -> None:
         """Take the training options that change how this task builds its batches (e.g. causal-LM packing)."""

@@ -29,7 +29,7 @@ from finetune_trainer.config import DatasetSpec, Task, TrainingSpec
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
 from finetune_trainer.tasks.columns import missing_column, resolve_columns, splits, texts, tokenize_splits
-from finetune_trainer.tasks.metrics import RunningMean, eval_batches
+from finetune_trainer.tasks.evaluation import RunningMean, eval_batches
 
 IGNORE = -100  # label of tokens the loss skips: prompts, other roles' turns, padding
 Piece = tuple[str, bool]  # a stretch of text and whether the model learns to write it
@@ -39,8 +39,7 @@ Piece = tuple[str, bool]  # a stretch of text and whether the model learns to wr
 class CausalLMTask(TaskAdapter):
     task = Task.CAUSAL_LM
     auto_model = "AutoModelForCausalLM"
-    primary_metric = "eval_perplexity"
-    greater_is_better = False
+    higher_is_better = {"eval_loss": False, "eval_perplexity": False}
 
     packing = True  # training.packing (configure); set before prepare, as it decides the model's use_cache
     row_tokens = 0  # packed row capacity, dataset.maxLength; set by prepare

@@ -8,6 +8,7 @@ that names the spec field to fix and lists what the data does have.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from finetune_trainer.config import DatasetSpec
@@ -20,23 +21,45 @@ def splits(raw: RawSplits) -> list[tuple[str, Any]]:
     return [(name, split) for name, split in (("train", raw.train), ("eval", raw.eval)) if split is not None]
 
 
+def _present(columns: list[str]) -> str:
+    return f"columns present: {', '.join(columns) or '(none)'}"
+
+
 def missing_column(role: str, column: str, split_name: str, present: list[str], hint: str = "") -> DataError:
     return DataError(
-        f"dataset.columns.{role}: column {column!r} is not in the {split_name} split; "
-        f"columns present: {', '.join(present) or '(none)'}" + (f"; {hint}" if hint else ""),
+        f"dataset.columns.{role}: column {column!r} is not in dataset.{split_name}; {_present(present)}"
+        + (f"; {hint}" if hint else ""),
         field=f"dataset.columns.{role}",
     )
+
+
+def check_columns(raw: RawSplits, roles: dict[str, Sequence[str]]) -> None:
+    """Every split has every column of every role (a role may take several columns, e.g. a text pair)."""
+    for split_name, split in splits(raw):
+        for role, columns in roles.items():
+            for column in columns:
+                if column not in split.column_names:
+                    raise missing_column(role, column, split_name, split.column_names)
 
 
 def resolve_columns(raw: RawSplits, dataset: DatasetSpec, defaults: dict[str, str]) -> dict[str, str]:
     """Map each role in ``defaults`` to its column (the configured one, else the default) and check that every
     split has it."""
     resolved = {role: getattr(dataset.columns, role) or default for role, default in defaults.items()}
-    for split_name, split in splits(raw):
-        for role, column in resolved.items():
-            if column not in split.column_names:
-                raise missing_column(role, column, split_name, split.column_names)
+    check_columns(raw, {role: [column] for role, column in resolved.items()})
     return resolved
+
+
+def conventional_columns(raw: RawSplits, role: str, candidates: Sequence[Sequence[str]]) -> list[str]:
+    """For a role left unmapped with several conventional names: the first candidate the train split has all
+    columns of."""
+    present = raw.train.column_names
+    for candidate in candidates:
+        if all(column in present for column in candidate):
+            return list(candidate)
+    names = [" + ".join(candidate) for candidate in candidates]
+    raise DataError(f"dataset.columns.{role} is unset and dataset.train has none of the conventional columns "
+                    f"{names}; {_present(present)}. Set dataset.columns.{role}", field=f"dataset.columns.{role}")
 
 
 def texts(batch: dict[str, list], columns: dict[str, str], role: str, indices: list[int], split_name: str,

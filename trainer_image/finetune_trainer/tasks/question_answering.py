@@ -22,7 +22,7 @@ from finetune_trainer.config import DatasetSpec, Task
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
 from finetune_trainer.tasks.columns import by_role, model_inputs, resolve_columns, texts, tokenize_splits
-from finetune_trainer.tasks.metrics import RunningMean, eval_batches
+from finetune_trainer.tasks.evaluation import RunningMean, eval_batches
 
 N_BEST = 20  # start and end candidates considered per window
 MAX_ANSWER_TOKENS = 30
@@ -34,7 +34,7 @@ NO_ANSWER = 0  # where a window without the answer points: CLS for encoders, the
 class QuestionAnsweringTask(TaskAdapter):
     task = Task.QUESTION_ANSWERING
     auto_model = "AutoModelForQuestionAnswering"
-    primary_metric = "eval_f1"
+    higher_is_better = {"eval_loss": False, "eval_exact_match": True, "eval_f1": True}
 
     def prepare(self, raw: RawSplits, tokenizer: Any, dataset: DatasetSpec) -> PreparedData:
         columns = resolve_columns(raw, dataset, {"question": "question", "context": "context", "answers": "answers"})

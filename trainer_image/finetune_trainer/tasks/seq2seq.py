@@ -15,7 +15,7 @@ from typing import Any
 from finetune_trainer.config import DatasetSpec, Task
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
 from finetune_trainer.tasks.columns import by_role, model_inputs, resolve_columns, texts, tokenize_splits
-from finetune_trainer.tasks.metrics import RunningMean, eval_batches, length_order
+from finetune_trainer.tasks.evaluation import RunningMean, eval_batches, length_order
 
 IGNORE = -100  # label id the loss skips (padding of the targets)
 
@@ -24,7 +24,7 @@ IGNORE = -100  # label id the loss skips (padding of the targets)
 class Seq2SeqTask(TaskAdapter):
     task = Task.SEQ2SEQ
     auto_model = "AutoModelForSeq2SeqLM"
-    primary_metric = "eval_chrf"
+    higher_is_better = {"eval_loss": False, "eval_bleu": True, "eval_chrf": True, "eval_rougeL": True}
 
     max_new_tokens = 0  # generation budget at evaluation, dataset.maxLength; set by prepare
 

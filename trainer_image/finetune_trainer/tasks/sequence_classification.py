@@ -13,47 +13,38 @@ from typing import Any
 from finetune_trainer.config import DatasetSpec, Task
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
-from finetune_trainer.tasks.metrics import RunningMean, eval_batches
+from finetune_trainer.tasks.columns import check_columns, conventional_columns, texts, tokenize_splits
+from finetune_trainer.tasks.evaluation import RunningMean, eval_batches, length_order
 
-# Conventional text columns, tried in order when dataset.columns.text is unset.
+# Conventional columns, tried in order when dataset.columns.text or .label is unset.
 TEXT_CANDIDATES = (["text"], ["sentence"], ["sentence1", "sentence2"], ["question", "sentence"],
                    ["premise", "hypothesis"], ["question1", "question2"])
-LABEL_CANDIDATES = ("label", "labels")
+LABEL_CANDIDATES = (["label"], ["labels"])
 _INT = re.compile(r"^-?\d+$")
 
 
 @register
-class SequenceClassification(TaskAdapter):
+class SequenceClassificationTask(TaskAdapter):
     task = Task.SEQUENCE_CLASSIFICATION
     auto_model = "AutoModelForSequenceClassification"
-    primary_metric = "eval_accuracy"
+    higher_is_better = {"eval_loss": False, "eval_accuracy": True, "eval_f1": True}
 
     def prepare(self, raw: RawSplits, tokenizer: Any, dataset: DatasetSpec) -> PreparedData:
-        columns = raw.train.column_names
-        text = _text_columns(dataset, columns)
-        label = _label_column(dataset, columns)
-        if raw.eval is not None:
-            missing = [c for c in [*text, label] if c not in raw.eval.column_names]
-            if missing:
-                raise DataError(f"dataset.eval lacks column(s) {missing}; it has {raw.eval.column_names}",
-                                field="dataset.eval")
+        text = list(dataset.columns.text or conventional_columns(raw, "text", TEXT_CANDIDATES))
+        label = dataset.columns.label or conventional_columns(raw, "label", LABEL_CANDIDATES)[0]
+        check_columns(raw, {"text": text, "label": [label]})
         names, to_id = _label_mapping(raw, label)
 
-        def encode(batch: dict[str, list]) -> dict[str, list]:
-            texts = [[_as_text(v, c) for v in batch[c]] for c in text]
-            features = tokenizer(*texts, truncation=True, max_length=dataset.max_length)
-            features["labels"] = [to_id(v) for v in batch[label]]
-            features["length"] = [len(ids) for ids in features["input_ids"]]
-            return features
+        def encode(batch: dict[str, list], indices: list[int], split_name: str) -> dict[str, list]:
+            segments = [texts(batch, {"text": column}, "text", indices, split_name) for column in text]
+            encoded = tokenizer(*segments, truncation=True, max_length=dataset.max_length)
+            encoded["labels"] = [to_id(v) for v in batch[label]]
+            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            return encoded
 
-        def tokenize(split):
-            # An explicit fingerprint: datasets would otherwise pickle ``encode`` (and the tokenizer) to hash it.
-            return split.map(encode, batched=True, remove_columns=split.column_names,
-                             new_fingerprint=f"{split._fingerprint}-sequence-classification")
-
-        # Eval runs in stored order; storing it by length keeps its batches' padding small.
+        train, eval_ = tokenize_splits(raw, encode)
         return PreparedData(
-            train=tokenize(raw.train), eval=_by_length(tokenize(raw.eval)) if raw.eval is not None else None,
+            train=train, eval=eval_.select(length_order(eval_)) if eval_ is not None else None,
             model_kwargs={"num_labels": len(names), "id2label": dict(enumerate(names)),
                           "label2id": {n: i for i, n in enumerate(names)}},
             info={"labels": names, "textColumns": text, "labelColumn": label},
@@ -81,34 +72,6 @@ def f1_score(predictions: list[int], references: list[int], num_labels: int) -> 
         return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
     return f1(1) if num_labels == 2 else sum(f1(c) for c in range(num_labels)) / num_labels
-
-
-def _text_columns(dataset: DatasetSpec, columns: list[str]) -> list[str]:
-    if dataset.columns.text:
-        missing = [c for c in dataset.columns.text if c not in columns]
-        if missing:
-            raise DataError(f"dataset.columns.text: column(s) {missing} not in dataset.train; it has {columns}",
-                            field="dataset.columns.text")
-        return list(dataset.columns.text)
-    for candidate in TEXT_CANDIDATES:
-        if all(c in columns for c in candidate):
-            return list(candidate)
-    raise DataError(f"dataset.columns.text is unset and dataset.train has no text column named "
-                    f"{[c[0] for c in TEXT_CANDIDATES]}; it has {columns}. Set dataset.columns.text",
-                    field="dataset.columns.text")
-
-
-def _label_column(dataset: DatasetSpec, columns: list[str]) -> str:
-    if dataset.columns.label:
-        if dataset.columns.label not in columns:
-            raise DataError(f'dataset.columns.label: column "{dataset.columns.label}" not in dataset.train; it has '
-                            f"{columns}", field="dataset.columns.label")
-        return dataset.columns.label
-    found = next((c for c in LABEL_CANDIDATES if c in columns), None)
-    if found is None:
-        raise DataError(f"dataset.columns.label is unset and dataset.train has no column named label; it has "
-                        f"{columns}. Set dataset.columns.label", field="dataset.columns.label")
-    return found
 
 
 def _label_mapping(raw: RawSplits, label: str):
@@ -140,14 +103,3 @@ def _label_mapping(raw: RawSplits, label: str):
         return index[k]
 
     return names, to_id
-
-
-def _by_length(split: Any) -> Any:
-    lengths = split["length"]
-    return split.select(sorted(range(len(split)), key=lengths.__getitem__))
-
-
-def _as_text(value: Any, column: str) -> str:
-    if value is None:
-        raise DataError(f'dataset.columns.text: column "{column}" has an empty value', field="dataset.columns.text")
-    return value if isinstance(value, str) else str(value)

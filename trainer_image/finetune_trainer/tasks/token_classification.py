@@ -15,7 +15,7 @@ from finetune_trainer.config import DatasetSpec, Task
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
 from finetune_trainer.tasks.columns import model_inputs, resolve_columns, splits, tokenize_splits
-from finetune_trainer.tasks.metrics import RunningMean, eval_batches, length_order
+from finetune_trainer.tasks.evaluation import RunningMean, eval_batches, length_order
 
 IGNORE = -100  # label id that the loss and the metrics skip: special tokens, padding, non-first sub-tokens
 OUTSIDE = "O"
@@ -25,7 +25,8 @@ OUTSIDE = "O"
 class TokenClassificationTask(TaskAdapter):
     task = Task.TOKEN_CLASSIFICATION
     auto_model = "AutoModelForTokenClassification"
-    primary_metric = "eval_f1"
+    higher_is_better = {"eval_loss": False, "eval_precision": True, "eval_recall": True, "eval_f1": True,
+                        "eval_accuracy": True}
 
     def prepare(self, raw: RawSplits, tokenizer: Any, dataset: DatasetSpec) -> PreparedData:
         columns = resolve_columns(raw, dataset, {"tokens": "tokens", "label": "ner_tags"})

@@ -1,7 +1,7 @@
 """The manifests one attempt of a FineTuneJob runs as (render.py): golden files for the examples, plus the
 properties the operator's correctness depends on, asserted directly so a golden update cannot hide them.
 
-Regenerate the golden files after an intended change with:  UPDATE_GOLDEN=1 pytest tests/unit/test_render.py
+Regenerate the golden files after an intended change with:  UPDATE_GOLDEN=1 pytest tests/operator/test_render.py
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator.manifest import load_job
-from finetune_operator.render import build_attempt, build_trainer_config
+from finetune_operator.manifest import load_finetunejob
+from finetune_operator.places import InPod, trainer_config
+from finetune_operator.render import build_attempt
 from finetune_operator.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,11 +23,11 @@ SETTINGS = Settings(trainer_image="ghcr.io/finetune-operator/trainer:test")
 UID = "3f1c5b8e-0000-4000-8000-000000000001"
 
 
-def _job(example: str, namespace: str = "ml", **spec_updates):
-    job = load_job(REPO / "examples" / example)
-    job.metadata.namespace, job.metadata.uid = namespace, UID
+def _ftj(example: str, namespace: str = "ml", **spec_updates):
+    ftj = load_finetunejob(REPO / "examples" / example)
+    ftj.metadata.namespace, ftj.metadata.uid = namespace, UID
     if spec_updates:
-        data = job.model_dump(by_alias=True, exclude_none=True, mode="json")
+        data = ftj.model_dump(by_alias=True, exclude_none=True, mode="json")
         for path, value in spec_updates.items():
             node = data["spec"]
             *parents, leaf = path.split("__")
@@ -36,19 +37,19 @@ def _job(example: str, namespace: str = "ml", **spec_updates):
                 node.pop(leaf, None)
             else:
                 node[leaf] = value
-        job = type(job).model_validate(data)
-    return job
+        ftj = type(ftj).model_validate(data)
+    return ftj
 
 
-def multinode_job():
+def multinode_ftj():
     """The cluster example scaled out: 2 nodes x 4 GPUs, without the queue."""
-    return _job("cluster-llama-2gpu.yaml", resources__nodes=2, resources__gpus=4, queueName=None)
+    return _ftj("cluster-llama-2gpu.yaml", resources__nodes=2, resources__gpus=4, queueName=None)
 
 
 CASES = {
-    "quickstart": lambda: _job("quickstart.yaml"),
-    "single-node-2gpu": lambda: _job("cluster-llama-2gpu.yaml"),
-    "multi-node-2x4gpu": multinode_job,
+    "quickstart": lambda: _ftj("quickstart.yaml"),
+    "single-node-2gpu": lambda: _ftj("cluster-llama-2gpu.yaml"),
+    "multi-node-2x4gpu": multinode_ftj,
 }
 
 
@@ -80,8 +81,8 @@ def test_golden(case: str) -> None:
     assert text == path.read_text(), f"{case} renders differently from {path}; if intended, rerun with UPDATE_GOLDEN=1"
 
 
-def _objects(job, attempt=1, **kw):
-    objs = build_attempt(job, attempt, SETTINGS, **kw)
+def _objects(ftj, attempt=1, **kw):
+    objs = build_attempt(ftj, attempt, SETTINGS, **kw)
     return {o["kind"]: o for o in objs}, [o["kind"] for o in objs]
 
 
@@ -90,7 +91,7 @@ def _pod(job_obj):
 
 
 def test_children_are_named_by_attempt_and_owned_by_the_finetunejob():
-    objs, order = _objects(_job("quickstart.yaml"), attempt=3)
+    objs, order = _objects(_ftj("quickstart.yaml"), attempt=3)
     assert order == ["ConfigMap", "Job"]
     for obj in objs.values():
         meta = obj["metadata"]
@@ -104,7 +105,7 @@ def test_children_are_named_by_attempt_and_owned_by_the_finetunejob():
 
 
 def test_pod_meets_the_restricted_pod_security_profile():
-    pod = _pod(_objects(_job("cluster-llama-2gpu.yaml"))[0]["Job"])
+    pod = _pod(_objects(_ftj("cluster-llama-2gpu.yaml"))[0]["Job"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 1000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -118,7 +119,7 @@ def test_pod_meets_the_restricted_pod_security_profile():
 
 
 def test_job_leaves_retries_to_the_operator():
-    job = _objects(_job("quickstart.yaml"))[0]["Job"]
+    job = _objects(_ftj("quickstart.yaml"))[0]["Job"]
     assert job["spec"]["backoffLimit"] == 0
     assert _pod(job)["restartPolicy"] == "Never"
     assert _pod(job)["terminationGracePeriodSeconds"] == SETTINGS.termination_grace_seconds
@@ -131,7 +132,7 @@ def test_job_leaves_retries_to_the_operator():
 
 
 def test_resources_gpus_and_scheduling():
-    pod = _pod(_objects(_job("cluster-llama-2gpu.yaml"))[0]["Job"])
+    pod = _pod(_objects(_ftj("cluster-llama-2gpu.yaml"))[0]["Job"])
     resources = pod["containers"][0]["resources"]
     assert resources["limits"] == {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "2"}
     assert resources["requests"] == resources["limits"]
@@ -142,17 +143,17 @@ def test_resources_gpus_and_scheduling():
 
 def test_gpu_resource_name_comes_from_the_job_else_the_operator():
     amd = Settings(gpu_resource="amd.com/gpu")
-    job = _job("cluster-llama-2gpu.yaml")
+    ftj = _ftj("cluster-llama-2gpu.yaml")
     limits = lambda j, s: _pod(build_attempt(j, 1, s)[-1])["containers"][0]["resources"]["limits"]  # noqa: E731
-    assert "amd.com/gpu" in limits(job, amd)
-    own = _job("cluster-llama-2gpu.yaml", resources__gpuResource="example.com/tpu")
+    assert "amd.com/gpu" in limits(ftj, amd)
+    own = _ftj("cluster-llama-2gpu.yaml", resources__gpuResource="example.com/tpu")
     assert limits(own, amd)["example.com/tpu"] == "2" and "amd.com/gpu" not in limits(own, amd)
-    assert "resources" not in _pod(build_attempt(_job("quickstart.yaml"), 1, SETTINGS)[-1])["containers"][0]
+    assert "resources" not in _pod(build_attempt(_ftj("quickstart.yaml"), 1, SETTINGS)[-1])["containers"][0]
 
 
 def test_pvc_locations_are_mounted_and_passed_to_the_trainer_as_uris():
-    job = _job("cluster-llama-2gpu.yaml")
-    objs, _ = _objects(job)
+    ftj = _ftj("cluster-llama-2gpu.yaml")
+    objs, _ = _objects(ftj)
     pod = _pod(objs["Job"])
     claims = {v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert claims["datasets"]["persistentVolumeClaim"]["readOnly"] is True
@@ -168,47 +169,47 @@ def test_pvc_locations_are_mounted_and_passed_to_the_trainer_as_uris():
     assert env["FINETUNE_PVC_ROOT"] == "/mnt/pvc"
     assert config["model"]["source"] == "hf://meta-llama/Llama-3.2-1B"
     assert config["metricsPort"] == 9090
-    assert build_trainer_config(job, SETTINGS).model_dump(by_alias=True, exclude_none=True, mode="json") == config
+    assert trainer_config(ftj, InPod(metrics_port=9090)).wire() == config
 
 
 def test_secret_refs_become_env_from_once():
-    job = _job("cluster-llama-2gpu.yaml", dataset__secretRef={"name": "hf-token"})
-    container = _pod(_objects(job)[0]["Job"])["containers"][0]
+    ftj = _ftj("cluster-llama-2gpu.yaml", dataset__secretRef={"name": "hf-token"})
+    container = _pod(_objects(ftj)[0]["Job"])["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
-    assert "envFrom" not in _pod(_objects(_job("quickstart.yaml"))[0]["Job"])["containers"][0]
+    assert "envFrom" not in _pod(_objects(_ftj("quickstart.yaml"))[0]["Job"])["containers"][0]
 
 
 def test_unset_output_goes_to_scratch_space():
-    objs, _ = _objects(_job("quickstart.yaml"))
+    objs, _ = _objects(_ftj("quickstart.yaml"))
     pod = _pod(objs["Job"])
     assert {"name": "output", "emptyDir": {}} in pod["volumes"]
     assert yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])["output"]["location"] == "/var/lib/finetune/output"
 
 
 def test_queue_suspend_deadline_and_image():
-    job = _job("cluster-llama-2gpu.yaml", image="registry.example/trainer:dev")
-    rendered = _objects(job, suspend=True, active_deadline_seconds=600)[0]["Job"]
+    ftj = _ftj("cluster-llama-2gpu.yaml", image="registry.example/trainer:dev")
+    rendered = _objects(ftj, suspend=True, active_deadline_seconds=600)[0]["Job"]
     assert rendered["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
     assert rendered["spec"]["suspend"] is True
     assert rendered["spec"]["activeDeadlineSeconds"] == 600
     assert _pod(rendered)["containers"][0]["image"] == "registry.example/trainer:dev"
-    plain = _objects(_job("quickstart.yaml"))[0]["Job"]
+    plain = _objects(_ftj("quickstart.yaml"))[0]["Job"]
     assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
     assert plain["spec"]["suspend"] is False and "activeDeadlineSeconds" not in plain["spec"]
     assert _pod(plain)["containers"][0]["image"] == SETTINGS.trainer_image
 
 
 def test_pod_metadata_cannot_replace_the_operators_labels():
-    job = _job("quickstart.yaml", podMetadata={"labels": {"team": "nlp", "finetune.io/attempt": "9"},
+    ftj = _ftj("quickstart.yaml", podMetadata={"labels": {"team": "nlp", "finetune.io/attempt": "9"},
                                                "annotations": {"finetune.io/fake-exit-code": "75"}})
-    meta = _objects(job)[0]["Job"]["spec"]["template"]["metadata"]
+    meta = _objects(ftj)[0]["Job"]["spec"]["template"]["metadata"]
     assert meta["labels"]["team"] == "nlp"
     assert meta["labels"]["finetune.io/attempt"] == "1"
     assert meta["annotations"]["finetune.io/fake-exit-code"] == "75"
 
 
 def test_multi_node_is_an_indexed_job_with_rendezvous_on_rank_0():
-    objs, order = _objects(multinode_job(), attempt=2)
+    objs, order = _objects(multinode_ftj(), attempt=2)
     assert order == ["ConfigMap", "Service", "Job"]
     job, service = objs["Job"], objs["Service"]
     assert job["spec"]["completionMode"] == "Indexed"

@@ -1,5 +1,6 @@
-"""Evaluation plumbing shared by the task adapters: batched forward passes in eval mode, and a loss averaged over
-the units it was computed on (tokens, features) rather than over batches of uneven size."""
+"""How every task evaluates: batched forward passes in eval mode over features stored by length, and a loss averaged
+over the units it was computed on (tokens, features) rather than over batches of uneven size. The metrics
+themselves are each task's own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+from finetune_trainer.batching import rows as feature_rows
 
 
 class RunningMean:
@@ -32,12 +35,6 @@ def length_order(features: Any) -> list[int]:
     return sorted(range(len(lengths)), key=lengths.__getitem__)
 
 
-def feature_rows(features: Any, start: int, stop: int) -> list[dict[str, Any]]:
-    """Rows ``start:stop`` of a ``datasets.Dataset`` as a list of dicts, what ``collate`` takes."""
-    columns = features[start:stop]
-    return [dict(zip(columns, values)) for values in zip(*columns.values())]
-
-
 def eval_batches(
     model: Any,
     features: Any,
@@ -53,7 +50,7 @@ def eval_batches(
     try:
         with torch.no_grad():
             for start in range(0, len(features), batch_size):
-                rows = feature_rows(features, start, start + batch_size)
+                rows = feature_rows(features, slice(start, start + batch_size))
                 batch = {k: v.to(device) for k, v in collate(rows).items()}
                 yield rows, batch, model(**batch)
     finally:

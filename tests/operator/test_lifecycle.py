@@ -1,5 +1,5 @@
-"""The FineTuneJob state machine (observed.py + lifecycle.py), from raw API objects to decisions and status,
-without a cluster."""
+"""The FineTuneJob state machine from raw API objects to decisions (observed.py, lifecycle.py, failures.py), the
+status written after them (status.py) and the Events posted (events.transition_event), without a cluster."""
 
 from __future__ import annotations
 
@@ -8,17 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from finetune_operator.lifecycle import (
-    CONDITION_TYPES,
-    CreateAttempt,
-    DeleteFineTuneJob,
-    ResumeAttempt,
-    SuspendAttempt,
-    decide,
-    format_time,
-    next_status,
-    transition_event,
-)
+from finetune_operator.api import format_time
+from finetune_operator.events import transition_event
+from finetune_operator.lifecycle import CreateAttempt, DeleteFineTuneJob, ResumeAttempt, SuspendAttempt, decide
+from finetune_operator.status import CONDITION_TYPES, next_status
 from finetune_operator.observed import observe
 
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -200,17 +193,6 @@ def test_success_takes_metrics_and_locations_from_the_summary():
     assert status["completionTime"] == T(0)
     assert cond(status, "Ready")["status"] == cond(status, "Succeeded")["status"] == "True"
     assert transition_event(o, d)[0:2] == ("Normal", "TrainingSucceeded")
-
-
-def test_a_summary_the_trainer_writes_passes_the_reader_unchanged():
-    from finetune_operator.status import read_summary
-
-    written = {"phase": "Failed", "reason": "InvalidData", "message": "dataset.source: no such file", "exitCode": 2,
-               "field": "dataset.source", "startTime": "2026-11-28T20:00:00+00:00",
-               "completionTime": "2026-11-28T20:01:00+00:00", "progress": {"step": 3, "totalSteps": 9, "epoch": 0.3},
-               "metrics": {"trainLoss": 0.5}, "parameters": {"trainable": 1, "total": 2},
-               "checkpoint": {"location": "/out/checkpoints/step-3", "step": 3}, "output": {"location": "/out"}}
-    assert read_summary({**written, "metricsUrl": "http://127.0.0.1:9090/metrics"}) == written
 
 
 def test_finished_job_stays_finished_and_is_deleted_after_its_ttl():

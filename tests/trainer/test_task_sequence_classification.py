@@ -48,7 +48,7 @@ def test_string_ids_are_ids():
 def test_missing_columns_name_the_field_and_list_the_columns(columns, field):
     with pytest.raises(DataError) as info:
         prepare(sentiment_rows(4), **columns)
-    assert info.value.field == field and "['text', 'label']" in str(info.value)
+    assert info.value.field == field and "not in dataset.train; columns present: text, label" in str(info.value)
 
 
 def test_eval_labels_must_be_known_from_training():

@@ -1,10 +1,9 @@
-"""The FineTuneJob models: what they accept, what they refuse, and with which words."""
+"""The FineTuneJob models (api.py): what they accept, what they refuse, and with which words."""
 
 import pytest
 import yaml
 
-from finetune_operator.api import FineTuneJob, trainer_config
-from finetune_operator.manifest import ManifestError, load_job, parse_job
+from finetune_operator.manifest import ManifestError, parse_finetunejob
 
 GOOD = """
 apiVersion: finetune.io/v1alpha1
@@ -18,7 +17,7 @@ spec:
 """
 
 
-def job(**spec_overrides):
+def finetunejob(**spec_overrides):
     doc = yaml.safe_load(GOOD)
     for dotted, value in spec_overrides.items():
         node = doc["spec"]
@@ -34,12 +33,12 @@ def job(**spec_overrides):
 
 def refusal(doc) -> str:
     with pytest.raises(ManifestError) as caught:
-        parse_job(doc)
+        parse_finetunejob(doc)
     return str(caught.value)
 
 
-def test_good_job_gets_the_defaults_the_crd_has():
-    parsed = parse_job(job())
+def test_a_good_finetunejob_gets_the_defaults_the_crd_has():
+    parsed = parse_finetunejob(finetunejob())
     assert parsed.spec.training.batch_size == 32 and parsed.spec.resources.gpus == 0
     assert parsed.spec.run_policy.backoff_limit == 3
     assert parsed.wire()["spec"]["strategy"] == {"type": "partial", "layers": "last:2", "embeddings": False,
@@ -58,30 +57,10 @@ def test_good_job_gets_the_defaults_the_crd_has():
     ({"dataset__eval": "dev", "dataset__evalFraction": 0.2}, "dataset.eval and dataset.evalFraction are exclusive"),
 ])
 def test_bad_specs_are_refused_naming_the_field(overrides, words):
-    assert words in refusal(job(**overrides))
+    assert words in refusal(finetunejob(**overrides))
 
 
 def test_name_too_long_for_child_names():
-    doc = job()
+    doc = finetunejob()
     doc["metadata"]["name"] = "x" * 60
     assert "metadata.name: String should have at most 52 characters" in refusal(doc)
-
-
-def test_not_a_finetunejob():
-    assert "not a FineTuneJob" in refusal({"apiVersion": "apps/v1", "kind": "Deployment"})
-    assert "not a Kubernetes object" in refusal(["a", "list"])
-
-
-def test_load_job_reports_yaml_problems(tmp_path):
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("spec: [unclosed\n")
-    with pytest.raises(ManifestError, match="not valid YAML at line"):
-        load_job(broken)
-    with pytest.raises(ManifestError, match="no such file"):
-        load_job(tmp_path / "missing.yaml")
-
-
-def test_trainer_config_carries_the_trainer_part_only():
-    config = trainer_config(FineTuneJob.model_validate(job()), "/out")
-    assert config.output.location == "/out" and config.name == "demo"
-    assert "resources" not in config.wire()

@@ -295,7 +295,8 @@ def test_crd_can_be_left_out() -> None:
 
 def test_monitors_select_the_operator_and_the_trainer_pods(all_on: list[dict[str, Any]]) -> None:
     from finetune_operator.api import FineTuneJob
-    from finetune_operator.render import LABEL_JOB, build_job
+    from finetune_operator.names import LABEL_FINETUNEJOB
+    from finetune_operator.render import build_job
     from finetune_operator.settings import Settings
 
     service_monitor, pod_monitor = one(all_on, "ServiceMonitor"), one(all_on, "PodMonitor")
@@ -308,16 +309,16 @@ def test_monitors_select_the_operator_and_the_trainer_pods(all_on: list[dict[str
     assert service_monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
     # The PodMonitor matches the pods the operator renders: the label it selects on, the port name it scrapes.
-    job = FineTuneJob.model_validate({
+    ftj = FineTuneJob.model_validate({
         "apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
         "metadata": {"name": "mrpc", "namespace": "ml-team-a", "uid": "u1", "generation": 1},
         "spec": {"model": {"source": "hf://org/tiny-bert"}, "task": "sequence-classification",
                  "dataset": {"source": "hf://glue?config=mrpc"}, "strategy": {"type": "partial", "layers": "last:2"},
                  "output": {"location": "pvc://ckpt/mrpc"}}})
-    template = build_job(job, 1, Settings(trainer_metrics_port=9190))["spec"]["template"]
+    template = build_job(ftj, 1, Settings(trainer_metrics_port=9190))["spec"]["template"]
     spec = pod_monitor["spec"]
-    assert spec["selector"] == {"matchExpressions": [{"key": LABEL_JOB, "operator": "Exists"}]}
-    assert LABEL_JOB in template["metadata"]["labels"]
+    assert spec["selector"] == {"matchExpressions": [{"key": LABEL_FINETUNEJOB, "operator": "Exists"}]}
+    assert LABEL_FINETUNEJOB in template["metadata"]["labels"]
     [endpoint] = spec["podMetricsEndpoints"]
     ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
     assert ports[endpoint["port"]] == 9190

@@ -1,0 +1,41 @@
+"""How the operator names and labels what it creates, and so how it finds it again.
+
+render.py stamps these names and labels on an attempt's objects; observed.py, children.py and kube.py read them
+back (which FineTuneJob and attempt a Job or pod belongs to, which pod is rank 0, which container is the trainer).
+They live here, apart from the builders, because every side depends on them and none of the readers renders.
+
+Every child of attempt N of a FineTuneJob is named ``<finetunejob>-a<N>``: deterministic, so a retried pass finds
+what an earlier one created instead of creating it twice.
+"""
+
+from __future__ import annotations
+
+# The FineTuneJob a child belongs to (its name) and the attempt it is part of; the label keys predate this module.
+LABEL_FINETUNEJOB = "finetune.io/job"
+LABEL_ATTEMPT = "finetune.io/attempt"
+MANAGED_BY = "finetune-operator"
+# Every trainer Job and pod this operator made, and nothing else: what the watches and full syncs ask the API server
+# for, so that other workloads' Jobs and pods never reach the operator.
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_FINETUNEJOB}"
+CONTAINER = "trainer"
+# The rank of a pod of an Indexed Job (multi-node); rank 0 reports for the attempt.
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def attempt_name(finetunejob: str, attempt: int) -> str:
+    return f"{finetunejob}-a{attempt}"
+
+
+def selector_labels(finetunejob: str, attempt: int) -> dict[str, str]:
+    return {LABEL_FINETUNEJOB: finetunejob, LABEL_ATTEMPT: str(attempt)}
+
+
+def child_labels(finetunejob: str, attempt: int) -> dict[str, str]:
+    """The labels of every object of an attempt, pods included."""
+    return {
+        "app.kubernetes.io/name": "finetune-trainer",
+        "app.kubernetes.io/instance": finetunejob,
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        **selector_labels(finetunejob, attempt),
+    }

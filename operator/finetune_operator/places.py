@@ -1,0 +1,102 @@
+"""Where a FineTuneJob trains, and the one function that turns it into the trainer's config for that place.
+
+A place decides only what differs between places: where the model and data are read from, where the output goes,
+and the metrics port. Everything else in the config is the spec as the user wrote it.
+
+- ``InPod``: a trainer pod (render.py). Locations stay as written; the trainer opens ``pvc://`` locations under
+  the claims' mounts and reports them back as ``pvc://`` URIs (finetune_trainer.locations). An unset output goes
+  to scratch space inside the pod.
+- ``OnThisMachine``: `finetune run` without a cluster. Relative paths are read relative to the manifest's folder
+  (as kustomize does), so a job runs the same from any working directory; claims exist only in a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from finetune_operator.api import FineTuneJob
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.locations import PVC_SCHEME, REMOTE_SCHEMES
+
+
+# Where checkpoints go in a pod when spec.output.location is unset (render.py mounts scratch space there): they do
+# not survive the attempt.
+SCRATCH_OUTPUT = "/var/lib/finetune/output"
+
+
+class LocalRunError(ValueError):
+    pass
+
+
+class Place(Protocol):
+    metrics_port: int
+
+    def source(self, location: str, field: str) -> str:
+        """Where the trainer reads the model or data the spec puts at ``location`` (``field`` names it)."""
+
+    def output(self, ftj: FineTuneJob) -> str:
+        """Where the trainer writes checkpoints and the model."""
+
+
+def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
+    """The trainer's config for ``ftj`` at ``place``: what the operator writes into an attempt's ConfigMap and
+    what `finetune run` trains."""
+    spec = ftj.spec
+    return TrainerConfig(
+        name=ftj.metadata.name,
+        model=spec.model.model_copy(update={"source": place.source(spec.model.source, "spec.model.source")}),
+        task=spec.task,
+        dataset=spec.dataset.model_copy(update={"source": place.source(spec.dataset.source, "spec.dataset.source")}),
+        strategy=spec.strategy,
+        training=spec.training,
+        output=spec.output.model_copy(update={"location": place.output(ftj)}),
+        metrics_port=place.metrics_port,
+    )
+
+
+@dataclass(frozen=True)
+class InPod:
+    metrics_port: int
+
+    def source(self, location: str, field: str) -> str:
+        return location
+
+    def output(self, ftj: FineTuneJob) -> str:
+        return ftj.spec.output.location or SCRATCH_OUTPUT
+
+
+@dataclass(frozen=True)
+class OnThisMachine:
+    manifest_dir: Path  # relative paths in the manifest are relative to this folder
+    output_override: str | None = None  # `finetune run --output`
+    metrics_port: int = 0  # 0: a free port
+
+    def source(self, location: str, field: str) -> str:
+        if location.startswith(PVC_SCHEME):
+            raise LocalRunError(
+                f"{field}: {location!r} is a volume in the cluster; to run locally use a local path, hf:// or pkg:// "
+                "(or apply the job to a cluster)")
+        if location.startswith(REMOTE_SCHEMES) or Path(location).is_absolute():
+            return location
+        return str((self.manifest_dir / location).resolve())
+
+    def output(self, ftj: FineTuneJob) -> str:
+        if self.output_override:
+            return str(Path(self.output_override).resolve())
+        location = ftj.spec.output.location
+        if not location or self.output_note(ftj):
+            return str(self.default_output(ftj).resolve())
+        return self.source(location, "spec.output.location")
+
+    def output_note(self, ftj: FineTuneJob) -> str | None:
+        """Why the manifest's own output location is not used here, if it is not."""
+        location = ftj.spec.output.location
+        if self.output_override or not location or not location.startswith((PVC_SCHEME, *REMOTE_SCHEMES)):
+            return None
+        return f"output.location {location!r} is not a local path; writing to {self.default_output(ftj).resolve()}"
+
+    @staticmethod
+    def default_output(ftj: FineTuneJob) -> Path:
+        return Path("runs") / ftj.metadata.name

@@ -1,0 +1,105 @@
+"""One pass over a FineTuneJob (reconciler.py) against a recorded fake of the API: what it reads (the store, a LIST
+only when the store may lag), what it creates (nothing twice), what it writes and which Event it posts."""
+
+from __future__ import annotations
+
+import copy
+
+from api_objects import NOW, NS, RESOURCE_VERSIONS, SUMMARY, ftj, job, pod, synced, terminated
+from finetune_operator.children import Children
+from finetune_operator.lifecycle import CreateAttempt
+from finetune_operator.reconciler import Reconciler
+from finetune_operator.scrape import Scraper
+from finetune_operator.settings import Settings
+
+
+# ---------------------------------------------------------------------------------------------- a pass
+
+class FakeKube:
+    """The API as the reconciler sees it: FineTuneJobs by name, children by label, every call recorded."""
+
+    def __init__(self, *ftjs: dict):
+        self.ftjs = {f["metadata"]["name"]: f for f in ftjs}
+        self.jobs: list[dict] = []
+        self.pods: list[dict] = []
+        self.calls: list[str] = []
+        self.events: list[dict] = []
+
+    def get_finetunejob(self, namespace, name):
+        self.calls.append("GET")
+        return copy.deepcopy(self.ftjs.get(name))
+
+    def list_children(self, namespace, name):
+        self.calls.append("LIST")
+        mine = lambda o: o["metadata"]["labels"]["finetune.io/job"] == name  # noqa: E731
+        return [j for j in self.jobs if mine(j)], [p for p in self.pods if mine(p)]
+
+    def create_if_absent(self, obj):
+        self.calls.append(f"POST {obj['kind']}")
+        if obj["kind"] != "Job":
+            return obj
+        if any(j["metadata"]["name"] == obj["metadata"]["name"] for j in self.jobs):
+            return None
+        created = {**obj, "metadata": {**obj["metadata"], "uid": "u", "resourceVersion": str(next(RESOURCE_VERSIONS))}}
+        self.jobs.append(created)
+        return created
+
+    def patch_status(self, namespace, name, patch):
+        self.calls.append("PATCH")
+        status = self.ftjs[name]["status"]
+        self.ftjs[name]["status"] = {k: v for k, v in {**status, **patch}.items() if v is not None}
+
+    def post_event(self, event):
+        self.calls.append(f"EVENT {event['reason']}")
+        self.events.append(event)
+
+
+def reconciler(kube: FakeKube, children: Children) -> Reconciler:
+    scraper = Scraper(9090, 1.0, min_interval=15)
+    return Reconciler(kube, Settings(trainer_image="img"), scraper, children, clock=lambda: NOW)
+
+
+def test_a_new_job_is_created_without_listing_and_the_next_pass_finds_its_job_in_memory():
+    kube, children = FakeKube(ftj()), synced()
+    decision = reconciler(kube, children).reconcile(NS, "mrpc")
+    assert isinstance(decision.action, CreateAttempt)
+    assert kube.calls == ["GET", "POST ConfigMap", "POST Job", "PATCH", "EVENT AttemptCreated"]
+    [event] = kube.events
+    assert event["involvedObject"]["name"] == "mrpc" and event["type"] == "Normal"
+    assert event["firstTimestamp"] == event["lastTimestamp"] == "2025-01-01T12:00:00Z"  # the pass's clock
+    kube.calls.clear()
+    # No watch event yet for the new Job: the store has it from the create's answer.
+    decision = reconciler(kube, children).reconcile(NS, "mrpc")
+    assert kube.calls == ["GET", "PATCH", "EVENT WaitingForPods"] and "0/1 trainer pods" in decision.message
+    assert [j["metadata"]["name"] for j in kube.jobs] == ["mrpc-a1"]
+
+
+def test_a_pass_lists_once_when_the_store_lags_and_creates_nothing_twice():
+    kube, children = FakeKube(ftj(status={"phase": "Pending", "attempts": 1})), synced()
+    kube.jobs.append(job())  # made by a pass before a restart; its event has not arrived
+    reconciler(kube, children).reconcile(NS, "mrpc")
+    assert kube.calls[:2] == ["GET", "LIST"] and "POST Job" not in kube.calls
+    kube.calls.clear()
+    reconciler(kube, children).reconcile(NS, "mrpc")  # the LIST answer was kept
+    assert "LIST" not in kube.calls
+
+
+def test_a_job_that_completed_before_its_pod_ended_in_the_store_is_read_from_the_api():
+    kube = FakeKube(ftj(status={"phase": "Running", "attempts": 1, "startTime": "2025-01-01T11:00:00Z"}))
+    kube.jobs, kube.pods = [job(complete=True, rv=200)], [pod(phase="Succeeded", state=terminated(0, SUMMARY), rv=199)]
+    children = synced(job(complete=True, rv=200), pod(rv=150))  # the pod's end is still on its way
+    decision = reconciler(kube, children).reconcile(NS, "mrpc")
+    assert "LIST" in kube.calls
+    assert decision.phase.value == "Succeeded" and decision.summary["metrics"] == {"trainLoss": 0.3}
+    assert kube.ftjs["mrpc"]["status"]["output"] == {"location": "pvc://ckpt/run"}
+
+
+def test_until_the_first_sync_every_pass_lists():
+    kube = FakeKube(ftj(status={"phase": "Running", "attempts": 1, "startTime": "2025-01-01T11:00:00Z"}))
+    kube.jobs, kube.pods = [job()], [pod()]
+    children = Children()
+    for _ in range(2):
+        kube.calls.clear()
+        reconciler(kube, children).reconcile(NS, "mrpc")
+        assert kube.calls[:2] == ["GET", "LIST"]
+

@@ -1,0 +1,23 @@
+"""The trainer's summary as the operator reads it (summary.py): what the trainer writes passes unchanged, what
+does not fit the schema is dropped part by part."""
+
+from finetune_operator.summary import read_summary
+
+
+def test_a_summary_the_trainer_writes_passes_the_reader_unchanged():
+    written = {"phase": "Failed", "reason": "InvalidData", "message": "dataset.source: no such file", "exitCode": 2,
+               "field": "dataset.source", "startTime": "2026-11-28T20:00:00+00:00",
+               "completionTime": "2026-11-28T20:01:00+00:00", "progress": {"step": 3, "totalSteps": 9, "epoch": 0.3},
+               "metrics": {"trainLoss": 0.5}, "parameters": {"trainable": 1, "total": 2},
+               "checkpoint": {"location": "/out/checkpoints/step-3", "step": 3}, "output": {"location": "/out"}}
+    assert read_summary({**written, "metricsUrl": "http://127.0.0.1:9090/metrics"}) == written
+
+
+def test_parts_that_do_not_fit_are_dropped_one_by_one():
+    read = read_summary({"phase": "Exploded", "reason": "not a reason!", "message": "m" * 5000, "exitCode": "2",
+                         "metrics": {"trainLoss": float("nan"), "evalF1": 0.5, "flag": True},
+                         "progress": {"step": -1}, "checkpoint": {"location": "/c", "step": 3},
+                         "startTime": "yesterday"})
+    assert set(read) == {"message", "metrics", "checkpoint"}
+    assert len(read["message"]) == 4096 and read["message"].endswith("…")
+    assert read["metrics"] == {"evalF1": 0.5}

@@ -1,0 +1,144 @@
+"""What a run says about itself while it trains, in one place: its steps, evaluations and checkpoints go to the
+Prometheus gauges (telemetry.py), the summary (summary.Report), the progress bar of `finetune run` and the log.
+
+Throughput is measured over training steps only (evaluation and checkpoint time are left out) and counts real
+tokens, never padding; the gauges show the last logging window, the summary the whole run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import torch
+
+from finetune_trainer.summary import Report
+from finetune_trainer.telemetry import Telemetry, peak_flops
+
+log = logging.getLogger("finetune_trainer")
+
+
+class Throughput:
+    """Samples, real tokens and seconds of training steps, over the run and over the current logging window."""
+
+    def __init__(self):
+        self.samples = self.tokens = 0
+        self.seconds = 0.0
+        self.steps = 0
+        self.lr = 0.0
+        self._window = self._empty_window()
+
+    @staticmethod
+    def _empty_window() -> dict[str, float]:
+        return {"samples": 0, "tokens": 0, "seconds": 0.0, "loss": 0.0, "steps": 0}
+
+    def add(self, samples: int, tokens: int, seconds: float, lr: float, loss: float) -> None:
+        self.samples += samples
+        self.tokens += tokens
+        self.seconds += seconds
+        self.steps += 1
+        self.lr = lr
+        w = self._window
+        w["samples"] += samples
+        w["tokens"] += tokens
+        w["seconds"] += seconds
+        w["loss"] += loss
+        w["steps"] += 1
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / self.steps if self.steps else 0.0
+
+    def flush(self) -> dict[str, float]:
+        """The logging window's means and rates, and start a new window."""
+        w = self._window
+        seconds = w["seconds"] or math.inf
+        result = {"loss": w["loss"] / max(1, w["steps"]), "samples_per_second": w["samples"] / seconds,
+                  "tokens_per_second": w["tokens"] / seconds}
+        self._window = self._empty_window()
+        return result
+
+
+class Progress:
+    """Reports each optimizer step; metrics every ``log_every`` steps and at the last one."""
+
+    def __init__(self, name: str, telemetry: Telemetry, report: Report, device: torch.device, world_size: int,
+                 log_every: int, bar: bool):
+        self.name, self.telemetry, self.report = name, telemetry, report
+        self.device, self.world_size, self.log_every = device, world_size, log_every
+        self.meter = Throughput()
+        self.total_steps = 0
+        self._want_bar = bar
+        self._bar = None
+
+    def start(self, step: int, total_steps: int, trainable: int, total: int) -> None:
+        """The run's size, once the model and data are known (``step`` > 0 when it resumed)."""
+        t, self.total_steps = self.telemetry, total_steps
+        self.report.trainable, self.report.total = trainable, total
+        self.report.total_steps, self.report.step = total_steps, step
+        t.set(t.trainable_parameters, trainable)
+        t.set(t.total_parameters, total)
+        t.set(t.total_steps, total_steps)
+
+    def open_bar(self, step: int) -> None:
+        """The progress bar of `finetune run`, when asked for, from ``step`` on."""
+        if self._want_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total_steps, initial=step, desc=self.name, unit="step", file=sys.stderr,
+                             dynamic_ncols=True)
+
+    def step(self, step: int, epoch: float, loss: float) -> None:
+        t, meter = self.telemetry, self.meter
+        self.report.step, self.report.epoch = step, epoch
+        t.set(t.step, step)
+        t.set(t.epoch, epoch)
+        t.set(t.progress_percent, 100.0 * step / self.total_steps)
+        t.set(t.eta_seconds, meter.seconds_per_step * (self.total_steps - step))
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{meter.lr:.2e}", refresh=False)
+        if step % self.log_every and step != self.total_steps:
+            return
+        window = meter.flush()
+        self.report.record_metrics({"train_loss": window["loss"], "samples_per_second": meter.samples_per_second,
+                                    "tokens_per_second": meter.tokens_per_second})
+        t.set(t.train_loss, window["loss"])
+        t.set(t.learning_rate, meter.lr)
+        t.set(t.samples_per_second, window["samples_per_second"])
+        t.set(t.tokens_per_second, window["tokens_per_second"])
+        if self.device.type == "cuda":
+            t.set(t.gpu_memory_bytes, torch.cuda.max_memory_allocated(self.device))
+            peak = peak_flops(torch.cuda.get_device_name(self.device))
+            if peak:
+                flops = 6 * self.report.total * window["tokens_per_second"] / self.world_size
+                t.set(t.mfu, flops / peak)
+        (log.debug if self._bar is not None else log.info)(
+            "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s %.0f tokens/s", step, self.total_steps,
+            epoch, window["loss"], meter.lr, window["samples_per_second"], window["tokens_per_second"])
+
+    def evaluated(self, step: int, metrics: dict[str, float], seconds: float) -> None:
+        self.report.record_metrics(metrics)
+        self.telemetry.record_eval(metrics)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        log.info("eval at step %d (epoch %.2f): %s (%.1fs)", step, self.report.epoch, shown, seconds)
+
+    def checkpoint_saved(self, step: int, location: str | None, seconds: float) -> None:
+        """``location``: where the checkpoint is, as the user names it (None on the ranks that did not commit it)."""
+        if location is not None:
+            self.report.checkpoint = {"location": location, "step": step}
+            log.info("checkpoint step %d saved to %s (%.1fs)", step, location, seconds)
+        self.telemetry.record_checkpoint(seconds)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
