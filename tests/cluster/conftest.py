@@ -107,6 +107,21 @@ class ControlPlane:
             raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc
 
+    @property
+    def images_dir(self) -> Path:
+        """The images tools/k8s/build.sh makes for the real node (pause.oci.tar, busybox.oci.tar), beside bin/."""
+        return self.bin_dir.parent / "images"
+
+    def load_images(self, *archives: Path | str, timeout: float = 1800) -> str:
+        """``cluster.sh load-image``: import OCI archives into the real node's containerd (a no-op for an image
+        already there with the same digest); returns its output (one ``<ref> <digest>`` line per image)."""
+        env = dict(os.environ, FTO_K8S_STATE=str(self.state_dir), FTO_K8S_BIN=str(self.bin_dir))
+        cmd = [str(CLUSTER_SH), "load-image", *map(str, archives)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0:
+            raise AssertionError(f"cluster.sh load-image failed:\n{proc.stderr[-4000:]}")
+        return proc.stdout
+
     def kubectl_json(self, *args: str, **kw) -> dict:
         return json.loads(self.kubectl(*args, "-o", "json", **kw).stdout)
 

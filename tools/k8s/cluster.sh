@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
 # Local Kubernetes control plane for finetune-operator tests: etcd + kube-apiserver +
 # kube-controller-manager + kube-scheduler + KWOK (simulated nodes and pod lifecycle), all as plain
-# processes on 127.0.0.1, built by tools/k8s/build.sh.
+# processes, built by tools/k8s/build.sh; plus, by default, one real node (fto-node-0: containerd + runc,
+# CNI bridge fto0 10.245.0.1/24, kubelet, kube-proxy, CoreDNS; tools/k8s/node/node.sh) that runs real pods.
 #
-# Usage: cluster.sh [--state DIR] up [--fresh] | down [--keep-data] | status | env | purge
+# Usage: cluster.sh [--state DIR] up [--fresh] [--no-real-node] | down [--keep-data] | status | env | purge
+#                                 | load-image OCI_ARCHIVE... | images
 #
 #   up       start the plane (idempotent: does nothing if it is already up and healthy) and wait until
-#            /readyz is ok, the KWOK nodes are Ready and the default ServiceAccount exists.
-#            --fresh: wipe the cluster data (etcd) first.
-#   down     stop the processes this script started (PIDs in <state>/pids/ only). The cluster data
-#            (etcd) is wiped unless --keep-data, so the next `up` starts from an empty cluster; the
-#            certificates are kept.
+#            /readyz is ok, the KWOK nodes (and the real node) are Ready and the default ServiceAccount exists.
+#            --fresh: wipe the cluster data (etcd) first. --no-real-node (or FTO_K8S_REAL_NODE=0): KWOK only,
+#            everything on 127.0.0.1 (no root needed).
+#   down     stop the processes this script started (PIDs in <state>/pids/ only); with a real node, first its
+#            pods, then the node, and undo every host change it made (mounts, bridge, routes, iptables chains,
+#            cgroups, sysctls). The cluster data (etcd) is wiped unless --keep-data, so the next `up` starts
+#            from an empty cluster; the certificates are kept.
 #   status   print each component's state (pid, RSS, health); exit 0 only if everything is up.
 #   env      print `export KUBECONFIG=...` and `export PATH=<bin dir>:$PATH` (eval "$(cluster.sh env)").
 #   purge    down, then delete the whole state directory.
+#   load-image  import OCI-layout archives into the real node's containerd (namespace k8s.io) under the name
+#            in their io.containerd.image.name annotation; skips an image already there with the same digest.
+#            Pods use them with imagePullPolicy: Never (or IfNotPresent and a tag other than latest).
+#   images   list the images in the real node's containerd.
 #
 # Environment: FTO_K8S_STATE (state dir, default ~/.local/state/finetune-operator/plane),
 #              FTO_K8S_BIN (bin dir; default: what tools/k8s/build.sh --print-bin-dir says),
-#              FTO_K8S_NODES (number of KWOK nodes, default 2), FTO_K8S_UP_TIMEOUT (seconds, default 120).
+#              FTO_K8S_NODES (number of KWOK nodes, default 2), FTO_K8S_UP_TIMEOUT (seconds, default 120),
+#              FTO_K8S_REAL_NODE (1 default: start the real node; 0: KWOK only. Unset and the machine's
+#              real node already owned by another plane: this one starts KWOK-only, and says so).
 #
 # Layout of the state dir: kubeconfig (admin, certs embedded), pki/, etcd/ (data), logs/<component>.log,
-# pids/<component>.pid, ports.env, *.kubeconfig (per component).
+# pids/<component>.pid, ports.env, *.kubeconfig (per component), real-node (present while the plane runs
+# with the real node), node/ (the real node's configs, containerd root, kubelet root, host.saved).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -47,15 +58,27 @@ bin_dir() {
   if [[ -n "${FTO_K8S_BIN:-}" ]]; then echo "$FTO_K8S_BIN"; else "$here/build.sh" --print-bin-dir; fi
 }
 bin="$(bin_dir)"
+# shellcheck source=versions.env
+. "$here/versions.env"
+# shellcheck source=node/node.sh
+. "$here/node/node.sh"
+# The API server listens on 127.0.0.1, or on the real node's bridge address (where pods reach it) when the
+# plane runs with the real node.
+api_host() { if [[ -f "$state/real-node" ]]; then echo "$node_ip"; else echo 127.0.0.1; fi; }
 
 # ------------------------------------------------------------------------------ processes
+running() { # pid -> 0 if the process exists and is not a zombie (an exited one may wait a while for init to reap it)
+  local st
+  st="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "$st" && "$st" != Z ]]
+}
 pid_of() { # component -> pid if that process is alive and is ours (its command line names the state dir)
   local f="$pids/$1.pid" p
   [[ -f "$f" ]] || return 1
   p="$(cat "$f")"
   [[ "$p" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$p" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$state" || return 1
+  running "$p" || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF -- "$state" || return 1
   echo "$p"
 }
 
@@ -70,16 +93,24 @@ start() { # component args...
 }
 
 stop_all() {
+  node_stop
+  # etcd last, once the API server is gone: a stopping API server removes its address from the `kubernetes`
+  # Service's endpoint leases in etcd, and waits ~10 s for an etcd that is already gone.
+  stop_procs kwok kube-scheduler kube-controller-manager kube-apiserver
+  stop_procs etcd
+  node_host_clean
+}
+
+stop_procs() { # component... : TERM them together, wait up to 10 s, KILL what is left
   local c p i alive
   local -a mine=()
-  for ((i = ${#components[@]} - 1; i >= 0; i--)); do # reverse order: kwok ... etcd
-    c="${components[$i]}"
+  for c in "$@"; do
     if p="$(pid_of "$c")"; then kill -TERM "$p" 2>/dev/null || true; mine+=("$p"); log "stopping $c (pid $p)"; fi
     rm -f "$pids/$c.pid"
   done
   for ((i = 0; i < 100; i++)); do
     alive=0
-    for p in "${mine[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    for p in "${mine[@]}"; do running "$p" && alive=1; done
     ((alive)) || return 0
     sleep 0.1
   done
@@ -96,10 +127,19 @@ port_free() { # port -> 0 if nothing listens on 127.0.0.1:port
     ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
   fi
 }
+# Listening ports are picked below the kernel's ephemeral range (ip_local_port_range, 32768-60999 by default):
+# a port in it can be taken at any time as the local port of some outgoing connection, and a component that
+# starts later then fails to bind it (seen: the kubelet's healthz port, held for a minute).
+port_range() { # -> "lo hi" of the range to pick listening ports from
+  local elo=32768 ehi=60999
+  read -r elo ehi 2>/dev/null </proc/sys/net/ipv4/ip_local_port_range || true
+  if ((elo > 12000)); then echo "10000 $((elo - 1))"; else echo "$((ehi + 1)) 65535"; fi
+}
 pick_port() {
-  local p i
+  local p i lo hi
+  read -r lo hi < <(port_range)
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
     port_free "$p" && { echo "$p"; return 0; }
   done
   die "no free port found"
@@ -109,8 +149,15 @@ ensure_ports() { # keep the previous ports when they are still free (stable kube
   if [[ -f "$state/ports.env" ]]; then
     # shellcheck disable=SC1091
     . "$state/ports.env"
-    for v in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT KWOK_PORT; do
+    for v in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT KWOK_PORT \
+      KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT DNS_HEALTH_PORT DNS_READY_PORT; do
       [[ -n "${!v:-}" ]] && port_free "${!v}" || ok=0
+    done
+    local lo hi
+    read -r lo hi < <(port_range)
+    for v in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT KWOK_PORT \
+      KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT DNS_HEALTH_PORT DNS_READY_PORT; do
+      ((${!v:-0} >= lo && ${!v:-0} <= hi)) || ok=0 # picked by an older cluster.sh inside the ephemeral range
     done
   else
     ok=0
@@ -118,6 +165,8 @@ ensure_ports() { # keep the previous ports when they are still free (stable kube
   if ((!ok)); then
     ETCD_PORT=$(pick_port); ETCD_PEER_PORT=$(pick_port); APISERVER_PORT=$(pick_port)
     KCM_PORT=$(pick_port); SCHED_PORT=$(pick_port); KWOK_PORT=$(pick_port)
+    KUBELET_PORT=$(pick_port); KUBELET_HEALTHZ_PORT=$(pick_port); PROXY_HEALTHZ_PORT=$(pick_port)
+    PROXY_METRICS_PORT=$(pick_port); DNS_HEALTH_PORT=$(pick_port); DNS_READY_PORT=$(pick_port)
     cat >"$state/ports.env" <<EOF
 ETCD_PORT=$ETCD_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
@@ -125,6 +174,12 @@ APISERVER_PORT=$APISERVER_PORT
 KCM_PORT=$KCM_PORT
 SCHED_PORT=$SCHED_PORT
 KWOK_PORT=$KWOK_PORT
+KUBELET_PORT=$KUBELET_PORT
+KUBELET_HEALTHZ_PORT=$KUBELET_HEALTHZ_PORT
+PROXY_HEALTHZ_PORT=$PROXY_HEALTHZ_PORT
+PROXY_METRICS_PORT=$PROXY_METRICS_PORT
+DNS_HEALTH_PORT=$DNS_HEALTH_PORT
+DNS_READY_PORT=$DNS_READY_PORT
 EOF
   fi
 }
@@ -161,13 +216,24 @@ gen_pki() { # each file is created only if missing, so adding a certificate here
         "${o[@]}" -extfile "$ext" 2>/dev/null
       rm -f "$name.csr" "$ext"
     }
+    # the bridge address (the API server's address with the real node) was added later: renew older certs
+    if [[ -f apiserver.crt ]] && ! openssl x509 -in apiserver.crt -noout -text 2>/dev/null | grep -q "IP Address:$node_ip\b"; then
+      log "renewing the apiserver certificate (adds IP:$node_ip)"
+      rm -f apiserver.crt apiserver.key
+    fi
     cert apiserver "/CN=kube-apiserver" \
-      "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1"
+      "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1,IP:$node_ip"
     cert admin "/O=system:masters/CN=kubernetes-admin"
     cert kube-controller-manager "/CN=system:kube-controller-manager"
     cert kube-scheduler "/CN=system:kube-scheduler"
     cert kwok "/O=system:masters/CN=kwok-controller"
     cert front-proxy-client "/CN=front-proxy-client"
+    # the real node: kubelet (Node authorizer + NodeRestriction), kube-proxy (system:node-proxier), CoreDNS,
+    # and the API server's client certificate for the kubelet API (logs, exec)
+    cert kubelet "/O=system:nodes/CN=system:node:$node_name"
+    cert kube-proxy "/CN=system:kube-proxy"
+    cert coredns "/CN=system:fto-coredns"
+    cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
     if [[ ! -f sa.key || ! -f sa.pub ]]; then
       log "generating the service-account signing key"
       openssl genrsa -out sa.key 2048 2>/dev/null
@@ -186,7 +252,7 @@ kind: Config
 clusters:
 - name: finetune-test
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$(api_host):$APISERVER_PORT
     certificate-authority-data: $(b64 "$pki/ca.crt")
 users:
 - name: $2
@@ -209,7 +275,7 @@ EOF
 https_ok() { # port path [cert]
   local c=${3:-admin}
   curl -fsS --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/$c.crt" --key "$pki/$c.key" \
-    "https://127.0.0.1:$1$2" >/dev/null 2>&1
+    "https://$(api_host):$1$2" >/dev/null 2>&1
 }
 insecure_ok() { curl -fskS --max-time 2 "https://127.0.0.1:$1$2" >/dev/null 2>&1; }
 http_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$1$2" >/dev/null 2>&1; }
@@ -228,6 +294,9 @@ health() { # component -> 0 if healthy
 all_healthy() {
   local c
   for c in "${components[@]}"; do pid_of "$c" >/dev/null && health "$c" || return 1; done
+  if [[ -f "$state/real-node" ]]; then
+    for c in "${node_components[@]}"; do pid_of "$c" >/dev/null && node_health "$c" || return 1; done
+  fi
 }
 
 wait_for() { # description timeout command...
@@ -245,26 +314,55 @@ fail_up() { # component
   log "$1 did not become ready; last lines of $logs/$1.log:"
   tail -n 30 "$logs/$1.log" >&2 || true
   stop_all
+  rm -f "$state/real-node"
   exit 1
 }
 
 # ------------------------------------------------------------------------------ commands
+real_node_reason=""
+want_real_node() { # -> 0 if this `up` starts the real node (sets real_node_reason otherwise)
+  local want="${FTO_K8S_REAL_NODE:-}" owner
+  ((no_real_node)) && { real_node_reason="--no-real-node"; return 1; }
+  [[ "$want" == 0 || "$want" == false || "$want" == no ]] && { real_node_reason="FTO_K8S_REAL_NODE=$want"; return 1; }
+  owner="$(node_owner)"
+  if [[ -n "$owner" && "$owner" != "$state" ]]; then
+    [[ -n "$want" ]] && die "the machine's real node belongs to the plane in $owner; stop it there (FTO_K8S_STATE=$owner $0 down) or use FTO_K8S_REAL_NODE=0"
+    log "the machine's real node belongs to the plane in $owner: this plane starts KWOK-only"
+    real_node_reason="owned by $owner"
+    return 1
+  fi
+  return 0
+}
+
 cmd_up() {
-  local fresh=0
-  [[ "${1:-}" == "--fresh" ]] && fresh=1
+  local fresh=0 arg real=0
+  no_real_node=0
+  for arg in "$@"; do
+    case "$arg" in
+      --fresh) fresh=1 ;;
+      --no-real-node) no_real_node=1 ;;
+      *) die "up: unknown option $arg" ;;
+    esac
+  done
   local t0=$SECONDS
   command -v curl >/dev/null || die "curl not found"
   local c
   for c in "${components[@]}" kubectl; do
     [[ -x "$bin/$c" ]] || die "$bin/$c is missing; build the binaries first: tools/k8s/build.sh"
   done
-  if ((!fresh)) && all_healthy; then
-    log "already up (state $state)"
+  want_real_node && real=1
+  if ((real)); then
+    node_preflight || die "the real node cannot start here (see above); FTO_K8S_REAL_NODE=0 starts the plane KWOK-only"
+  fi
+  # Already up in the wanted shape: nothing to do.
+  if ((!fresh)) && { ((real)) && [[ -f "$state/real-node" ]] || { ((!real)) && [[ ! -f "$state/real-node" ]]; }; } && all_healthy; then
+    log "already up (state $state$( ((real)) && echo ", real node $node_name"))"
     return 0
   fi
-  # Anything half-running from a previous attempt is stopped first.
+  # Anything half-running from a previous attempt is stopped first (the real node too, host changes undone).
   stop_all
   if ((fresh)); then rm -rf "$state/etcd"; fi
+  if ((real)); then touch "$state/real-node"; else rm -f "$state/real-node"; fi
   gen_pki
   ensure_ports
   mkdir -p "$logs" "$pids"
@@ -273,6 +371,23 @@ cmd_up() {
   write_kubeconfig "$state/kube-controller-manager.kubeconfig" system:kube-controller-manager kube-controller-manager
   write_kubeconfig "$state/kube-scheduler.kubeconfig" system:kube-scheduler kube-scheduler
   write_kubeconfig "$state/kwok.kubeconfig" kwok-controller kwok
+  local -a apiserver_node_flags=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+  if ((real)); then
+    write_kubeconfig "$state/kubelet.kubeconfig" "system:node:$node_name" kubelet
+    write_kubeconfig "$state/kube-proxy.kubeconfig" system:kube-proxy kube-proxy
+    write_kubeconfig "$state/coredns.kubeconfig" system:fto-coredns coredns
+    log "setting up the real node's host side (bridge $node_bridge $node_ip/24, routes, iptables)"
+    mkdir -p "$node"
+    node_save_host
+    node_network_up
+    node_write_configs
+    node_start_containerd
+    # Pods reach the API server at the bridge address through the `kubernetes` Service (kube-proxy), so it
+    # listens there and the lease reconciler keeps that address in the Service's endpoints.
+    apiserver_node_flags=(--bind-address="$node_ip" --advertise-address="$node_ip" --endpoint-reconciler-type=lease
+      --kubelet-preferred-address-types=InternalIP
+      --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key")
+  fi
 
   log "starting etcd on 127.0.0.1:$ETCD_PORT"
   start etcd --name=node0 --data-dir="$state/etcd" \
@@ -282,11 +397,10 @@ cmd_up() {
     --unsafe-no-fsync=true --quota-backend-bytes=4294967296 --log-level=warn
   wait_for "etcd healthy" 30 health etcd || fail_up etcd
 
-  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  log "starting kube-apiserver on https://$(api_host):$APISERVER_PORT"
   start kube-apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
-    --endpoint-reconciler-type=none \
+    "${apiserver_node_flags[@]}" --secure-port="$APISERVER_PORT" \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/ca.crt" \
     --requestheader-client-ca-file="$pki/ca.crt" --requestheader-allowed-names=front-proxy-client \
@@ -301,6 +415,7 @@ cmd_up() {
     --service-cluster-ip-range=10.96.0.0/16 \
     --profiling=false
   wait_for "kube-apiserver ready" 90 health kube-apiserver || fail_up kube-apiserver
+  if ((real)); then node_import_pause || fail_up containerd; fi
 
   log "starting kube-controller-manager, kube-scheduler, kwok"
   start kube-controller-manager \
@@ -329,13 +444,25 @@ cmd_up() {
     --node-lease-duration-seconds=40
 
   register_nodes
+  if ((real)); then
+    wait_for "node API objects (kube-dns Service, CoreDNS RBAC)" 30 node_api_objects || fail_up kube-apiserver
+    node_start_rest
+  fi
 
   wait_for "kube-controller-manager healthy" 60 health kube-controller-manager || fail_up kube-controller-manager
   wait_for "kube-scheduler healthy" 60 health kube-scheduler || fail_up kube-scheduler
   wait_for "kwok healthy" 60 health kwok || fail_up kwok
   wait_for "nodes Ready" 60 nodes_ready || fail_up kwok
+  if ((real)); then
+    wait_for "coredns ready" 60 node_health coredns || fail_up coredns
+    wait_for "kube-proxy healthy" 60 node_health kube-proxy || fail_up kube-proxy
+    wait_for "kubelet healthy" 60 node_health kubelet || fail_up kubelet
+    wait_for "$node_name Ready" 90 node_ready || fail_up kubelet
+    wait_for "kubernetes Service endpoint $node_ip" 30 kubernetes_endpoint_ok || fail_up kube-apiserver
+  fi
   wait_for "default ServiceAccount exists" 60 default_sa_exists || fail_up kube-controller-manager
-  log "up in $((SECONDS - t0))s: export KUBECONFIG=$kubeconfig"
+  if ((real)); then c=" (real node $node_name, API server $node_ip:$APISERVER_PORT)"; else c=" (KWOK only: $real_node_reason)"; fi
+  log "up in $((SECONDS - t0))s$c: export KUBECONFIG=$kubeconfig"
 }
 
 default_sa_exists() { kc get serviceaccount default -n default -o name >/dev/null 2>&1; }
@@ -378,6 +505,7 @@ cmd_down() {
   local keep=0
   [[ "${1:-}" == "--keep-data" ]] && keep=1
   stop_all
+  rm -f "$state/real-node"
   if ((!keep)); then rm -rf "$state/etcd"; fi
   log "down (state $state$( ((keep)) && echo ', data kept'))"
 }
@@ -396,10 +524,19 @@ cmd_status() {
       ok=1
     fi
   done
+  if [[ -f "$state/real-node" ]]; then
+    node_rss=0
+    node_status_rows || ok=1
+    total=$((total + node_rss))
+  fi
   printf '%-24s %-8s %-10s\n' total "" "$((total / 1024))"
   echo "state: $state"
   echo "kubeconfig: $kubeconfig"
-  [[ -n "${APISERVER_PORT:-}" ]] && echo "apiserver: https://127.0.0.1:$APISERVER_PORT"
+  [[ -n "${APISERVER_PORT:-}" ]] && echo "apiserver: https://$(api_host):$APISERVER_PORT"
+  if [[ -f "$state/real-node" ]]; then
+    echo "real node: $node_name (label $node_label, taint $node_taint_key=$node_taint_value:NoSchedule), bridge $node_bridge $node_ip, pods $node_cidr, DNS $dns_ip"
+    echo "containerd: $node_sock (cluster.sh load-image ARCHIVE...)"
+  fi
   if ((ok == 0)); then kc get nodes 2>/dev/null || true; fi
   return $ok
 }
@@ -422,5 +559,10 @@ case "$cmd" in
   status) cmd_status ;;
   env) cmd_env ;;
   purge) lock; stop_all; rm -rf "$state"; log "purged $state" ;;
-  *) echo "usage: $0 [--state DIR] up [--fresh] | down [--keep-data] | status | env | purge" >&2; exit 2 ;;
+  load-image)
+    [[ $# -ge 1 ]] || die "usage: $0 load-image OCI_ARCHIVE..."
+    [[ -f "$state/real-node" ]] && node_health containerd || die "the real node is not running (cluster.sh up)"
+    node_load_images "$@" ;;
+  images) node_list_images ;;
+  *) echo "usage: $0 [--state DIR] up [--fresh] [--no-real-node] | down [--keep-data] | status | env | purge | load-image OCI_ARCHIVE... | images" >&2; exit 2 ;;
 esac
