@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= trainer,operator,dev
 
-.PHONY: setup quickstart test test-fast plane crd clean
+.PHONY: setup quickstart test test-fast system prerequisites plane images crd clean
 
 $(PY): pyproject.toml tools/install.sh
 	tools/install.sh --venv $(VENV) --editable $(EXTRAS)
@@ -14,11 +14,23 @@ setup: $(PY)
 quickstart: $(PY)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/finetune run examples/quickstart.yaml
 
-# The control plane (tools/k8s) is built once per machine and cached; the cluster tests start it.
-plane:
+# Debian packages of the real node and the image builds (tools/install-system.sh), installed when missing.
+system:
+	tools/install-system.sh
+
+# The control plane and real node (tools/k8s) and the images (tools/images) are built once per machine and
+# cached; the cluster and e2e tests start the plane and load the images. The two builds run side by side: the Go
+# build is CPU-bound, the image build mostly writes files.
+plane: system
 	tools/k8s/build.sh
 
-test: $(PY) plane
+images: system
+	tools/images/build.sh all
+
+prerequisites: system $(PY)
+	$(MAKE) --no-print-directory -j2 plane images
+
+test: prerequisites
 	FTO_REQUIRE_CLUSTER=1 HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 # Everything but the cluster tests, for a machine without the control plane.
