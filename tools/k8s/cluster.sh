@@ -144,43 +144,28 @@ pick_port() {
   done
   die "no free port found"
 }
+PORT_VARS=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT KWOK_PORT
+  KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT DNS_HEALTH_PORT DNS_READY_PORT)
 ensure_ports() { # keep the previous ports when they are still free (stable kubeconfig), else pick new ones
-  local ok=1 v
+  local ok=1 v lo hi
   if [[ -f "$state/ports.env" ]]; then
     # shellcheck disable=SC1091
     . "$state/ports.env"
-    for v in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT KWOK_PORT \
-      KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT DNS_HEALTH_PORT DNS_READY_PORT; do
-      [[ -n "${!v:-}" ]] && port_free "${!v}" || ok=0
-    done
-    local lo hi
     read -r lo hi < <(port_range)
-    for v in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT KWOK_PORT \
-      KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT DNS_HEALTH_PORT DNS_READY_PORT; do
+    for v in "${PORT_VARS[@]}"; do
+      [[ -n "${!v:-}" ]] && port_free "${!v}" || ok=0
       ((${!v:-0} >= lo && ${!v:-0} <= hi)) || ok=0 # picked by an older cluster.sh inside the ephemeral range
     done
   else
     ok=0
   fi
   if ((!ok)); then
-    ETCD_PORT=$(pick_port); ETCD_PEER_PORT=$(pick_port); APISERVER_PORT=$(pick_port)
-    KCM_PORT=$(pick_port); SCHED_PORT=$(pick_port); KWOK_PORT=$(pick_port)
-    KUBELET_PORT=$(pick_port); KUBELET_HEALTHZ_PORT=$(pick_port); PROXY_HEALTHZ_PORT=$(pick_port)
-    PROXY_METRICS_PORT=$(pick_port); DNS_HEALTH_PORT=$(pick_port); DNS_READY_PORT=$(pick_port)
-    cat >"$state/ports.env" <<EOF
-ETCD_PORT=$ETCD_PORT
-ETCD_PEER_PORT=$ETCD_PEER_PORT
-APISERVER_PORT=$APISERVER_PORT
-KCM_PORT=$KCM_PORT
-SCHED_PORT=$SCHED_PORT
-KWOK_PORT=$KWOK_PORT
-KUBELET_PORT=$KUBELET_PORT
-KUBELET_HEALTHZ_PORT=$KUBELET_HEALTHZ_PORT
-PROXY_HEALTHZ_PORT=$PROXY_HEALTHZ_PORT
-PROXY_METRICS_PORT=$PROXY_METRICS_PORT
-DNS_HEALTH_PORT=$DNS_HEALTH_PORT
-DNS_READY_PORT=$DNS_READY_PORT
-EOF
+    : >"$state/ports.env.tmp"
+    for v in "${PORT_VARS[@]}"; do
+      printf -v "$v" '%s' "$(pick_port)"
+      echo "$v=${!v}" >>"$state/ports.env.tmp"
+    done
+    mv "$state/ports.env.tmp" "$state/ports.env"
   fi
 }
 load_ports() { [[ -f "$state/ports.env" ]] && . "$state/ports.env"; }
@@ -510,25 +495,31 @@ cmd_down() {
   log "down (state $state$( ((keep)) && echo ', data kept'))"
 }
 
-cmd_status() {
-  local c p ok=0 total=0 r h
-  load_ports || true
-  printf '%-24s %-8s %-10s %s\n' COMPONENT PID RSS_MiB HEALTH
-  for c in "${components[@]}"; do
+status_rows() { # health-function component... -> one row each, RSS added to status_rss; 1 if any is unhealthy
+  local check=$1 c p r h bad=0
+  shift
+  for c in "$@"; do
     if p="$(pid_of "$c")"; then
-      r="$(rss_kib "$p")"; total=$((total + r))
-      if health "$c"; then h=ok; else h=unhealthy; ok=1; fi
+      r="$(rss_kib "$p")"; status_rss=$((status_rss + r))
+      if "$check" "$c"; then h=ok; else h=unhealthy; bad=1; fi
       printf '%-24s %-8s %-10s %s\n' "$c" "$p" "$((r / 1024))" "$h"
     else
       printf '%-24s %-8s %-10s %s\n' "$c" - - stopped
-      ok=1
+      bad=1
     fi
   done
+  return $bad
+}
+
+cmd_status() {
+  local ok=0 total status_rss=0
+  load_ports || true
+  printf '%-24s %-8s %-10s %s\n' COMPONENT PID RSS_MiB HEALTH
+  status_rows health "${components[@]}" || ok=1
   if [[ -f "$state/real-node" ]]; then
-    node_rss=0
-    node_status_rows || ok=1
-    total=$((total + node_rss))
+    status_rows node_health "${node_components[@]}" || ok=1
   fi
+  total=$status_rss
   printf '%-24s %-8s %-10s\n' total "" "$((total / 1024))"
   echo "state: $state"
   echo "kubeconfig: $kubeconfig"

@@ -551,17 +551,3 @@ node_clean_iptables() { # the kubelet's and kube-proxy's KUBE-*, CNI portmap's C
   done
 }
 
-node_status_rows() { # prints the status table rows; returns 1 if a component is not healthy
-  local c p r h bad=0
-  for c in "${node_components[@]}"; do
-    if p="$(pid_of "$c")"; then
-      r="$(rss_kib "$p")"; node_rss=$((node_rss + r))
-      if node_health "$c"; then h=ok; else h=unhealthy; bad=1; fi
-      printf '%-24s %-8s %-10s %s\n' "$c" "$p" "$((r / 1024))" "$h"
-    else
-      printf '%-24s %-8s %-10s %s\n' "$c" - - stopped
-      bad=1
-    fi
-  done
-  return $bad
-}
