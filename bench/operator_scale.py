@@ -73,7 +73,8 @@ def sh(*cmd: str, env: dict | None = None, input: str | None = None, check: bool
 class Plane:
     def __init__(self, state: Path, nodes: int, own: bool):
         self.state, self.nodes, self.own = state, nodes, own
-        self.env = dict(os.environ, FTO_K8S_STATE=str(state), FTO_K8S_NODES=str(nodes))
+        # KWOK nodes only: the scale run measures the operator and the API server, not pods that really run.
+        self.env = dict(os.environ, FTO_K8S_STATE=str(state), FTO_K8S_NODES=str(nodes), FTO_K8S_REAL_NODE="0")
         self.bin = Path(sh(str(BUILD_SH), "--print-bin-dir").stdout.strip().splitlines()[-1])
         self.kubeconfig = state / "kubeconfig"
 
