@@ -28,13 +28,17 @@ def helm_binary() -> Path:
         build = REPO / "tools" / "k8s" / "build.sh"
         bin_dir = Path(subprocess.run([str(build), "--print-bin-dir"], capture_output=True, text=True,
                                       check=True).stdout.strip())
-    helm = bin_dir / "helm"
-    if not helm.exists():
-        message = f"helm is not built ({helm}); run tools/k8s/build.sh"
+    return require_tool(bin_dir / "helm", "tools/k8s/build.sh")
+
+
+def require_tool(path: Path, build: str) -> Path:
+    """``path`` if it is built; else skip the test, or fail it when FTO_REQUIRE_CLUSTER says every tool must be."""
+    if not path.exists():
+        message = f"{path.name} is not built ({path}); run {build}"
         if os.environ.get("FTO_REQUIRE_CLUSTER", "").strip().lower() in {"1", "true", "yes", "on"}:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    return helm
+    return path
 
 
 def helm(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

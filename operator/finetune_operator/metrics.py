@@ -1,22 +1,55 @@
-"""The operator's own Prometheus metrics, served on settings.metrics_port (the trainers serve theirs)."""
+"""The operator's own Prometheus metrics, served on settings.metrics_port (the trainers serve theirs).
+
+Names and labels are listed in docs/metrics.md. Labels stay bounded: ``namespace`` (so a panel or an alert can tie
+reconcile errors and retries to a team's namespace), ``result``, ``phase``; never a FineTuneJob's name, which
+would grow a series per job. No ``*_created`` series (timestamps no dashboard reads).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import threading
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 from finetune_operator.api import Phase
 
+disable_created_metrics()
+
 RECONCILES = Counter(
-    "finetune_operator_reconcile_total", "Reconciles of FineTuneJobs, by result (success or error).", ["result"])
+    "finetune_operator_reconcile_total", "Reconciles of FineTuneJobs, by namespace and result (success or error).",
+    ["namespace", "result"])
 RECONCILE_SECONDS = Histogram(
     "finetune_operator_reconcile_duration_seconds", "Time one reconcile of a FineTuneJob takes.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-ATTEMPTS = Counter("finetune_operator_attempts_total", "Trainer attempts (batch/v1 Jobs) created.")
-RESTARTS = Counter(
-    "finetune_operator_restarts_total", "Attempts created to retry a failed one (attempt 2 and later).")
+ATTEMPTS = Counter(
+    "finetune_operator_attempts_total", "Trainer attempts (batch/v1 Jobs) created, by namespace.", ["namespace"])
+RETRIES = Counter(
+    "finetune_operator_retries_total", "Attempts created to retry a failed one (attempt 2 and later), by namespace.",
+    ["namespace"])
+BUILD_INFO = Gauge(
+    "finetune_operator_build_info", "Always 1; the labels say which operator build runs.", ["version", "python"])
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("finetune-operator")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.labels(_version(), platform.python_version()).set(1)
+
+
+def namespace_seen(namespace: str) -> None:
+    """Every namespaced series of a namespace at 0 from its first reconcile on, so that rates, ratios and alerts
+    over them have a series before the first error or retry (an absent series would read as "no data")."""
+    RECONCILES.labels(namespace, "success")
+    RECONCILES.labels(namespace, "error")
+    ATTEMPTS.labels(namespace)
+    RETRIES.labels(namespace)
 
 
 class PhaseCollector:

@@ -64,15 +64,16 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str, poll: bool = False) -> Decision | None:
         """Bring one FineTuneJob a step closer to its spec; ``poll`` also reads the trainer's progress."""
         started = time.monotonic()
+        metrics.namespace_seen(namespace)
         try:
             with self._lock(f"{namespace}/{name}"):
                 decision = self._pass(namespace, name, poll)
         except Exception:
-            metrics.RECONCILES.labels(result="error").inc()
+            metrics.RECONCILES.labels(namespace, "error").inc()
             raise
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        metrics.RECONCILES.labels(result="success").inc()
+        metrics.RECONCILES.labels(namespace, "success").inc()
         return decision
 
     def _pass(self, namespace: str, name: str, poll: bool) -> Decision | None:
@@ -142,9 +143,9 @@ class Reconciler:
                 if created is not None and obj["kind"] == "Job":
                     # The next pass sees the new Job even before its watch event arrives (no LIST for it).
                     self.children.seed([created], [])
-                    metrics.ATTEMPTS.inc()
+                    metrics.ATTEMPTS.labels(o.namespace).inc()
                     if action.number > 1:
-                        metrics.RESTARTS.inc()
+                        metrics.RETRIES.labels(o.namespace).inc()
         elif isinstance(action, (SuspendAttempt, ResumeAttempt)):
             self.kube.set_job_suspend(o.namespace, attempt_name(o.name, action.number),
                                       isinstance(action, SuspendAttempt))

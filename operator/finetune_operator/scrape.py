@@ -21,19 +21,23 @@ from finetune_trainer.summary import metric_key
 log = logging.getLogger(__name__)
 
 PREFIX = "finetune_trainer_"
-# Trainer gauges that make up status.progress and status.parameters; every other trainer gauge is a metric, named
-# as in the trainer's summary (summary.metric_key: train_loss -> trainLoss), and a gauge labelled by metric names
-# one metric per label value (finetune_trainer_eval_metric{metric="eval_f1"} -> evalF1).
+# Trainer gauges that make up status.progress and status.parameters, and those that are training metrics; a metric
+# is named as in the trainer's summary (summary.metric_key: train_loss -> trainLoss), and the gauge labelled by
+# metric names gives one metric per label value (finetune_trainer_eval_metric{metric="eval_rougeL"} -> evalRougeL).
+# Nothing else reaches status.metrics: not counters, not *_created timestamps, not GPU memory or MFU.
 PROGRESS_FIELDS = {
     "step": "step",
     "total_steps": "totalSteps",
     "epoch": "epoch",
-    "progress_percent": "percent",
+    "progress_ratio": "percent",
     "eta_seconds": "etaSeconds",
 }
 PARAMETER_FIELDS = {"trainable_parameters": "trainable", "total_parameters": "total"}
+METRIC_GAUGES = {"train_loss", "eval_loss", "learning_rate"}
 METRIC_LABEL = "metric"
+LABELLED_METRICS = "eval_metric"
 _INTEGER_FIELDS = {"step", "totalSteps", "etaSeconds"}
+_SCALE = {"percent": 100.0}  # status.progress.percent is 0-100, the gauge a 0-1 ratio
 
 
 def parse_trainer_metrics(text: str) -> dict[str, Any]:
@@ -49,14 +53,15 @@ def parse_trainer_metrics(text: str) -> dict[str, Any]:
             value = sample.value
             if value != value:  # NaN: the trainer has not measured it yet
                 continue
-            if METRIC_LABEL in sample.labels:
+            if name == LABELLED_METRICS and METRIC_LABEL in sample.labels:
                 metrics[metric_key(sample.labels[METRIC_LABEL])] = value
             elif name in PROGRESS_FIELDS:
                 field = PROGRESS_FIELDS[name]
+                value *= _SCALE.get(field, 1.0)
                 progress[field] = max(0, int(value)) if field in _INTEGER_FIELDS else round(max(0.0, value), 2)
             elif name in PARAMETER_FIELDS:
                 parameters[PARAMETER_FIELDS[name]] = int(value)
-            else:
+            elif name in METRIC_GAUGES:
                 metrics[metric_key(name)] = value
     if "percent" in progress:
         progress["percent"] = min(100.0, progress["percent"])

@@ -322,7 +322,15 @@ def test_monitors_select_the_operator_and_the_trainer_pods(all_on: list[dict[str
     [endpoint] = spec["podMetricsEndpoints"]
     ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
     assert ports[endpoint["port"]] == 9190
-    assert endpoint["honorLabels"] is True  # the trainer's job=<FineTuneJob> label survives the scrape
+    # The trainer's finetunejob label does not collide with Prometheus' job label: nothing to honour.
+    assert "honorLabels" not in endpoint
+    # Only the pods that serve metrics are targets: single-node pods (no completion index) and rank 0.
+    [keep] = [r for r in endpoint["relabelings"] if r.get("action") == "keep"]
+    assert keep["sourceLabels"] == ["__meta_kubernetes_pod_label_batch_kubernetes_io_job_completion_index"]
+    assert all(re.fullmatch(keep["regex"], v) for v in ("", "0"))
+    assert not any(re.fullmatch(keep["regex"], v) for v in ("1", "10"))
+    # The operator's namespace label (the FineTuneJob's) wins over the target's.
+    assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True
     assert spec["namespaceSelector"] == {"matchNames": ["ml-team-a", "ml-team-b"]}
 
 
@@ -408,16 +416,18 @@ def test_every_dashboard_metric_is_exported() -> None:
         names = metric_names(expr)
         assert names, f"{where}: no metric in {expr}"
         used.update({name: where for name in names})
-    missing = {name: where for name, where in used.items() if name not in exported}
+    # DCGM_FI_*: NVIDIA dcgm-exporter's, the optional source of the GPU utilisation and memory panels.
+    missing = {name: where for name, where in used.items() if name not in exported and not name.startswith("DCGM_FI_")}
     assert not missing, f"dashboard queries use metrics nobody exports: {missing}"
     # Each area the dashboard promises is backed by its metric.
     for name in ("finetune_trainer_train_loss", "finetune_trainer_eval_loss", "finetune_trainer_eval_metric",
-                 "finetune_trainer_learning_rate", "finetune_trainer_samples_per_second",
-                 "finetune_trainer_tokens_per_second", "finetune_trainer_progress_percent",
+                 "finetune_trainer_learning_rate", "finetune_trainer_samples_total",
+                 "finetune_trainer_tokens_total", "finetune_trainer_progress_ratio",
                  "finetune_trainer_eta_seconds", "finetune_trainer_checkpoint_save_seconds_bucket",
-                 "finetune_trainer_gpu_memory_bytes", "finetune_trainer_mfu", "finetune_operator_jobs",
-                 "finetune_operator_attempts_total", "finetune_operator_restarts_total",
-                 "finetune_operator_reconcile_total"):
+                 "finetune_trainer_gpu_memory_peak_bytes", "finetune_trainer_mfu_ratio", "finetune_operator_jobs",
+                 "finetune_operator_attempts_total", "finetune_operator_retries_total",
+                 "finetune_operator_reconcile_total", "finetune_operator_build_info",
+                 "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"):
         assert name in used, f"no panel shows {name}"
 
 
@@ -425,8 +435,8 @@ def test_dashboard_queries_use_the_datasource_variable_and_rate_interval() -> No
     dashboard = _dashboard()
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert variables["job"]["definition"].startswith("label_values(finetune_trainer_step")
-    assert variables["job"]["definition"].endswith(", job)")
+    assert variables["finetunejob"]["definition"].startswith("label_values(finetune_trainer_step")
+    assert variables["finetunejob"]["definition"].endswith(", finetunejob)")
     source = {"type": "prometheus", "uid": "${datasource}"}
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
@@ -439,7 +449,13 @@ def test_dashboard_queries_use_the_datasource_variable_and_rate_interval() -> No
                 allowed = {"$__rate_interval"} if "increase" not in expr else {"$__rate_interval", "$__range"}
                 assert window in allowed, f"{panel['title']}: range [{window}] in {expr}"
             if expr.startswith("finetune_trainer") or "finetune_trainer_" in expr:
-                assert 'job=~"$job"' in expr, f"{panel['title']}: not filtered by $job: {expr}"
+                assert 'finetunejob=~"$finetunejob"' in expr, f"{panel['title']}: not filtered by the job: {expr}"
+            assert not re.search(r"\bjob\b", expr.replace("finetunejob", "")), f"{panel['title']}: job label: {expr}"
+            # Counters are only read through rate()/increase(); there are no pre-computed per-second gauges.
+            for name in metric_names(expr):
+                if name.endswith("_total") or name.endswith(("_bucket", "_sum", "_count")):
+                    assert re.search(rf"(?:rate|increase)\({re.escape(name)}\b", expr), f"{name} not rated: {expr}"
+                assert not name.endswith("_per_second"), expr
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     assert dashboard["uid"] == "finetune-operator"

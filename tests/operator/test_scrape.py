@@ -7,28 +7,39 @@ from finetune_operator.scrape import Scraper, parse_trainer_metrics
 PAGE = """\
 # HELP finetune_trainer_step Optimizer steps done.
 # TYPE finetune_trainer_step gauge
-finetune_trainer_step{job="mrpc"} 50.0
+finetune_trainer_step{finetunejob="mrpc"} 50.0
 # TYPE finetune_trainer_total_steps gauge
-finetune_trainer_total_steps{job="mrpc"} 200.0
-# TYPE finetune_trainer_progress_percent gauge
-finetune_trainer_progress_percent{job="mrpc"} 25.0
+finetune_trainer_total_steps{finetunejob="mrpc"} 200.0
+# TYPE finetune_trainer_progress_ratio gauge
+finetune_trainer_progress_ratio{finetunejob="mrpc"} 0.25
 # TYPE finetune_trainer_eta_seconds gauge
-finetune_trainer_eta_seconds{job="mrpc"} 301.7
+finetune_trainer_eta_seconds{finetunejob="mrpc"} 301.7
 # TYPE finetune_trainer_train_loss gauge
-finetune_trainer_train_loss{job="mrpc"} 0.6931
+finetune_trainer_train_loss{finetunejob="mrpc"} 0.6931
 # TYPE finetune_trainer_eval_loss gauge
-finetune_trainer_eval_loss{job="mrpc"} NaN
+finetune_trainer_eval_loss{finetunejob="mrpc"} NaN
 # TYPE finetune_trainer_eval_metric gauge
-finetune_trainer_eval_metric{job="mrpc",metric="eval_accuracy"} 0.75
-finetune_trainer_eval_metric{job="mrpc",metric="eval_f1"} 0.8
+finetune_trainer_eval_metric{finetunejob="mrpc",metric="eval_accuracy"} 0.75
+finetune_trainer_eval_metric{finetunejob="mrpc",metric="eval_f1"} 0.8
+finetune_trainer_eval_metric{finetunejob="mrpc",metric="eval_rougeL"} 0.3
 # TYPE finetune_trainer_trainable_parameters gauge
-finetune_trainer_trainable_parameters{job="mrpc"} 1024.0
+finetune_trainer_trainable_parameters{finetunejob="mrpc"} 1024.0
 # TYPE finetune_trainer_total_parameters gauge
-finetune_trainer_total_parameters{job="mrpc"} 4096.0
-# TYPE finetune_trainer_samples_per_second gauge
-finetune_trainer_samples_per_second{job="mrpc"} 812.5
+finetune_trainer_total_parameters{finetunejob="mrpc"} 4096.0
+# TYPE finetune_trainer_learning_rate gauge
+finetune_trainer_learning_rate{finetunejob="mrpc"} 2e-05
+# TYPE finetune_trainer_mfu_ratio gauge
+finetune_trainer_mfu_ratio{finetunejob="mrpc"} 0.41
+# TYPE finetune_trainer_gpu_memory_peak_bytes gauge
+finetune_trainer_gpu_memory_peak_bytes{finetunejob="mrpc"} 1.5e9
+# TYPE finetune_trainer_samples counter
+finetune_trainer_samples_total{finetunejob="mrpc"} 4000.0
+# TYPE finetune_trainer_checkpoints_created gauge
+finetune_trainer_checkpoints_created{finetunejob="mrpc"} 1.7e9
+# TYPE finetune_trainer_checkpoint_save_seconds_created gauge
+finetune_trainer_checkpoint_save_seconds_created{finetunejob="mrpc"} 1.7e9
 # TYPE finetune_trainer_tokens counter
-finetune_trainer_tokens_total{job="mrpc"} 1e6
+finetune_trainer_tokens_total{finetunejob="mrpc"} 1e6
 # TYPE process_cpu_seconds counter
 process_cpu_seconds_total 3.0
 """
@@ -37,9 +48,10 @@ process_cpu_seconds_total 3.0
 def test_parse_maps_gauges_to_status_fields():
     parsed = parse_trainer_metrics(PAGE)
     assert parsed["progress"] == {"step": 50, "totalSteps": 200, "percent": 25.0, "etaSeconds": 301}
-    # NaN (not measured yet), counters and other exporters' metrics are left out.
-    assert parsed["metrics"] == {"trainLoss": 0.6931, "samplesPerSecond": 812.5, "evalAccuracy": 0.75,
-                                 "evalF1": 0.8}
+    # Only training metrics: NaN (not measured yet), counters, *_created timestamps (an older trainer's, or a custom
+    # image's), GPU memory, MFU and other exporters' metrics are left out; one camel-case rule (evalRougeL).
+    assert parsed["metrics"] == {"trainLoss": 0.6931, "learningRate": 2e-05, "evalAccuracy": 0.75, "evalF1": 0.8,
+                                 "evalRougeL": 0.3}
     assert parsed["parameters"] == {"trainable": 1024, "total": 4096}
 
 

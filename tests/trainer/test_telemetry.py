@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -26,6 +27,31 @@ def scrape(url: str) -> str:
         return response.read().decode()
 
 
+def run_while_polling(config, url: str, wanted, timeout: float = 300) -> tuple[dict, str | None]:
+    """Run the trainer while another thread polls its metrics page; the summary and the first page ``wanted``."""
+    seen: list[str] = []
+
+    def poll():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not seen:
+            try:
+                text = scrape(url)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            if wanted(text):
+                seen.append(text)
+            time.sleep(0.01)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        summary = run(config)
+    finally:
+        poller.join()
+    return summary, (seen[0] if seen else None)
+
+
 def test_metrics_are_served_during_the_run_and_stop_after(tmp_path, tiny_model_dir, job):
     write_rows(sentiment_rows(200, seed=3), tmp_path / "data" / "train.jsonl")
     write_rows(sentiment_rows(8, seed=4), tmp_path / "data" / "dev.jsonl")
@@ -33,32 +59,19 @@ def test_metrics_are_served_during_the_run_and_stop_after(tmp_path, tiny_model_d
     config = job(tiny_model_dir("bert"), {"type": "partial", "layers": "last:1"}, data=tmp_path / "data",
                  batchSize=2, logEvery=2).model_copy(update={"metrics_port": port})
     url = f"http://127.0.0.1:{port}/metrics"
-    seen: list[str] = []
+    result, text = run_while_polling(config, url,
+                                     lambda page: 'finetune_trainer_train_loss{finetunejob="tiny"}' in page)
 
-    def poll():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not seen:
-            try:
-                text = scrape(url)
-            except OSError:
-                time.sleep(0.01)
-                continue
-            if 'finetune_trainer_train_loss{job="tiny"}' in text:
-                seen.append(text)
-            time.sleep(0.01)
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    result = run(config)
-    poller.join()
-
-    assert seen, "no metrics scraped while training"
-    text = seen[0]
-    for name in ("step", "total_steps", "epoch", "train_loss", "learning_rate", "samples_per_second",
-                 "tokens_per_second", "trainable_parameters", "total_parameters", "progress_percent",
+    assert text, "no metrics scraped while training"
+    for name in ("step", "total_steps", "epoch", "train_loss", "learning_rate", "samples_total",
+                 "tokens_total", "trainable_parameters", "total_parameters", "progress_ratio",
                  "eta_seconds"):
-        assert f'finetune_trainer_{name}{{job="tiny"}}' in text, name
-    assert 'finetune_trainer_total_steps{job="tiny"} 100.0' in text
+        assert f'finetune_trainer_{name}{{finetunejob="tiny"}}' in text, name
+    assert 'finetune_trainer_total_steps{finetunejob="tiny"} 100.0' in text
+    assert "_created" not in text and 'job="' not in text.replace('finetunejob="', "")
+    samples = float(re.search(r'^finetune_trainer_samples_total\{finetunejob="tiny"\} (\S+)$', text, re.M).group(1))
+    step = float(re.search(r'^finetune_trainer_step\{finetunejob="tiny"\} (\S+)$', text, re.M).group(1))
+    assert 2 * (step - 1) <= samples <= 2 * step  # batchSize 2, one rank: the counter moves with every step
     assert result["metricsUrl"].endswith(f":{port}/metrics")
     with pytest.raises(OSError):
         scrape(url)
@@ -72,10 +85,12 @@ def test_telemetry_registry_is_private_and_port_zero_picks_one():
         a.record_eval({"eval_loss": 0.5, "eval_f1": 0.75})
         a.record_checkpoint(1.5)
         text = scrape(url)
-        assert 'finetune_trainer_eval_loss{job="a"} 0.5' in text
-        assert 'finetune_trainer_eval_metric{job="a",metric="eval_f1"} 0.75' in text
-        assert 'finetune_trainer_checkpoint_save_seconds_count{job="a"} 1.0' in text
-        assert 'job="b"' not in text
+        assert 'finetune_trainer_eval_loss{finetunejob="a"} 0.5' in text
+        assert 'finetune_trainer_eval_metric{finetunejob="a",metric="eval_f1"} 0.75' in text
+        assert 'finetune_trainer_checkpoint_save_seconds_count{finetunejob="a"} 1.0' in text
+        assert 'finetune_trainer_checkpoints_total{finetunejob="a"} 1.0' in text
+        assert "_created" not in text  # no timestamp series for the status scraper to mistake for metrics
+        assert 'finetunejob="b"' not in text
     finally:
         a.stop()
         b.stop()
@@ -118,3 +133,33 @@ def test_termination_message_fits_and_is_written_only_where_it_exists(tmp_path, 
     write(summary, tmp_path / "out")
     assert json.loads(log.read_text())["phase"] == "Failed"
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["reason"] == "InvalidData"
+
+
+def test_status_metrics_of_a_real_seq2seq_run_hold_only_training_metrics(tmp_path):
+    """A real run that evaluates a seq2seq metric and writes checkpoints while the operator's scraper reads its page:
+    status.metrics gets the training metrics only (no *_created timestamps, counters, GPU gauges)."""
+    from finetune_operator.scrape import parse_trainer_metrics
+    from finetune_trainer.config import TrainerConfig
+    from finetune_trainer.tasks.base import get_task
+    from tiny_models import save_tiny_model, translation_rows
+
+    model = save_tiny_model("bart", get_task("seq2seq").auto_model, tmp_path / "model")
+    write_rows(translation_rows(32), tmp_path / "data" / "train.jsonl")
+    write_rows(translation_rows(8, seed=1), tmp_path / "data" / "validation.jsonl")
+    port = free_port()
+    config = TrainerConfig.model_validate({
+        "name": "tiny-seq2seq", "model": {"source": str(model)}, "task": "seq2seq",
+        "dataset": {"source": str(tmp_path / "data"), "maxLength": 16}, "strategy": {"type": "full"},
+        "training": {"epochs": 3, "batchSize": 8, "learningRate": 3e-3, "evalEvery": 2, "saveEvery": 2,
+                     "logEvery": 1},
+        "output": {"location": str(tmp_path / "output")}, "metricsPort": port,
+    })
+    url = f"http://127.0.0.1:{port}/metrics"
+    summary, page = run_while_polling(
+        config, url, lambda text: "finetune_trainer_checkpoints_total" in text and 'metric="eval_chrf"' in text)
+
+    assert summary["phase"] == "Succeeded" and summary["checkpoint"]
+    assert page, "no page with a checkpoint and an evaluation scraped while training"
+    metrics = parse_trainer_metrics(page)["metrics"]
+    assert {"trainLoss", "learningRate", "evalLoss", "evalBleu", "evalChrf"} <= set(metrics)
+    assert set(metrics) <= {"trainLoss", "learningRate", "evalLoss", "evalBleu", "evalChrf", "evalRougeL"}, metrics

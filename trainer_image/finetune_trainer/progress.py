@@ -1,8 +1,9 @@
 """What a run says about itself while it trains, in one place: its steps, evaluations and checkpoints go to the
 Prometheus gauges (telemetry.py), the summary (summary.Report), the progress bar of `finetune run` and the log.
 
-Throughput is measured over training steps only (evaluation and checkpoint time are left out) and counts real
-tokens, never padding; the gauges show the last logging window, the summary the whole run.
+Throughput counts real tokens, never padding. Prometheus gets counters of samples and tokens, updated every step,
+whose ``rate()`` is wall-clock throughput; the summary's samplesPerSecond/tokensPerSecond and the log are measured
+over training steps only (evaluation and checkpoint time left out), the log's over the last logging window.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Progress:
         self.total_steps = 0
         self._want_bar = bar
         self._bar = None
+        self._counted = (0, 0)  # the meter's samples and tokens already added to the Prometheus counters
 
     def start(self, step: int, total_steps: int, trainable: int, total: int) -> None:
         """The run's size, once the model and data are known (``step`` > 0 when it resumed)."""
@@ -102,8 +104,11 @@ class Progress:
         self.report.step, self.report.epoch = step, epoch
         t.set(t.step, step)
         t.set(t.epoch, epoch)
-        t.set(t.progress_percent, 100.0 * step / self.total_steps)
+        t.set(t.progress_ratio, step / self.total_steps)
         t.set(t.eta_seconds, meter.seconds_per_step * (self.total_steps - step))
+        t.add(t.samples, meter.samples - self._counted[0])
+        t.add(t.tokens, meter.tokens - self._counted[1])
+        self._counted = (meter.samples, meter.tokens)
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{meter.lr:.2e}", refresh=False)
@@ -114,14 +119,12 @@ class Progress:
                                     "tokens_per_second": meter.tokens_per_second})
         t.set(t.train_loss, window["loss"])
         t.set(t.learning_rate, meter.lr)
-        t.set(t.samples_per_second, window["samples_per_second"])
-        t.set(t.tokens_per_second, window["tokens_per_second"])
         if self.device.type == "cuda":
-            t.set(t.gpu_memory_bytes, torch.cuda.max_memory_allocated(self.device))
+            t.set(t.gpu_memory_peak_bytes, torch.cuda.max_memory_allocated(self.device))
             peak = peak_flops(torch.cuda.get_device_name(self.device))
             if peak:
                 flops = 6 * self.report.total * window["tokens_per_second"] / self.world_size
-                t.set(t.mfu, flops / peak)
+                t.set(t.mfu_ratio, flops / peak)
         (log.debug if self._bar is not None else log.info)(
             "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s %.0f tokens/s", step, self.total_steps,
             epoch, window["loss"], meter.lr, window["samples_per_second"], window["tokens_per_second"])

@@ -1,10 +1,12 @@
-"""Prometheus metrics of one training run, served while it trains (DESIGN §4).
+"""Prometheus metrics of one training run, served while it trains (DESIGN §4; names in docs/metrics.md).
 
-Every series is named ``finetune_trainer_*`` and labelled with the job name; they live on the run's own
-``CollectorRegistry`` (not the process-global one), so two runs in one process, or tests, never collide.
-Throughput counts real tokens (the attention mask's ones), never padding. MFU on GPUs is
-``6 * parameters * tokens/s / peak FLOP/s``, the peak taken from the device name (``FINETUNE_PEAK_FLOPS``
-overrides it).
+Every series is named ``finetune_trainer_*`` and labelled ``finetunejob`` with the FineTuneJob's name (never
+``job``: that is Prometheus' own target label); they live on the run's own ``CollectorRegistry`` (not the
+process-global one), so two runs in one process, or tests, never collide. Names follow Prometheus practice: 0-1
+ratios end in ``_ratio``, throughput is a pair of counters (``samples_total``, ``tokens_total``) a query takes the
+``rate()`` of, peaks say so, and no ``*_created`` series is exported. Tokens are real tokens (the attention mask's
+ones), never padding. MFU on GPUs is ``6 * parameters * tokens/s / peak FLOP/s`` over the logging window, the peak
+taken from the device name (``FINETUNE_PEAK_FLOPS`` overrides it).
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ import logging
 import os
 import socket
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
+# The *_created series of counters and histograms are gauges of Unix timestamps: no dashboard reads them, and the
+# operator's status scraper would take them for training metrics.
+disable_created_metrics()
+
+LABEL = "finetunejob"
 log = logging.getLogger("finetune_trainer")
 
 PEAK_FLOPS_ENV = "FINETUNE_PEAK_FLOPS"
@@ -36,7 +43,10 @@ class Telemetry:
         self.url: str | None = None
 
         def gauge(name: str, doc: str, *labels: str) -> Gauge:
-            return Gauge(f"finetune_trainer_{name}", doc, ["job", *labels], registry=self.registry)
+            return Gauge(f"finetune_trainer_{name}", doc, [LABEL, *labels], registry=self.registry)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"finetune_trainer_{name}", doc, [LABEL], registry=self.registry)
 
         self.step = gauge("step", "Optimizer steps taken.")
         self.total_steps = gauge("total_steps", "Optimizer steps the run will take.")
@@ -45,19 +55,18 @@ class Telemetry:
         self.eval_loss = gauge("eval_loss", "Loss on the eval split at the last evaluation.")
         self.eval_metric = gauge("eval_metric", "Task metrics at the last evaluation.", "metric")
         self.learning_rate = gauge("learning_rate", "Current peak learning rate.")
-        self.samples_per_second = gauge("samples_per_second", "Training examples per second (all ranks).")
-        self.tokens_per_second = gauge("tokens_per_second", "Real (non-padding) training tokens per second.")
+        self.samples = counter("samples_total", "Training examples processed (all ranks).")
+        self.tokens = counter("tokens_total", "Real (non-padding) training tokens processed (all ranks).")
         self.trainable_parameters = gauge("trainable_parameters", "Parameters that train.")
         self.total_parameters = gauge("total_parameters", "Parameters in the model.")
-        self.progress_percent = gauge("progress_percent", "Share of optimizer steps done.")
+        self.progress_ratio = gauge("progress_ratio", "Share of optimizer steps done (0-1).")
         self.eta_seconds = gauge("eta_seconds", "Estimated seconds to the last step.")
-        self.gpu_memory_bytes = gauge("gpu_memory_bytes", "Peak GPU memory allocated by this process.")
-        self.mfu = gauge("mfu", "Model FLOP utilisation (0-1) on the GPU.")
+        self.gpu_memory_peak_bytes = gauge("gpu_memory_peak_bytes", "Peak GPU memory allocated by this process.")
+        self.mfu_ratio = gauge("mfu_ratio", "Model FLOP utilisation (0-1) on the GPU over the last logging window.")
         self.checkpoint_save_seconds = Histogram(
-            "finetune_trainer_checkpoint_save_seconds", "Time to write one checkpoint.", ["job"],
+            "finetune_trainer_checkpoint_save_seconds", "Time to write one checkpoint.", [LABEL],
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=self.registry)
-        self.checkpoints = Counter("finetune_trainer_checkpoints", "Checkpoints written.", ["job"],
-                                   registry=self.registry)
+        self.checkpoints = counter("checkpoints_total", "Checkpoints written.")
 
     def start(self, port: int, host: str = "0.0.0.0") -> str:
         """Serve /metrics on ``port`` (0, or a port already taken, picks a free one); returns the URL."""
@@ -81,7 +90,10 @@ class Telemetry:
             self._server = None
 
     def set(self, gauge: Gauge, value: float, **labels: str) -> None:
-        gauge.labels(job=self.job, **labels).set(value)
+        gauge.labels(**{LABEL: self.job}, **labels).set(value)
+
+    def add(self, counter: Counter, amount: float) -> None:
+        counter.labels(self.job).inc(amount)
 
     def record_eval(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -90,8 +102,8 @@ class Telemetry:
             self.set(self.eval_metric, value, metric=name)
 
     def record_checkpoint(self, seconds: float) -> None:
-        self.checkpoint_save_seconds.labels(job=self.job).observe(seconds)
-        self.checkpoints.labels(job=self.job).inc()
+        self.checkpoint_save_seconds.labels(self.job).observe(seconds)
+        self.add(self.checkpoints, 1)
 
 
 def peak_flops(device_name: str) -> float | None:
