@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pytest
 import yaml
 
-from helm_chart import ALL_ON, CHART, REPO, helm, helm_binary, render_text
+from helm_chart import ALL_ON, CHART, REPO, helm, helm_binary, render_text, require_tool
+from prometheus_live import bin_dir as prometheus_bin_dir
 
 if TYPE_CHECKING:
     from conftest import ControlPlane
@@ -39,28 +40,19 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 TRAINER_IMAGE = ("registry.example/finetune-trainer", "test")
 
 
-def _stand_in_crd(kind: str, plural: str) -> dict[str, Any]:
-    """A schema-less CRD for a prometheus-operator kind. The plane has no prometheus-operator, and the server-side
-    dry run needs the kinds to exist; the real CRDs validate the monitors' fields, these stand-ins only their
-    presence, so the monitors' content is checked by tests/chart/test_chart.py instead."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com", "labels": {"finetune.io/test-stand-in": "true"}},
-        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-                 "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                     "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-    }
-
-
 def _ensure_monitoring_crds(cp: ControlPlane) -> None:
-    # Created only where absent (a real prometheus-operator's CRDs are never replaced) and left in place: they
-    # are inert, and other sessions sharing the plane may be using them at the same moment.
-    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors")):
-        name = f"{plural}.monitoring.coreos.com"
-        if cp.kubectl("get", "crd", name, check=False).returncode != 0:
-            created = cp.kubectl("create", "-f", "-", input=yaml.safe_dump(_stand_in_crd(kind, plural)), check=False)
-            assert created.returncode == 0 or "AlreadyExists" in created.stderr, created.stderr
+    """prometheus-operator's own CRDs for the kinds the chart ships (tools/prometheus/build.sh copies them from its Go
+    module), so the server-side dry run checks the monitors and the rule against the real schemas. Installed where
+    absent or where an older session left a schema-less stand-in (labelled finetune.io/test-stand-in); a CRD from
+    anyone else is never replaced. Left in place: other sessions sharing the plane may be using them."""
+    crds = require_tool(prometheus_bin_dir().parent / "crds", "tools/prometheus/build.sh")
+    for path in sorted(crds.glob("monitoring.coreos.com_*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        found = cp.kubectl("get", "crd", name, "-o", "jsonpath={.metadata.labels.finetune\\.io/test-stand-in}",
+                           check=False)
+        if found.returncode != 0 or found.stdout == "true":
+            cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+            cp.kubectl("label", "crd", name, "finetune.io/test-stand-in-")
         cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
 
 
