@@ -27,6 +27,11 @@ EXIT_RETRYABLE = 75  # EX_TEMPFAIL: preemption, SIGTERM/SIGINT, I/O; a new attem
 # apiserver requires), a URI of a scheme the trainer reads, or a plain path.
 DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 LOCATION_PATTERN = rf"^(pvc://{DNS1123_SUBDOMAIN}(/.*)?|(hf|pkg|s3|gs)://\S+|[^:\s][^:]*)$"
+# registry[:port]/path/to/repo:tag for output.push. The registry must be named (a dot, a port or localhost), as
+# Docker requires of anything that is not Docker Hub; repository paths as the OCI distribution spec admits them.
+_OCI_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+OCI_REFERENCE_PATTERN = (r"^(localhost(:[0-9]+)?|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+(:[0-9]+)?|[A-Za-z0-9-]+:[0-9]+)"
+                         rf"/{_OCI_COMPONENT}(/{_OCI_COMPONENT})*:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}$")
 LAYER_SELECTOR_PATTERN = r"^(all|none|(last|first|every):[0-9]+|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$"
 
 
@@ -319,6 +324,29 @@ class TrainingSpec(ApiModel):
     )
 
 
+# What the operator hands output.push outside the config: the file with the registry credentials (the Secret's
+# dockerconfigjson, mounted; never in the environment) and the FineTuneJob's uid for the artifact's lineage.
+REGISTRY_AUTH_ENV = "FINETUNE_REGISTRY_AUTH"
+REGISTRY_SECRET_KEY = ".dockerconfigjson"
+JOB_UID_ENV = "FINETUNE_JOB_UID"
+
+
+class PushSpec(ApiModel):
+    """Where the final model goes as an OCI artifact (docs/export.md)."""
+
+    reference: str = Field(
+        min_length=1, max_length=512, pattern=OCI_REFERENCE_PATTERN,
+        description='Registry, repository and tag to push the final model (or adapter) to, e.g. '
+                    '"registry.example.com/team/mrpc-bert:v1" (no scheme; the registry host is required).',
+    )
+    secret_ref: SecretRef | None = Field(
+        None, description="Secret of type kubernetes.io/dockerconfigjson (kubectl create secret docker-registry) "
+                          "with credentials for the registry; unset pushes anonymously.",
+    )
+    insecure: bool = Field(False, description="Talk plain HTTP to the registry (a registry on a trusted network "
+                                              "only; the default is HTTPS).")
+
+
 class OutputSpec(ApiModel):
     location: str | None = Field(
         None, max_length=1024, pattern=LOCATION_PATTERN,
@@ -327,6 +355,10 @@ class OutputSpec(ApiModel):
     )
     keep_checkpoints: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep.")
     merge_adapter: bool = Field(False, description="lora/hybrid: also save the base model with adapters merged.")
+    push: PushSpec | None = Field(
+        None, description="Also push the final model to an OCI registry as an artifact with its lineage "
+                          "(base model, dataset fingerprint, strategy, metrics); status.outputs lists it.",
+    )
 
 
 class TrainerConfig(ApiModel):
