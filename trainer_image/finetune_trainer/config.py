@@ -12,6 +12,7 @@ message for both, so the two paths refuse the same specs with the same words.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -335,7 +336,7 @@ class PushSpec(ApiModel):
     """Where the final model goes as an OCI artifact (docs/export.md)."""
 
     reference: str = Field(
-        min_length=1, max_length=512, pattern=OCI_REFERENCE_PATTERN,
+        min_length=1, max_length=512, json_schema_extra={"pattern": OCI_REFERENCE_PATTERN},
         description='Registry, repository and tag to push the final model (or adapter) to, e.g. '
                     '"registry.example.com/team/mrpc-bert:v1" (no scheme; the registry host is required).',
     )
@@ -345,6 +346,16 @@ class PushSpec(ApiModel):
     )
     insecure: bool = Field(False, description="Talk plain HTTP to the registry (a registry on a trusted network "
                                               "only; the default is HTTPS).")
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v: str) -> str:
+        # The CRD checks the same pattern; here the refusal says what is expected instead of quoting the regex.
+        if not re.match(OCI_REFERENCE_PATTERN, v):
+            raise ValueError(f"{v!r} is not registry/repository:tag, e.g. registry.example.com/team/model:v1 (the "
+                             "registry host is required, a dot, a port or localhost in it; the repository in lower "
+                             "case; a tag, not a digest)")
+        return v
 
 
 class OutputSpec(ApiModel):
