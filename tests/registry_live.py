@@ -42,6 +42,10 @@ def crane_binary() -> Path:
     return require_tool(bin_dir / "crane", "tools/registry/build.sh")
 
 
+def listen_address() -> str:
+    return os.environ.get("FTO_REGISTRY_ADDRESS", "127.0.0.1")
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -52,7 +56,7 @@ class Registry:
     """One registry process storing blobs under ``workdir``; ``host`` is what a reference names (host:port)."""
 
     def __init__(self, binary: Path, workdir: Path, address: str | None = None):
-        listen = address or os.environ.get("FTO_REGISTRY_ADDRESS", "127.0.0.1")
+        listen = address or listen_address()
         self.host = f"{listen}:{free_port(listen)}"
         self.url = f"http://{self.host}"
         self.log = workdir / "registry.log"
@@ -97,13 +101,14 @@ class AuthProxy:
     """Token auth (the Docker registry token protocol) in front of ``upstream`` for one user; ``seen`` records each
     request as (method, path, Authorization header)."""
 
-    def __init__(self, upstream: Registry, user: str, password: str):
+    def __init__(self, upstream: Registry, user: str, password: str, address: str | None = None):
         self.upstream, self.token = upstream, secrets.token_hex(16)
         self.basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.seen: list[tuple[str, str, str]] = []
         proxy = self
-        port = free_port("127.0.0.1")
-        self.host, self.url = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+        listen = address or listen_address()
+        port = free_port(listen)
+        self.host, self.url = f"{listen}:{port}", f"http://{listen}:{port}"
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # quiet
@@ -138,7 +143,7 @@ class AuthProxy:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _any
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer((listen, port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:

@@ -207,3 +207,65 @@ def test_registry_answers_map_to_what_a_user_can_do(status, body, error):
     found = client._error("PUT", status, body)
     assert type(found) is error
     assert "registry.example.com" in str(found) and "team/x" in str(found)
+
+
+def test_finetune_run_pushes_with_the_docker_login_config_and_prints_the_outputs(registry, tiny_model_dir,
+                                                                                 sentiment_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import yaml
+    from finetune_operator import cli
+
+    proxy = AuthProxy(registry, "dev", "pw")
+    try:
+        docker = tmp_path / "docker"
+        docker.mkdir()
+        # As `docker login` writes it: the server key with a scheme, username and password.
+        (docker / "config.json").write_text(json.dumps({"auths": {f"http://{proxy.host}/v2/": {
+            "username": "dev", "password": "pw"}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+        monkeypatch.delenv(REGISTRY_AUTH_ENV, raising=False)
+        manifest = tmp_path / "job.yaml"
+        manifest.write_text(yaml.safe_dump({
+            "apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "pushed"},
+            "spec": {"model": {"source": str(tiny_model_dir("bert"))}, "task": "sequence-classification",
+                     "dataset": {"source": str(sentiment_dir), "maxLength": 32},
+                     "strategy": {"type": "lora", "lora": {"r": 4}},
+                     "training": {"epochs": 1, "batchSize": 16, "learningRate": 1e-2},
+                     "output": {"push": {"reference": f"{proxy.host}/local/pushed:dev", "insecure": True}}}}))
+        code = cli.main(["run", str(manifest), "--output", str(tmp_path / "out"), "--no-progress"])
+    finally:
+        proxy.stop()
+    assert code == 0
+    status = yaml.safe_load(capsys.readouterr().out)["status"]
+    [model, artifact] = status["outputs"]
+    _, digest = registry.manifest("local/pushed", "dev")
+    model_dir = tmp_path / "out" / "model"
+    assert model == {"kind": "model", "uri": str(model_dir), "digest": _sha256sum_digest(model_dir)}
+    assert artifact == {"kind": "oci", "uri": f"oci://{proxy.host}/local/pushed:dev@{digest}", "digest": digest}
+
+
+def test_the_export_record_is_reused_only_for_the_same_config_and_intact_files(registry, pushing, tmp_path):
+    from finetune_trainer import export
+
+    config = pushing(f"{registry.host}/team/record:v1")
+    train.run(config)
+    output = tmp_path / "out"
+    elsewhere = config.output.model_copy(update={"push": config.output.push.model_copy(update={
+        "reference": "other.example.com/x:y", "secretRef": push.PushSpec.model_validate(
+            {"reference": "a.b/c:d", "secretRef": {"name": "s"}}).secret_ref})})
+    assert export.load_record(output, config.model_copy(update={"output": elsewhere, "metrics_port": 9090}))
+    other_training = config.training.model_copy(update={"learning_rate": 5e-3})
+    assert export.load_record(output, config.model_copy(update={"training": other_training})) is None
+    with (output / "model" / "config.json").open("a") as f:
+        f.write(" ")
+    assert export.load_record(output, config) is None
+
+
+def test_an_auth_entry_that_is_not_base64_is_refused_naming_the_secret(pushing, tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": {"registry.example.com": {"auth": "not base64!"}}}))
+    monkeypatch.setenv(REGISTRY_AUTH_ENV, str(path))
+    spec = push.PushSpec.model_validate({"reference": "registry.example.com/t/m:v1",
+                                         "secretRef": {"name": "registry-push"}})
+    with pytest.raises(RegistryAuthFailed, match="registry.example.com in Secret 'registry-push'"):
+        push.credentials(spec, "registry.example.com")

@@ -32,6 +32,7 @@ from finetune_trainer import runtime
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.oci import sha256_file
 from finetune_trainer.strategies import Strategy
+from finetune_trainer.summary import now
 
 RECORD = "export.json"
 
@@ -105,13 +106,19 @@ def config_key(config: TrainerConfig) -> str:
     return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
 
 
-def write_record(output: Path, exported: Exported) -> None:
-    tmp = output / f".{RECORD}.tmp"
+def write_record(model: Path, config: TrainerConfig, form: str, lineage: dict[str, str],
+                 run: dict[str, Any]) -> Exported:
+    """Digest the exported ``model`` folder and record it beside it, atomically; rank 0 only."""
+    digest, files = tree_digest(model)
+    exported = Exported(form=form, digest=digest, files=files, created=now(), lineage=lineage, run=run,
+                        config=config_key(config))
+    tmp = model.parent / f".{RECORD}.tmp"
     with tmp.open("w") as f:
         json.dump(asdict(exported), f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, output / RECORD)
+    os.replace(tmp, model.parent / RECORD)
+    return exported
 
 
 def load_record(output: Path, config: TrainerConfig) -> Exported | None:

@@ -118,28 +118,26 @@ class Registry:
 
     # ------------------------------------------------------------------------------------------ HTTP and auth
     def _request(self, method: str, path: str, *, ok: tuple[int, ...], body: BinaryIO | bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
-        for authenticated in (False, True):
-            if hasattr(body, "seek"):
-                body.seek(0)  # type: ignore[union-attr]
-            request = urllib.request.Request(self.base + path, data=body, method=method, headers=dict(headers or {}))
-            if self.authorization:
-                request.add_header("Authorization", self.authorization)
-            try:
-                with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-                    return response.status, response.headers, response.read()
-            except urllib.error.HTTPError as exc:
-                status, reply_headers, reply = exc.code, exc.headers, exc.read()
-            except OSError as exc:  # URLError, refused, reset, timeouts, TLS
-                reason = getattr(exc, "reason", exc)
-                raise RegistryUnreachable(f"registry {self.ref.registry} unreachable ({reason})") from None
-            if status in ok:
-                return status, reply_headers, reply
-            if status == 401 and not authenticated:
-                self._authenticate(reply_headers.get("WWW-Authenticate", ""))
-                continue
-            raise self._error(method, status, reply)
-        raise AssertionError("unreachable")
+                 headers: dict[str, str] | None = None, retried: bool = False) -> tuple[int, Any, bytes]:
+        if hasattr(body, "seek"):
+            body.seek(0)  # type: ignore[union-attr]  # a file sent again after a 401
+        request = urllib.request.Request(self.base + path, data=body, method=method, headers=dict(headers or {}))
+        if self.authorization:
+            request.add_header("Authorization", self.authorization)
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            status, reply_headers, reply = exc.code, exc.headers, exc.read()
+        except OSError as exc:  # URLError, refused, reset, timeouts, TLS
+            reason = getattr(exc, "reason", exc)
+            raise RegistryUnreachable(f"registry {self.ref.registry} unreachable ({reason})") from None
+        if status in ok:
+            return status, reply_headers, reply
+        if status == 401 and not retried:  # anonymous, or a token that expired: authenticate and try once more
+            self._authenticate(reply_headers.get("WWW-Authenticate", ""))
+            return self._request(method, path, ok=ok, body=body, headers=headers, retried=True)
+        raise self._error(method, status, reply)
 
     def _authenticate(self, challenge: str) -> None:
         scheme, _, params = challenge.partition(" ")

@@ -109,19 +109,19 @@ def manifest(exported: Exported) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- credentials
 
-def _auth_file(spec: PushSpec) -> Path:
+def _auth_file() -> Path:
     if os.environ.get(REGISTRY_AUTH_ENV):
         return Path(os.environ[REGISTRY_AUTH_ENV])
     return Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
 
 
 def _source(spec: PushSpec) -> str:
-    return f"Secret {spec.secret_ref.name!r} (key {REGISTRY_SECRET_KEY})" if spec.secret_ref else str(_auth_file(spec))
+    return f"Secret {spec.secret_ref.name!r} (key {REGISTRY_SECRET_KEY})" if spec.secret_ref else str(_auth_file())
 
 
 def credentials(spec: PushSpec, registry: str) -> tuple[str, str] | None:
     """(user, password) for ``registry`` from the Docker config; None to push anonymously."""
-    path = _auth_file(spec)
+    path = _auth_file()
     try:
         auths = json.loads(path.read_text()).get("auths", {})
     except FileNotFoundError:
@@ -131,8 +131,8 @@ def credentials(spec: PushSpec, registry: str) -> tuple[str, str] | None:
                 "docker-registry", field="output.push.secretRef") from None
         return None
     except (OSError, ValueError, AttributeError) as exc:
-        raise RegistryAuthFailed(f"output.push.secretRef: {_source(spec)} is not a Docker config ({type(exc).__name__})",
-                                 field="output.push.secretRef") from None
+        raise RegistryAuthFailed(f"output.push.secretRef: {_source(spec)} is not a Docker config "
+                                 f"({type(exc).__name__})", field="output.push.secretRef") from None
     hosts = {key.split("://", 1)[-1].split("/", 1)[0]: entry for key, entry in auths.items()}
     entry = hosts.get(registry)
     if entry is None:
@@ -141,10 +141,14 @@ def credentials(spec: PushSpec, registry: str) -> tuple[str, str] | None:
                                      f"{registry} (it has: {', '.join(sorted(hosts)) or 'none'})",
                                      field="output.push.secretRef")
         return None
-    if entry.get("auth"):
-        user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-        return user, password
-    return entry.get("username", ""), entry.get("password", "")
+    if not entry.get("auth"):
+        return entry.get("username", ""), entry.get("password", "")
+    try:
+        user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+    except ValueError:  # binascii.Error and UnicodeDecodeError both are
+        raise RegistryAuthFailed(f"output.push.secretRef: the auth of registry {registry} in {_source(spec)} is not "
+                                 "base64 of user:password", field="output.push.secretRef") from None
+    return user, password
 
 
 # ---------------------------------------------------------------------------------------------- push

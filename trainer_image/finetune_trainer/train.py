@@ -3,8 +3,9 @@
 ``run(config)`` → ``Recipe.setup`` (pre-flight: data and columns, model, layer selection, strategy; then placement,
 batches, optimizer, resume from the newest complete checkpoint) → ``Recipe.train`` (epochs of length-grouped
 batches; gradient accumulation, clipping, learning-rate schedule; evaluation, early stopping, checkpoints; a
-NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) → ``Recipe.save_model`` (the model and its export record) → ``Recipe.push`` (``output.push``) → summary. An attempt
-that finds this config's export record skips straight to the push, so a failed push is retried without training.
+NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) → ``Recipe.save_model`` (the model
+and its export record) → ``Recipe.push`` (``output.push``) → summary. An attempt that finds this config's export
+record skips straight to the push, so a failed push is retried without training.
 
 The recipe only sequences; each step's details live in the module that owns them: tasks/ (data to features,
 evaluation), strategies.py (what trains), optim.py (optimizer, schedule, the gradient step), runtime.py (device,
@@ -307,12 +308,8 @@ class Recipe:
         output = self.config.output
         target = export.save_model(self.strategy, self.tokenizer, self.output, self.rt, output.merge_adapter)
         if self.rt.is_main:
-            digest, files = export.tree_digest(target)
-            exported = export.Exported(
-                form=export.form(self.strategy), digest=digest, files=files, created=summary.now(),
-                lineage=push.lineage(self.config), run=self.report.run_state(), config=export.config_key(self.config))
-            export.write_record(self.output, exported)
-            self._exported(exported)
+            self._exported(export.write_record(target, self.config, export.form(self.strategy),
+                                               push.lineage(self.config), self.report.run_state()))
 
     def reuse_export(self) -> bool:
         """Take over the export record of an earlier attempt of this config, if there is one: its model is final."""
