@@ -116,7 +116,10 @@ def _auth_file() -> Path:
 
 
 def _source(spec: PushSpec) -> str:
-    return f"Secret {spec.secret_ref.name!r} (key {REGISTRY_SECRET_KEY})" if spec.secret_ref else str(_auth_file())
+    """Where the credentials come from, as the user knows it: the Secret in a pod, the Docker config locally."""
+    if spec.secret_ref and os.environ.get(REGISTRY_AUTH_ENV):
+        return f"Secret {spec.secret_ref.name!r} (key {REGISTRY_SECRET_KEY})"
+    return str(_auth_file())
 
 
 def credentials(spec: PushSpec, registry: str) -> tuple[str, str] | None:
@@ -126,9 +129,10 @@ def credentials(spec: PushSpec, registry: str) -> tuple[str, str] | None:
         auths = json.loads(path.read_text()).get("auths", {})
     except FileNotFoundError:
         if spec.secret_ref:
-            raise RegistryAuthFailed(
-                f"output.push.secretRef: {_source(spec)} is missing; create it with kubectl create secret "
-                "docker-registry", field="output.push.secretRef") from None
+            hint = ("kubectl create secret docker-registry creates it" if os.environ.get(REGISTRY_AUTH_ENV)
+                    else "docker login writes it")
+            raise RegistryAuthFailed(f"output.push.secretRef: {_source(spec)} is missing; {hint}",
+                                     field="output.push.secretRef") from None
         return None
     except (OSError, ValueError, AttributeError) as exc:
         raise RegistryAuthFailed(f"output.push.secretRef: {_source(spec)} is not a Docker config "
