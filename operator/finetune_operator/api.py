@@ -163,6 +163,20 @@ class OutputStatus(ApiModel):
     location: str
 
 
+class OutputKind(str, enum.Enum):
+    MODEL = "model"  # the final model's files at output.location
+    OCI = "oci"  # the artifact output.push sent to a registry
+
+
+class ProducedOutput(ApiModel):
+    """One thing the job produced, where it is and its content digest (docs/export.md says how each is computed)."""
+
+    kind: OutputKind = Field(description="model (the files at output.location) or oci (the registry artifact).")
+    uri: str = Field(max_length=2048, description="pvc://..., a path, or oci://registry/repo:tag@sha256:...")
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256 of the model's file listing "
+                        "(sha256sum format, sorted by path), or the artifact's manifest digest.")
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     conditions: list[Condition] | None = Field(None, json_schema_extra={
@@ -178,6 +192,8 @@ class FineTuneJobStatus(ApiModel):
     parameters: Parameters | None = None
     checkpoint: CheckpointStatus | None = None
     output: OutputStatus | None = None
+    outputs: list[ProducedOutput] | None = Field(
+        None, max_length=16, description="Every output the job produced, each with its URI and digest.")
 
 
 class ObjectMeta(ApiModel):

@@ -17,13 +17,16 @@ from finetune_operator.names import (COMPLETION_INDEX_ANNOTATION, CONTAINER, att
                                      selector_labels)
 from finetune_operator.places import SCRATCH_OUTPUT, InPod, trainer_config
 from finetune_operator.settings import Settings
-from finetune_trainer.config import EXIT_PERMANENT
+from finetune_trainer.config import (EXIT_PERMANENT, JOB_UID_ENV, REGISTRY_AUTH_ENV,
+                                     REGISTRY_SECRET_KEY as SECRET_KEY)
 from finetune_trainer.locations import PVC_ROOT_ENV, claim_of
 
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+# output.push.secretRef's dockerconfigjson, read by the trainer only (push.py), never put in the environment.
+REGISTRY_AUTH_DIR = "/var/run/secrets/finetune.io/registry"
 
 
 def owner_reference(ftj: FineTuneJob) -> dict[str, Any]:
@@ -82,6 +85,14 @@ def _volumes(ftj: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[d
     if not ftj.spec.output.location:
         volumes.append({"name": "output", "emptyDir": {}})
         mounts.append({"name": "output", "mountPath": SCRATCH_OUTPUT})
+    push = ftj.spec.output.push
+    if push and push.secret_ref:
+        # Optional: a missing Secret or key then fails the trainer's pre-flight with a message naming them,
+        # instead of a pod that waits for its volume forever.
+        volumes.append({"name": "registry-auth", "secret": {
+            "secretName": push.secret_ref.name, "optional": True,
+            "items": [{"key": SECRET_KEY, "path": SECRET_KEY}]}})
+        mounts.append({"name": "registry-auth", "mountPath": REGISTRY_AUTH_DIR, "readOnly": True})
     return volumes, mounts
 
 
@@ -165,6 +176,12 @@ def _env(ftj: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
     ]
+    uid = getattr(ftj.metadata, "uid", None)
+    if uid:  # the artifact's lineage names the FineTuneJob (push.py)
+        env.append({"name": JOB_UID_ENV, "value": uid})
+    push = ftj.spec.output.push
+    if push and push.secret_ref:
+        env.append({"name": REGISTRY_AUTH_ENV, "value": f"{REGISTRY_AUTH_DIR}/{SECRET_KEY}"})
     if ftj.spec.resources.nodes > 1:
         # Declared (the Job controller would inject it too) so that the command's $(JOB_COMPLETION_INDEX) expands.
         env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {

@@ -1,7 +1,7 @@
 """The FineTuneJob's status after a decision: conditions, attempts, times, and what the trainer reported.
 
 ``next_status`` is the whole status the reconciler writes after lifecycle.decide; the trainer's summary (as
-summary.read_summary returns it) settles progress, metrics, parameters and locations through
+summary.read_summary returns it) settles progress, metrics, parameters, locations and outputs through
 ``status_from_summary``, which `finetune run` uses too, so a local run prints exactly what the cluster would show.
 """
 
@@ -57,7 +57,7 @@ def next_status(o: Observed, d: Decision) -> dict[str, Any]:
         status["metrics"] = {**status.get("metrics", {}), **(o.scraped.get("metrics") or {})}
     if d.summary:
         settled = status_from_summary(d.summary).wire()
-        for key in ("progress", "parameters", "checkpoint", "output"):
+        for key in ("progress", "parameters", "checkpoint", "output", "outputs"):
             if key in settled:
                 status[key] = settled[key]
         status["metrics"] = {**status.get("metrics", {}), **settled.get("metrics", {})}
@@ -91,6 +91,8 @@ def status_from_summary(summary: dict[str, Any]) -> FineTuneJobStatus:
         "parameters": summary.get("parameters"),
         "checkpoint": summary.get("checkpoint"),
         "output": summary.get("output") if summary.get("phase") == "Succeeded" else None,
+        # What exists exists: a model exported before a failed push is listed with its digest.
+        "outputs": summary.get("outputs") or None,
         "startTime": summary.get("startTime"),
         "completionTime": summary.get("completionTime") if summary.get("phase") != "Interrupted" else None,
     }

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from finetune_operator.api import CheckpointStatus, OutputStatus, Parameters, Progress
+from finetune_operator.api import CheckpointStatus, OutputStatus, Parameters, ProducedOutput, Progress
 
 # The phases a summary can report ("Interrupted": a retryable stop, the FineTuneJob is not over).
 PHASES = ("Succeeded", "Failed", "Interrupted")
@@ -56,10 +56,19 @@ def read_summary(raw: dict[str, Any]) -> dict[str, Any]:
             out[key] = model.model_validate(raw.get(key)).wire()
         except ValidationError:
             pass
+    if isinstance(raw.get("outputs"), list):
+        out["outputs"] = [entry for entry in map(_output, raw["outputs"]) if entry]
     for key in ("startTime", "completionTime"):
         if isinstance(raw.get(key), str) and _is_time(raw[key]):
             out[key] = raw[key]
     return out
+
+
+def _output(raw: Any) -> dict[str, Any] | None:
+    try:
+        return ProducedOutput.model_validate(raw).wire()
+    except ValidationError:
+        return None
 
 
 def _is_time(value: str) -> bool:

@@ -231,6 +231,25 @@ def test_finetunejob_crd_is_served_with_columns_and_cel(control_plane: ControlPl
         pytest.skip("the FineTuneJob CRD has no CEL rule this test knows how to violate")
 
 
+def test_the_apiserver_checks_output_push_references(control_plane: ControlPlane, namespace: str) -> None:
+    """The reference pattern of output.push is one the apiserver's regexp engine compiles and enforces."""
+    cp = control_plane
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=fto-tests", "-f", str(FTJ_CRD))
+    _wait_established(cp, yaml.safe_load(FTJ_CRD.read_text())["metadata"]["name"])
+
+    def create(reference: str) -> subprocess.CompletedProcess:
+        ftj = {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": f"push-{_uid()}"},
+               "spec": {"model": {"source": "hf://org/tiny-model"}, "task": "sequence-classification",
+                        "dataset": {"source": "hf://glue?config=mrpc"}, "strategy": {"type": "full"},
+                        "output": {"push": {"reference": reference, "secretRef": {"name": "registry-push"}}}}}
+        return cp.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(ftj), check=False)
+
+    assert cp.wait_for(lambda: create("10.245.0.1:5000/fto/e2e:v1").returncode == 0 or None, timeout=30,
+                       what="a FineTuneJob with output.push to be created")
+    refused = create("fto/e2e:v1")
+    assert refused.returncode != 0 and "spec.output.push.reference" in refused.stderr, refused.stderr
+
+
 # --------------------------------------------------------------------------------- Jobs on KWOK
 
 

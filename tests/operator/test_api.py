@@ -55,6 +55,15 @@ def test_a_good_finetunejob_gets_the_defaults_the_crd_has():
     ({"training__learningRate": 0}, "spec.training.learningRate: Input should be greater than 0"),
     ({"training__batchsize": 8}, "spec.training.batchsize: unknown field"),
     ({"dataset__eval": "dev", "dataset__evalFraction": 0.2}, "dataset.eval and dataset.evalFraction are exclusive"),
+    ({"output__push": {"reference": "team/model:v1"}}, "spec.output.push.reference: 'team/model:v1' "
+                                                      "is not registry/repository:tag"),
+    ({"output__push": {"reference": "registry.example.com/team/model"}}, "is not registry/repository:tag"),
+    ({"output__push": {"reference": "registry.example.com/Team/model:v1"}}, "is not registry/repository:tag"),
+    ({"output__push": {"reference": "https://registry.example.com/team/model:v1"}}, "is not registry/repository:tag"),
+    ({"output__push": {"reference": "r.example.com/m:v1", "secretRef": {"name": "Bad_Name"}}},
+     "spec.output.push.secretRef.name: String should match pattern"),
+    ({"output__push": {"reference": "r.example.com/m:v1", "insecure": "maybe"}},
+     "spec.output.push.insecure: Input should be a valid boolean"),
 ])
 def test_bad_specs_are_refused_naming_the_field(overrides, words):
     assert words in refusal(finetunejob(**overrides))
@@ -64,3 +73,11 @@ def test_name_too_long_for_child_names():
     doc = finetunejob()
     doc["metadata"]["name"] = "x" * 60
     assert "metadata.name: String should have at most 52 characters" in refusal(doc)
+
+
+@pytest.mark.parametrize("reference", ["registry.example.com/team/model:v1", "localhost:5000/m:latest",
+                                       "10.245.0.1:5000/fto/e2e:run-1", "localhost/a/b/c:1.0_rc-2",
+                                       "ghcr.io/org/my__model.x:V1"])
+def test_push_references_the_registries_accept(reference):
+    parsed = parse_finetunejob(finetunejob(output__push={"reference": reference}))
+    assert parsed.spec.output.push.reference == reference and parsed.spec.output.push.insecure is False

@@ -71,3 +71,18 @@ def test_defaults_enums_and_ranges_reach_the_schema():
 def test_crd_file_is_one_yaml_document():
     docs = list(yaml.safe_load_all(CRD_FILE.read_text()))
     assert len(docs) == 1 and docs[0]["kind"] == "CustomResourceDefinition"
+
+
+def test_push_reference_pattern_and_outputs_reach_the_schema():
+    import re
+
+    from finetune_trainer.config import OCI_REFERENCE_PATTERN
+
+    spec = root_schema()["properties"]["spec"]
+    push = spec["properties"]["output"]["properties"]["push"]
+    assert push["required"] == ["reference"]
+    assert push["properties"]["reference"]["pattern"] == OCI_REFERENCE_PATTERN
+    assert re.match(push["properties"]["reference"]["pattern"], "registry.example.com/team/m:v1")
+    assert push["properties"]["secretRef"]["required"] == ["name"]
+    outputs = root_schema()["properties"]["status"]["properties"]["outputs"]["items"]["properties"]
+    assert outputs["kind"]["enum"] == ["model", "oci"] and outputs["digest"]["pattern"] == r"^sha256:[0-9a-f]{64}$"

@@ -103,3 +103,17 @@ def test_until_the_first_sync_every_pass_lists():
         reconciler(kube, children).reconcile(NS, "mrpc")
         assert kube.calls[:2] == ["GET", "LIST"]
 
+
+
+def test_the_outputs_of_the_termination_message_reach_status_with_their_digests():
+    import json
+
+    from finetune_trainer.summary import termination_message
+
+    outputs = [{"kind": "model", "uri": "pvc://ckpt/run/model", "digest": "sha256:" + "1" * 64},
+               {"kind": "oci", "uri": "oci://r.example.com/t/m:v1@sha256:" + "2" * 64, "digest": "sha256:" + "2" * 64}]
+    message = termination_message({**json.loads(SUMMARY), "outputs": outputs})
+    kube = FakeKube(ftj(status={"phase": "Running", "attempts": 1, "startTime": "2025-01-01T11:00:00Z"}))
+    kube.jobs, kube.pods = [job(complete=True, rv=200)], [pod(phase="Succeeded", state=terminated(0, message), rv=199)]
+    reconciler(kube, synced(*kube.jobs, *kube.pods)).reconcile(NS, "mrpc")
+    assert kube.ftjs["mrpc"]["status"]["outputs"] == outputs

@@ -50,6 +50,7 @@ CASES = {
     "quickstart": lambda: _ftj("quickstart.yaml"),
     "single-node-2gpu": lambda: _ftj("cluster-llama-2gpu.yaml"),
     "multi-node-2x4gpu": multinode_ftj,
+    "export-oci": lambda: _ftj("export-oci.yaml"),
 }
 
 
@@ -231,3 +232,30 @@ def test_multi_node_is_an_indexed_job_with_rendezvous_on_rank_0():
     assert "job-completion-index" in index_env["valueFrom"]["fieldRef"]["fieldPath"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert {"name": "rendezvous", "containerPort": 29500} in container["ports"]
+
+
+def test_push_credentials_are_a_mounted_file_and_the_uid_an_env_var():
+    job = _objects(_ftj("export-oci.yaml"))[0]["Job"]
+    pod = _pod(job)
+    [container] = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FINETUNE_JOB_UID"] == {"name": "FINETUNE_JOB_UID", "value": UID}
+    assert env["FINETUNE_REGISTRY_AUTH"]["value"] == "/var/run/secrets/finetune.io/registry/.dockerconfigjson"
+    # The Secret is a read-only file for the trainer, never environment (which `kubectl describe` and crash
+    # dumps show); optional, so a missing Secret fails the trainer's pre-flight with its name instead of a pod
+    # that waits for the volume.
+    assert "envFrom" not in container
+    [volume] = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"] == {"secretName": "registry-push", "optional": True,
+                                "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}]}
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": "/var/run/secrets/finetune.io/registry", "readOnly": True}
+    config = yaml.safe_load(_objects(_ftj("export-oci.yaml"))[0]["ConfigMap"]["data"]["config.yaml"])
+    assert config["output"]["push"] == {"reference": "registry.example.com/nlp/reviews-lora:v1",
+                                        "secretRef": {"name": "registry-push"}, "insecure": False}
+
+
+def test_no_push_no_registry_volume():
+    pod = _pod(_objects(_ftj("quickstart.yaml"))[0]["Job"])
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    assert "FINETUNE_REGISTRY_AUTH" not in {e["name"] for e in pod["containers"][0]["env"]}

@@ -21,3 +21,29 @@ def test_parts_that_do_not_fit_are_dropped_one_by_one():
     assert set(read) == {"message", "metrics", "checkpoint"}
     assert len(read["message"]) == 4096 and read["message"].endswith("…")
     assert read["metrics"] == {"evalF1": 0.5}
+
+
+MODEL_DIGEST = "sha256:" + "a" * 64
+ARTIFACT_DIGEST = "sha256:" + "b" * 64
+
+
+def test_outputs_pass_each_checked_on_its_own():
+    good = [{"kind": "model", "uri": "pvc://models/x/model", "digest": MODEL_DIGEST},
+            {"kind": "oci", "uri": f"oci://r.example.com/t/m:v1@{ARTIFACT_DIGEST}", "digest": ARTIFACT_DIGEST}]
+    bad = [{"kind": "tarball", "uri": "x", "digest": MODEL_DIGEST}, {"kind": "model", "uri": "x", "digest": "md5:1"},
+           "not an object"]
+    assert read_summary({"outputs": good + bad})["outputs"] == good
+    assert "outputs" not in read_summary({"outputs": "everything"})
+
+
+def test_status_lists_the_outputs_even_when_the_push_failed():
+    from finetune_operator.status import status_from_summary
+
+    model = {"kind": "model", "uri": "pvc://models/x/model", "digest": MODEL_DIGEST}
+    failed = status_from_summary(read_summary({"phase": "Failed", "reason": "RegistryUnavailable",
+                                               "outputs": [model]})).wire()
+    assert failed["outputs"] == [model] and "output" not in failed
+    artifact = {"kind": "oci", "uri": f"oci://r.example.com/t/m:v1@{ARTIFACT_DIGEST}", "digest": ARTIFACT_DIGEST}
+    done = status_from_summary(read_summary({"phase": "Succeeded", "output": {"location": "pvc://models/x/model"},
+                                             "outputs": [model, artifact]})).wire()
+    assert done["outputs"] == [model, artifact]

@@ -12,6 +12,7 @@ message for both, so the two paths refuse the same specs with the same words.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +28,11 @@ EXIT_RETRYABLE = 75  # EX_TEMPFAIL: preemption, SIGTERM/SIGINT, I/O; a new attem
 # apiserver requires), a URI of a scheme the trainer reads, or a plain path.
 DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 LOCATION_PATTERN = rf"^(pvc://{DNS1123_SUBDOMAIN}(/.*)?|(hf|pkg|s3|gs)://\S+|[^:\s][^:]*)$"
+# registry[:port]/path/to/repo:tag for output.push. The registry must be named (a dot, a port or localhost), as
+# Docker requires of anything that is not Docker Hub; repository paths as the OCI distribution spec admits them.
+_OCI_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+OCI_REFERENCE_PATTERN = (r"^(localhost(:[0-9]+)?|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+(:[0-9]+)?|[A-Za-z0-9-]+:[0-9]+)"
+                         rf"/{_OCI_COMPONENT}(/{_OCI_COMPONENT})*:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}$")
 LAYER_SELECTOR_PATTERN = r"^(all|none|(last|first|every):[0-9]+|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$"
 
 
@@ -319,6 +325,39 @@ class TrainingSpec(ApiModel):
     )
 
 
+# What the operator hands output.push outside the config: the file with the registry credentials (the Secret's
+# dockerconfigjson, mounted; never in the environment) and the FineTuneJob's uid for the artifact's lineage.
+REGISTRY_AUTH_ENV = "FINETUNE_REGISTRY_AUTH"
+REGISTRY_SECRET_KEY = ".dockerconfigjson"
+JOB_UID_ENV = "FINETUNE_JOB_UID"
+
+
+class PushSpec(ApiModel):
+    """Where the final model goes as an OCI artifact (docs/export.md)."""
+
+    reference: str = Field(
+        min_length=1, max_length=512, json_schema_extra={"pattern": OCI_REFERENCE_PATTERN},
+        description='Registry, repository and tag to push the final model (or adapter) to, e.g. '
+                    '"registry.example.com/team/mrpc-bert:v1" (no scheme; the registry host is required).',
+    )
+    secret_ref: SecretRef | None = Field(
+        None, description="Secret of type kubernetes.io/dockerconfigjson (kubectl create secret docker-registry) "
+                          "with credentials for the registry; unset pushes anonymously.",
+    )
+    insecure: bool = Field(False, description="Talk plain HTTP to the registry (a registry on a trusted network "
+                                              "only; the default is HTTPS).")
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v: str) -> str:
+        # The CRD checks the same pattern; here the refusal says what is expected instead of quoting the regex.
+        if not re.match(OCI_REFERENCE_PATTERN, v):
+            raise ValueError(f"{v!r} is not registry/repository:tag, e.g. registry.example.com/team/model:v1 (the "
+                             "registry host is required, a dot, a port or localhost in it; the repository in lower "
+                             "case; a tag, not a digest)")
+        return v
+
+
 class OutputSpec(ApiModel):
     location: str | None = Field(
         None, max_length=1024, pattern=LOCATION_PATTERN,
@@ -327,6 +366,10 @@ class OutputSpec(ApiModel):
     )
     keep_checkpoints: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep.")
     merge_adapter: bool = Field(False, description="lora/hybrid: also save the base model with adapters merged.")
+    push: PushSpec | None = Field(
+        None, description="Also push the final model to an OCI registry as an artifact with its lineage "
+                          "(base model, dataset fingerprint, strategy, metrics); status.outputs lists it.",
+    )
 
 
 class TrainerConfig(ApiModel):

@@ -47,6 +47,18 @@ class NonFiniteLoss(PermanentError):
     reason = "NonFiniteLoss"
 
 
+class RegistryAuthFailed(PermanentError):
+    """The registry refused output.push's credentials, or the Secret holds none for it."""
+
+    reason = "RegistryAuthFailed"
+
+
+class RegistryRejected(PermanentError):
+    """The registry refused the push itself: unknown or invalid repository, a manifest it does not accept."""
+
+    reason = "RegistryRejected"
+
+
 class RetryableError(TrainerError):
     exit_code = EXIT_RETRYABLE
     reason = "Retryable"
@@ -60,3 +72,9 @@ class Interrupted(RetryableError):
 
 class StorageError(RetryableError):
     reason = "StorageError"
+
+
+class RegistryUnavailable(RetryableError):
+    """The registry could not be reached or failed (5xx, 429); the next attempt pushes again, without training."""
+
+    reason = "RegistryUnavailable"

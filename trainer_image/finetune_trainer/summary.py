@@ -7,7 +7,11 @@ Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kube
      "startTime", "completionTime", "progress": {"step", "totalSteps", "epoch"},
      "metrics": {"trainLoss", "evalLoss", "evalAccuracy", ..., "samplesPerSecond", "tokensPerSecond"},
      "parameters": {"trainable", "total"}, "checkpoint": {"location", "step"} | null,
-     "output": {"location"}, "metricsUrl"}
+     "output": {"location"}, "outputs": [{"kind": "model" | "oci", "uri", "digest"}], "metricsUrl"}
+
+``outputs`` lists what the run produced, each with a digest: the model at ``<output>/model`` (export.tree_digest)
+and, with ``output.push``, the artifact in the registry (``oci://registry/repo:tag@sha256:...``, the manifest's
+digest).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ def metric_key(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+RUN_STATE = ("step", "total_steps", "epoch", "metrics", "trainable", "total", "checkpoint")
+
+
 @dataclass
 class Report:
     """What the run has to say about itself so far; ``as_dict`` renders the summary."""
@@ -53,6 +60,16 @@ class Report:
     checkpoint: dict[str, Any] | None = None
     model_location: str | None = None
     metrics_url: str | None = None
+    outputs: list[dict[str, str]] = field(default_factory=list)
+
+    def run_state(self) -> dict[str, Any]:
+        """Where the run ended, kept in the export record so a push-only attempt reports the same summary."""
+        return {k: getattr(self, k) for k in RUN_STATE}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for key in RUN_STATE:
+            if key in state:
+                setattr(self, key, state[key])
 
     def record_metrics(self, values: dict[str, float]) -> None:
         self.metrics.update({metric_key(k): float(v) for k, v in values.items()})
@@ -71,6 +88,7 @@ class Report:
             "parameters": {"trainable": self.trainable, "total": self.total},
             "checkpoint": self.checkpoint,
             "output": {"location": self.model_location or self.output_location},
+            "outputs": self.outputs,
             "metricsUrl": self.metrics_url,
         }
 

@@ -3,12 +3,15 @@
 ``run(config)`` → ``Recipe.setup`` (pre-flight: data and columns, model, layer selection, strategy; then placement,
 batches, optimizer, resume from the newest complete checkpoint) → ``Recipe.train`` (epochs of length-grouped
 batches; gradient accumulation, clipping, learning-rate schedule; evaluation, early stopping, checkpoints; a
-NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) → ``Recipe.save_model`` → summary.
+NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) → ``Recipe.save_model`` (the model
+and its export record) → ``Recipe.push`` (``output.push``) → summary. An attempt that finds this config's export
+record skips straight to the push, so a failed push is retried without training.
 
 The recipe only sequences; each step's details live in the module that owns them: tasks/ (data to features,
 evaluation), strategies.py (what trains), optim.py (optimizer, schedule, the gradient step), runtime.py (device,
 distribution, precision), checkpoints.py (atomic saves across ranks), stopping.py (signals, early stopping),
-progress.py (gauges, summary, progress bar, log), export.py (the final model), locations.py (paths both ways).
+progress.py (gauges, summary, progress bar, log), export.py (the final model), push.py (the registry artifact),
+locations.py (paths both ways).
 
 ``run`` writes the summary (``summary.py``) whatever happens, then re-raises a ``TrainerError`` on failure so
 ``python -m finetune_trainer`` can exit with its code.
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from finetune_trainer import batching, checkpoints, data, export, locations, models, optim, runtime, summary
+from finetune_trainer import batching, checkpoints, data, export, locations, models, optim, push, runtime, summary
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import Interrupted, NonFiniteLoss, OutOfMemory, StorageError, TrainerError
 from finetune_trainer.layers import resolve_layout
@@ -57,9 +60,12 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
             log.setLevel(logging.WARNING)  # one rank's log lines are enough
         stop.install()
         recipe = Recipe(config, output, rt, telemetry, report, stop, progress_bar)
-        recipe.setup()
-        recipe.train()
-        recipe.save_model()
+        if not recipe.reuse_export():  # an earlier attempt exported this config's model: only the push is left
+            recipe.setup()
+            recipe.train()
+            recipe.save_model()
+        # Evaluation gates (issue 16) go here: nothing is pushed unless the model passed them.
+        recipe.push()
     except TrainerError as exc:
         error = exc
     except torch.cuda.OutOfMemoryError as exc:
@@ -115,6 +121,7 @@ class Recipe:
         self.progress = Progress(config.name, telemetry, report, rt.device, rt.world_size, config.training.log_every,
                                  bar=progress_bar and rt.is_main)
         self.state = TrainState()
+        self.exported: export.Exported | None = None  # rank 0's export record, once the model is exported
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -122,6 +129,8 @@ class Recipe:
         _seed_everything(training.seed)
 
         # Pre-flight: everything that can be wrong with the spec fails here, before the first step.
+        if cfg.output.push and self.rt.is_main:
+            push.preflight(cfg.output.push)
         self.task = get_task(cfg.task)
         self.task.configure(training)
         self.tokenizer = models.load_tokenizer(cfg.model)
@@ -295,10 +304,34 @@ class Recipe:
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
 
     def save_model(self) -> None:
-        """The final model in ``<output>/model`` (export.py decides its form)."""
+        """The final model in ``<output>/model`` (export.py decides its form), then rank 0's export record."""
         output = self.config.output
         target = export.save_model(self.strategy, self.tokenizer, self.output, self.rt, output.merge_adapter)
-        self.report.model_location = locations.user_location(target, output.location)
+        if self.rt.is_main:
+            self._exported(export.write_record(target, self.config, export.form(self.strategy),
+                                               push.lineage(self.config), self.report.run_state()))
+
+    def reuse_export(self) -> bool:
+        """Take over the export record of an earlier attempt of this config, if there is one: its model is final."""
+        exported = export.load_record(self.output, self.config)
+        if exported is None:
+            return False
+        self.report.restore(exported.run)
+        if self.rt.is_main:
+            log.info("the model in %s/model was exported by an earlier attempt; not training again", self.output)
+            self._exported(exported)
+        return True
+
+    def _exported(self, exported: export.Exported) -> None:
+        self.exported = exported
+        location = locations.user_location(self.output / "model", self.config.output.location)
+        self.report.model_location = location
+        self.report.outputs.append({"kind": "model", "uri": location, "digest": exported.digest})
+
+    def push(self) -> None:
+        """``output.push``: the exported model to its registry, from rank 0 (the others are done)."""
+        if self.config.output.push and self.rt.is_main:
+            self.report.outputs.append(push.push(self.config.output.push, self.output / "model", self.exported))
 
 
 def _seed_everything(seed: int) -> None:
