@@ -1,6 +1,6 @@
 """The `finetune` command: run and plan jobs locally, print the CRD, run the operator.
 
-Every user error ends in one line on stderr that names the field, and a non-zero exit code; tracebacks are for
+Every user error ends in one line per problem on stderr, each naming the field, and a non-zero exit code; tracebacks are for
 bugs only.
 """
 
@@ -19,7 +19,8 @@ from finetune_trainer.config import EXIT_PERMANENT, EXIT_RETRYABLE, EXIT_SUCCESS
 
 
 def _fail(message: str, code: int = EXIT_PERMANENT) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    for line in message.splitlines():  # one line per problem, each a complete error
+        print(f"error: {line}", file=sys.stderr)
     return code
 
 
