@@ -128,7 +128,8 @@ class ConditionStatus(str, enum.Enum):
 class Condition(ApiModel):
     """One aspect of the job's state, as Kubernetes conditions are."""
 
-    type: str = Field(max_length=316, description="Created, Running, Succeeded, Failed or Suspended.")
+    type: str = Field(max_length=316, description="Ready (the summary, with the latest reason and message), "
+                                                  "Running, Succeeded, Failed or Suspended.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(max_length=1024, description="Why, in one CamelCase word (e.g. Retrying, ImagePullFailed).")
     message: str = Field("", max_length=32768, description="What happened, for a person.")
