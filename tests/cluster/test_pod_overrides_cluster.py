@@ -84,3 +84,27 @@ def test_every_override_reaches_a_pod_admitted_under_restricted(env: Env) -> Non
     assert spec["imagePullSecrets"] == [{"name": "registry-credentials"}]
     assert spec["affinity"] == pod_overrides["affinity"]
     assert {"key": "example.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+def _undescribed(explained: str) -> list[str]:
+    """The fields `kubectl explain` lists ("  name<TAB><type>") without a description (a line indented 4) before
+    the blank line that ends the field."""
+    undescribed, field, described = [], None, False
+    for line in explained.split("FIELDS:", 1)[1].splitlines() + [""]:
+        if line.startswith("  ") and "\t<" in line:
+            field, described = line.split()[0], False
+        elif line.startswith("    ") and line.strip():
+            described = True
+        elif not line.strip() and field:
+            if not described:
+                undescribed.append(field)
+            field = None
+    return undescribed
+
+
+@pytest.mark.parametrize("path", ["spec", "spec.pod", "spec.pod.volumes", "spec.resources", "spec.strategy",
+                                  "status", "status.progress", "status.conditions"])
+def test_kubectl_explain_describes_every_field(control_plane: ControlPlane, path: str) -> None:
+    install_crd(control_plane)
+    explained = control_plane.kubectl("explain", f"finetunejob.{path}").stdout
+    assert _undescribed(explained) == [], explained
