@@ -56,7 +56,8 @@ def _stand_in_crd(kind: str, plural: str) -> dict[str, Any]:
 def _ensure_monitoring_crds(cp: ControlPlane) -> None:
     # Created only where absent (a real prometheus-operator's CRDs are never replaced) and left in place: they
     # are inert, and other sessions sharing the plane may be using them at the same moment.
-    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors")):
+    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors"),
+                         ("PrometheusRule", "prometheusrules")):
         name = f"{plural}.monitoring.coreos.com"
         if cp.kubectl("get", "crd", name, check=False).returncode != 0:
             created = cp.kubectl("create", "-f", "-", input=yaml.safe_dump(_stand_in_crd(kind, plural)), check=False)
