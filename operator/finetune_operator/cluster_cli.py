@@ -30,7 +30,8 @@ from finetune_trainer.config import EXIT_PERMANENT, EXIT_RETRYABLE, EXIT_SUCCESS
 EXIT_OTHER_OUTCOME = 1
 EXIT_TIMEOUT = 124
 PHASES = [p.value for p in Phase]
-# A container that has not started answers a log request with 400; `logs -f` waits for it this often.
+# Between two looks at a followed job: for a retry's new pods, or a container that has not started (its log
+# request answers 400 until it does).
 WAIT_INTERVAL = 1.0
 
 
@@ -86,44 +87,47 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return EXIT_SUCCESS
 
 
-def _print_log(session: Session, source: jobview.LogSource, follow: bool) -> None:
+def _print_log(session: Session, source: jobview.LogSource, follow: bool) -> bool:
+    """Copy one pod's log to stdout: False when, following, its container has not started yet (ask again later)."""
     out = sys.stdout.buffer
-    while True:
-        try:
-            for chunk in session.kube.pod_log(session.namespace, source.pod, CONTAINER, follow=follow):
-                out.write(chunk)
-                out.flush()
-            return
-        except NotFound:
-            out.write(b"(the pod is gone; its log with it)\n")
-            return
-        except KubeError as error:
-            if follow and error.status == 400 and "waiting to start" in str(error):
-                time.sleep(WAIT_INTERVAL)  # ContainerCreating: its log begins once it starts
-                continue
-            out.write(f"(no log: {error})\n".encode())
-            return
+    try:
+        for chunk in session.kube.pod_log(session.namespace, source.pod, CONTAINER, follow=follow):
+            out.write(chunk)
+            out.flush()
+    except NotFound:
+        out.write(b"(the pod is gone; its log with it)\n")
+    except KubeError as error:
+        if follow and error.status == 400 and "waiting to start" in str(error):
+            return False  # ContainerCreating: its log begins once it starts
+        out.write(f"(no log: {error})\n".encode())
+    out.flush()
+    return True
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """Every attempt's pods in order; with -f, the last attempt's pods are followed until the job ends, and an
     attempt started meanwhile (a retry) is followed too."""
     session = Session(args)
-    shown: set[tuple[int, int, str | None]] = set()
+    headed: set[jobview.LogSource] = set()
+    done: set[jobview.LogSource] = set()
     while True:
         status = session.finetunejob(args.name).get("status") or {}
         sources = jobview.log_sources(status.get("attempts") or 0, session.pods(args.name))
         if args.attempt:
             sources = [s for s in sources if s.attempt == args.attempt]
         for source in sources:
-            key = (source.attempt, source.rank, source.pod)
-            if key in shown:
+            key = source.key()
+            if key in done:
                 continue
-            shown.add(key)
-            print(source.header(args.name), flush=True)
-            if source.pod:
-                last = source.attempt == sources[-1].attempt
-                _print_log(session, source, follow=args.follow and last)
+            if key not in headed:
+                print(source.header(args.name), flush=True)
+                headed.add(key)
+            follow = args.follow and source.attempt == sources[-1].attempt
+            if follow and source.pod is None and status.get("phase") not in jobview.TERMINAL_PHASES:
+                continue  # a new attempt whose pods the Job controller has yet to create
+            if source.pod and not _print_log(session, source, follow):
+                continue  # not started: the next round asks again, or stops once the job has ended
+            done.add(key)
         if not args.follow or status.get("phase") in jobview.TERMINAL_PHASES:
             return EXIT_SUCCESS
         time.sleep(WAIT_INTERVAL)

@@ -77,17 +77,21 @@ def table(ftjs: list[dict[str, Any]], now: datetime, with_namespace: bool = Fals
 
 @dataclass(frozen=True)
 class LogSource:
-    """One pod whose log `finetune logs` prints, or an attempt that has none left (``pod`` None)."""
+    """One pod whose log `finetune logs` prints, or an attempt without a pod (``pod`` None)."""
 
     attempt: int
     rank: int
     pod: str | None
     phase: str = ""
 
+    def key(self) -> LogSource:
+        """The same pod whatever phase it was seen in (`logs -f` shows each once)."""
+        return LogSource(self.attempt, self.rank, self.pod)
+
     def header(self, finetunejob: str) -> str:
         if self.pod is None:
-            return f"==> attempt {self.attempt} ({attempt_name(finetunejob, self.attempt)}): no pod left, its log " \
-                   f"is gone <=="
+            return f"==> attempt {self.attempt} ({attempt_name(finetunejob, self.attempt)}): no pod, so no log " \
+                   f"(not created yet, or deleted) <=="
         return f"==> attempt {self.attempt}, rank {self.rank}: pod {self.pod} ({self.phase}) <=="
 
 
@@ -98,7 +102,7 @@ def _rank(pod: dict[str, Any]) -> int:
 
 def log_sources(attempts: int, pods: list[dict[str, Any]]) -> list[LogSource]:
     """Every attempt in order (1..attempts), each attempt's pods by rank, then by creation (a rank whose pod was
-    replaced within an attempt shows both); an attempt whose pods are gone (deleted, preempted) says so."""
+    replaced within an attempt shows both); an attempt without pods (deleted, preempted, not created yet) says so."""
     by_attempt: dict[int, list[dict[str, Any]]] = {}
     for pod in pods:
         label = pod["metadata"].get("labels", {}).get(LABEL_ATTEMPT, "")
@@ -144,7 +148,7 @@ def describe(ftj: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[
         lines.append(f"  {condition['type']:<10} {condition['status']:<6} {condition.get('reason', '')}")
     lines.append(f"Attempts: {status.get('attempts') or 0}")
     for source in log_sources(status.get("attempts") or 0, pods):
-        where = f"pod {source.pod} {source.phase}" if source.pod else "no pod left"
+        where = f"pod {source.pod} {source.phase}" if source.pod else "no pod"
         lines.append(f"  {source.attempt}  {attempt_name(meta['name'], source.attempt)}  rank {source.rank}  {where}")
     lines.append("Events:" if events else "Events: <none>")
     for event in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):

@@ -82,6 +82,28 @@ def test_logs_walk_every_attempt_in_order(env: Env) -> None:
     env.complete_pod(second)
 
 
+def test_logs_follow_a_retry_and_stop_when_the_job_ends(env: Env) -> None:
+    env.apply_job("followed", pod_metadata=RUN_FOREVER)
+    [first] = env.wait_running_pods("followed", 1)
+    follower = subprocess.Popen([sys.executable, "-m", "finetune_operator.cli", "logs", "followed", "-f", "-n", env.ns,
+                                 "--kubeconfig", str(env.cp.kubeconfig)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        env.fail_pod(first, 75, '{"phase": "Interrupted", "reason": "Interrupted", "message": "x", "exitCode": 75}')
+        [second] = env.wait_running_pods("followed", 2)
+        time.sleep(3)
+        assert follower.poll() is None, "logs -f stopped while the job still runs"
+        env.complete_pod(second)
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, err
+    headers = [line for line in out.splitlines() if line.startswith("==> ")]
+    assert headers == [f"==> attempt 1, rank 0: pod {first['metadata']['name']} (Running) <==",
+                       f"==> attempt 2, rank 0: pod {second['metadata']['name']} (Running) <=="], out
+
+
 def test_delete_waits_until_gone_and_missing_jobs_are_errors(env: Env) -> None:
     env.apply_job("gone", pod_metadata=RUN_FOREVER)
     env.wait_running_pods("gone", 1)

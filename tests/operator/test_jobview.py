@@ -55,7 +55,7 @@ def test_log_sources_every_attempt_in_order_ranks_in_order_gone_pods_said():
     sources = log_sources(3, pods)
     assert [(s.attempt, s.rank, s.pod) for s in sources] == [
         (1, 0, "j-a1-a"), (1, 0, "j-a1-b"), (2, 0, None), (3, 0, "j-a3-y"), (3, 1, "j-a3-x")]
-    assert sources[2].header("j") == "==> attempt 2 (j-a2): no pod left, its log is gone <=="
+    assert sources[2].header("j") == "==> attempt 2 (j-a2): no pod, so no log (not created yet, or deleted) <=="
     assert sources[0].header("j") == "==> attempt 1, rank 0: pod j-a1-a (Failed) <=="
     # A pod of an attempt the status does not count yet (just created) is shown too.
     assert [s.attempt for s in log_sources(1, [pod("j-a2-z", 2, phase="Pending")])] == [1, 2]
@@ -72,5 +72,5 @@ def test_describe_shows_status_attempts_and_events():
     text = describe(job, [pod("j-a2-q", 2)], events, NOW)
     assert "Reason:     InvalidLayerSelection" in text and "Message:    last:30 asks for 30 blocks" in text
     assert "Parameters: 1,200 trainable of 110,000" in text and "Checkpoint: pvc://ckpt/j/step-40" in text
-    assert "  1  j-a1  rank 0  no pod left" in text and "  2  j-a2  rank 0  pod j-a2-q Failed" in text
+    assert "  1  j-a1  rank 0  no pod" in text and "  2  j-a2  rank 0  pod j-a2-q Failed" in text
     assert text.index("Created") < text.index("attempt 2 failed")  # events oldest first
