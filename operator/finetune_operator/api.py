@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from finetune_operator.pod_overrides import PodOverrides, Toleration
+from finetune_operator.core_types import Toleration
+from finetune_operator.pod_overrides import PodOverrides
 from finetune_trainer.config import (
     ApiModel,
     DatasetSpec,

@@ -3,7 +3,8 @@
 Objects travel as plain dicts in their wire form, the same dicts render.py and events.py build, through the
 kubernetes client's transport (auth, TLS, kubeconfig or in-cluster config) without its typed models. Errors become a
 small hierarchy the reconciler can act on: ``Unavailable`` (connection lost, 5xx, 429: retry later),
-``NotFound``, ``Conflict``, and ``KubeError`` for the rest (e.g. 403 from a too narrow Role).
+``NotFound``, ``Conflict``, ``NotConfigured`` (no kubeconfig: the cluster commands of `finetune`), and ``KubeError``
+for the rest (e.g. 403 from a too narrow Role).
 """
 
 from __future__ import annotations
