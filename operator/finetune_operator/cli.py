@@ -1,8 +1,8 @@
 """The `finetune` command: run and plan jobs locally, print the CRD, run the operator, and follow jobs in a cluster
 (get, describe, logs, wait, delete: cluster_cli.py).
 
-Every user error ends in one line per problem on stderr, each naming the field, and a non-zero exit code; tracebacks are for
-bugs only.
+Every user error ends in one line per problem on stderr, each naming the field, and a non-zero exit code;
+tracebacks are for bugs only.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Read FineTuneJob manifests from YAML files, with errors a person can act on.
 
 `finetune run`/`plan` and the tests load manifests through ``load_finetunejob``; a ``ManifestError`` has one line
-per problem, each naming the file and the field (all of them, as `kubectl apply` lists them), never a traceback. (A "manifest" is always such a file; what a
-strategy trains is its trainable set.)
+per problem, each naming the file and the field (all of them, as `kubectl apply` lists them), never a traceback.
+(A "manifest" is always such a file; what a strategy trains is its trainable set.)
 """
 
 from __future__ import annotations

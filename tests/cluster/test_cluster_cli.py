@@ -113,7 +113,8 @@ def test_delete_waits_until_gone_and_missing_jobs_are_errors(env: Env) -> None:
     assert time.monotonic() - started < 60 and env.cp.kubectl("get", "ftj", "gone", "-n", env.ns,
                                                               check=False).returncode != 0
     missing = finetune(env, "describe", "gone")
-    assert missing.returncode == 2 and missing.stderr.strip() == f"error: FineTuneJob gone not found in namespace {env.ns}"
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"error: FineTuneJob gone not found in namespace {env.ns}"
     assert finetune(env, "delete", "gone").returncode == 2
     assert finetune(env, "delete", "gone", "--ignore-not-found").returncode == 0
     assert finetune(env, "wait", "gone", "--for=delete", "--timeout=5").returncode == 0

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.cluster
 CACHE = {"name": "cache", "emptyDir": {"sizeLimit": "1Gi"}}
 REFUSED = {  # spec.pod -> words the API server must say
     "reserved-env": ({"env": [{"name": "HF_HOME", "value": "/x"}]}, "spec.pod.env: the operator sets"),
-    "host-path": ({"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}, 'unknown field "spec.pod.volumes[0].hostPath"'),
+    "host-path": ({"volumes": [{"name": "host", "hostPath": {"path": "/"}}]},
+                  'unknown field "spec.pod.volumes[0].hostPath"'),
     "no-source": ({"volumes": [{"name": "nothing"}]}, "spec.pod.volumes: set exactly one source"),
     "reserved-volume": ({"volumes": [{"name": "dshm", "emptyDir": {}}]}, "are the operator's"),
     "mount-over-config": ({"volumes": [CACHE], "volumeMounts": [{"name": "cache", "mountPath": "/etc/finetune"}]},
