@@ -105,8 +105,9 @@ def test_children_are_named_by_attempt_and_owned_by_the_finetunejob():
                          "uid": UID, "controller": True, "blockOwnerDeletion": True}
 
 
-def test_pod_meets_the_restricted_pod_security_profile():
-    pod = _pod(_objects(_ftj("cluster-llama-2gpu.yaml"))[0]["Job"])
+@pytest.mark.parametrize("example", ["cluster-llama-2gpu.yaml", "cluster-pod-overrides.yaml"])
+def test_pod_meets_the_restricted_pod_security_profile(example):
+    pod = _pod(_objects(_ftj(example))[0]["Job"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 1000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -114,8 +115,10 @@ def test_pod_meets_the_restricted_pod_security_profile():
     [container] = pod["containers"]
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                             "readOnlyRootFilesystem": True, "runAsNonRoot": True}
-    allowed = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI"}
+    allowed = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI", "csi",
+               "ephemeral"}
     assert all(set(v) - {"name"} <= allowed for v in pod["volumes"])
+    assert not {"hostNetwork", "hostPID", "hostIPC", "hostUsers"} & set(pod)
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
