@@ -23,7 +23,7 @@ RUN groupadd --gid 1000 finetune && useradd --uid 1000 --gid 1000 --create-home 
 WORKDIR /src
 # Dependencies first: pyproject.toml and install.sh with empty stand-ins for the packages and README, so the
 # layer holding torch is rebuilt when the dependencies change, not on every code change.
-COPY pyproject.toml ./
+COPY pyproject.toml LICENSE ./
 COPY tools/install.sh tools/install.sh
 RUN mkdir -p operator/finetune_operator trainer_image/finetune_trainer/tasks \
     && touch README.md operator/finetune_operator/__init__.py trainer_image/finetune_trainer/__init__.py \

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
+from finetune_operator.core_types import Toleration
+from finetune_operator.pod_overrides import PodOverrides
 from finetune_trainer.config import (
     ApiModel,
     DatasetSpec,
@@ -40,25 +42,6 @@ QUANTITY_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|(
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
 
-class TolerationOperator(str, enum.Enum):
-    EXISTS = "Exists"
-    EQUAL = "Equal"
-
-
-class TaintEffect(str, enum.Enum):
-    NO_SCHEDULE = "NoSchedule"
-    PREFER_NO_SCHEDULE = "PreferNoSchedule"
-    NO_EXECUTE = "NoExecute"
-
-
-class Toleration(ApiModel):
-    key: str | None = Field(None, max_length=316)
-    operator: TolerationOperator | None = None
-    value: str | None = Field(None, max_length=63)
-    effect: TaintEffect | None = None
-    toleration_seconds: int | None = None
-
-
 def _quantity(description: str) -> Any:
     return Field(
         None, pattern=QUANTITY_PATTERN, max_length=64, description=description,
@@ -78,7 +61,8 @@ class ResourcesSpec(ApiModel):
                     "the cluster admin changed it, e.g. amd.com/gpu).",
     )
     node_selector: dict[str, str] | None = Field(None, description="Node labels the trainer pods must match.")
-    tolerations: list[Toleration] | None = Field(None, max_length=64, description="Tolerations for trainer pods.")
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=64, description="Deprecated: use spec.pod.tolerations (both lists are applied).")
     priority_class_name: str | None = Field(None, max_length=253, description="PriorityClass of trainer pods.")
 
     @field_validator("cpu", "memory", mode="before")
@@ -100,22 +84,32 @@ class PodMetadata(ApiModel):
 
 
 class FineTuneJobSpec(ApiModel):
-    model: ModelSpec = Field(json_schema_extra={
+    """What to fine-tune, on what data, how, with which resources, and where the result goes."""
+
+    model: ModelSpec = Field(description="The pre-trained model to start from (immutable).", json_schema_extra={
         "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "spec.model is immutable"}]})
-    task: Task = Field(json_schema_extra={
+    task: Task = Field(description="What the model learns to do; decides the head, the columns read and the "
+                                   "metrics (immutable).", json_schema_extra={
         "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "spec.task is immutable"}]})
-    dataset: DatasetSpec
-    strategy: StrategySpec = Field(json_schema_extra={
+    dataset: DatasetSpec = Field(description="The training data: where it is, its splits and columns.")
+    strategy: StrategySpec = Field(description="Which parameters train: full, partial (chosen blocks), lora or "
+                                               "hybrid (immutable).", json_schema_extra={
         "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "spec.strategy is immutable"}]})
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    output: OutputSpec = Field(default_factory=OutputSpec)
-    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyperparameters: epochs, batch size, "
+                                   "learning rate, precision, evaluation and checkpoint cadence.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, nodes, CPU and memory of "
+                                     "the trainer pods, and where they may run.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where checkpoints and the final model go.")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, cleanup and suspension "
+                                  "of the whole job.")
     queue_name: str | None = Field(
         None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Kueue LocalQueue; copied to the kueue.x-k8s.io/queue-name label.",
     )
     image: str | None = Field(None, max_length=1024, description="Trainer image (default: the operator's setting).")
     pod_metadata: PodMetadata | None = Field(None, description="Labels and annotations added to trainer pods.")
+    pod: PodOverrides | None = Field(
+        None, description="Settings added to the trainer pods: env, serviceAccountName, volumes and mounts, "
+                          "affinity, tolerations, imagePullSecrets (docs/pod-overrides.md).")
 
 
 class Phase(str, enum.Enum):
@@ -133,34 +127,46 @@ class ConditionStatus(str, enum.Enum):
 
 
 class Condition(ApiModel):
-    type: str = Field(max_length=316)
-    status: ConditionStatus
-    reason: str = Field(max_length=1024)
-    message: str = Field("", max_length=32768)
-    last_transition_time: str | None = Field(None, json_schema_extra={"format": "date-time"})
-    observed_generation: int | None = Field(None, ge=0)
+    """One aspect of the job's state, as Kubernetes conditions are."""
+
+    type: str = Field(max_length=316, description="Ready (the summary, with the latest reason and message), "
+                                                  "Running, Succeeded, Failed or Suspended.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="Why, in one CamelCase word (e.g. Retrying, ImagePullFailed).")
+    message: str = Field("", max_length=32768, description="What happened, for a person.")
+    last_transition_time: str | None = Field(None, description="When status last changed.",
+                                             json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(None, ge=0, description="metadata.generation this condition is about.")
 
 
 class Progress(ApiModel):
-    step: int = Field(0, ge=0)
-    total_steps: int | None = Field(None, ge=0)
-    epoch: float | None = Field(None, ge=0)
-    percent: float | None = Field(None, ge=0, le=100)
-    eta_seconds: int | None = Field(None, ge=0)
+    """How far the training loop is, read from the running trainer."""
+
+    step: int = Field(0, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, ge=0, description="Optimizer steps of the whole run.")
+    epoch: float | None = Field(None, ge=0, description="Epochs done (fractional).")
+    percent: float | None = Field(None, ge=0, le=100, description="Percent of the steps done.")
+    eta_seconds: int | None = Field(None, ge=0, description="Estimated seconds to the last step at the current pace.")
 
 
 class Parameters(ApiModel):
-    trainable: int = Field(ge=0)
-    total: int = Field(ge=0)
+    """How much of the model the strategy trains."""
+
+    trainable: int = Field(ge=0, description="Parameters that train.")
+    total: int = Field(ge=0, description="Parameters of the model.")
 
 
 class CheckpointStatus(ApiModel):
-    location: str
-    step: int = Field(ge=0)
+    """The latest checkpoint, which a retry or a resume starts from."""
+
+    location: str = Field(description="Where it is, as the user wrote the output (e.g. pvc://claim/path).")
+    step: int = Field(ge=0, description="The optimizer step it was saved at.")
 
 
 class OutputStatus(ApiModel):
-    location: str
+    """The final model."""
+
+    location: str = Field(description="Where the final model (or adapter) is, e.g. pvc://claim/path/model.")
 
 
 class OutputKind(str, enum.Enum):
@@ -178,20 +184,26 @@ class ProducedOutput(ApiModel):
 
 
 class FineTuneJobStatus(ApiModel):
-    phase: Phase | None = None
-    conditions: list[Condition] | None = Field(None, json_schema_extra={
-        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
-    attempts: int | None = Field(None, ge=0)
-    start_time: str | None = Field(None, json_schema_extra={"format": "date-time"})
-    completion_time: str | None = Field(None, json_schema_extra={"format": "date-time"})
-    observed_generation: int | None = Field(None, ge=0)
-    progress: Progress | None = None
+    """What the operator observed: written by the operator only."""
+
+    phase: Phase | None = Field(None, description="Pending, Running, Succeeded, Failed or Suspended.")
+    conditions: list[Condition] | None = Field(None, description="The job's conditions, one per type.",
+                                               json_schema_extra={"x-kubernetes-list-type": "map",
+                                                                  "x-kubernetes-list-map-keys": ["type"]})
+    attempts: int | None = Field(None, ge=0, description="Attempts started; attempt N runs as the Job "
+                                 "<name>-a<N> and its pods.")
+    start_time: str | None = Field(None, description="When the first attempt started.",
+                                   json_schema_extra={"format": "date-time"})
+    completion_time: str | None = Field(None, description="When the job succeeded or failed.",
+                                        json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(None, ge=0, description="metadata.generation the status is about.")
+    progress: Progress | None = Field(None, description="Steps, epoch, percent and ETA of the running attempt.")
     metrics: dict[str, float] | None = Field(
         None, description="Latest metrics: trainLoss, evalLoss, evalAccuracy, evalF1, samplesPerSecond, ...",
     )
-    parameters: Parameters | None = None
-    checkpoint: CheckpointStatus | None = None
-    output: OutputStatus | None = None
+    parameters: Parameters | None = Field(None, description="Trainable and total parameters.")
+    checkpoint: CheckpointStatus | None = Field(None, description="The latest checkpoint.")
+    output: OutputStatus | None = Field(None, description="The final model, once the job succeeded.")
     outputs: list[ProducedOutput] | None = Field(
         None, max_length=16, description="Every output the job produced, each with its URI and digest.")
 

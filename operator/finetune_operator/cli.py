@@ -1,7 +1,8 @@
-"""The `finetune` command: run and plan jobs locally, print the CRD, run the operator.
+"""The `finetune` command: run and plan jobs locally, print the CRD, run the operator, and follow jobs in a cluster
+(get, describe, logs, wait, delete: cluster_cli.py).
 
-Every user error ends in one line on stderr that names the field, and a non-zero exit code; tracebacks are for
-bugs only.
+Every user error ends in one line per problem on stderr, each naming the field, and a non-zero exit code;
+tracebacks are for bugs only.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import yaml
 
+from finetune_operator.api import Phase
 from finetune_trainer.config import EXIT_PERMANENT, EXIT_RETRYABLE, EXIT_SUCCESS
 
 
 def _fail(message: str, code: int = EXIT_PERMANENT) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    for line in message.splitlines():  # one line per problem, each a complete error
+        print(f"error: {line}", file=sys.stderr)
     return code
 
 
@@ -92,6 +95,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _cluster_commands(commands: argparse._SubParsersAction) -> None:
+    """get, describe, logs, wait, delete: parsed here, run by cluster_cli.py (imported only for them, since it
+    loads the Kubernetes client)."""
+    phases = "|".join(p.value for p in Phase)
+
+    def command(name: str, help_: str, named: bool = True) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=f"{help_} (cluster)")
+        if named:
+            parser.add_argument("name", help="FineTuneJob name")
+        parser.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+        parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+        parser.set_defaults(cluster=True)
+        return parser
+
+    get = command("get", "list FineTuneJobs with a progress bar", named=False)
+    get.add_argument("name", nargs="?", help="one FineTuneJob (default: all in the namespace)")
+    get.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    command("describe", "a FineTuneJob's spec, status, attempts and events")
+    logs = command("logs", "the trainer's log of every attempt, in order")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow the running attempt until the job ends")
+    logs.add_argument("--attempt", type=int, help="only this attempt")
+    wait = command("wait", "wait for a phase; the exit code says how it ended (docs/cli.md)")
+    wait.add_argument("--for", dest="wait_for", default="complete",
+                      help=f"complete (default: Succeeded or Failed), delete, or phase=<{phases}>")
+    wait.add_argument("--timeout", type=float, default=3600, help="seconds (default 3600); exit 124 when exceeded")
+    wait.add_argument("--interval", type=float, default=2, help=argparse.SUPPRESS)
+    delete = command("delete", "delete a FineTuneJob and, through owner references, every attempt")
+    delete.add_argument("--wait", action="store_true", help="return once it is gone")
+    delete.add_argument("--timeout", type=float, default=300, help="seconds to wait with --wait (default 300)")
+    delete.add_argument("--ignore-not-found", action="store_true", help="exit 0 if it does not exist")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune", description="Fine-tune pre-trained language models, locally or on Kubernetes.")
@@ -112,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(handler=cmd_crd)
 
+    _cluster_commands(commands)
     # `finetune operator ...` is handed whole to the operator's own parser (see main).
     commands.add_parser("operator", help="run the Kopf operator (see `finetune operator --help`)", add_help=False)
     return parser
@@ -128,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return runner.main(argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(args, "cluster", False):
+        from finetune_operator import cluster_cli
+
+        return cluster_cli.run(args)
     try:
         return args.handler(args)
     except (ManifestError, LocalRunError) as error:

@@ -80,6 +80,8 @@ def structural(node: Any) -> Any:
         out.pop("type", None)
     if out.get("default") is None:
         out.pop("default", None)
+    if out.get("x-kubernetes-preserve-unknown-fields") and out.get("additionalProperties") is True:
+        out.pop("additionalProperties")  # a free-form object (dict[str, Any]) is kept as written, not pruned
     if out.get("type") == "object" and "properties" in out and out.get("additionalProperties") is False:
         # Structural schemas prune unknown fields already; an explicit false is not allowed next to properties.
         out.pop("additionalProperties")
@@ -100,8 +102,9 @@ def build_crd() -> dict[str, Any]:
         "description": "A fine-tuning run of a pre-trained language model.",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "description": f"{api.API_VERSION}"},
+            "kind": {"type": "string", "description": f"{api.KIND}"},
+            # The apiserver allows nothing but name here; `kubectl explain` describes metadata itself.
             "metadata": {"type": "object", "properties": {"name": name_schema}},
             "spec": spec_schema,
             "status": status_schema,

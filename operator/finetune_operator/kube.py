@@ -3,14 +3,15 @@
 Objects travel as plain dicts in their wire form, the same dicts render.py and events.py build, through the
 kubernetes client's transport (auth, TLS, kubeconfig or in-cluster config) without its typed models. Errors become a
 small hierarchy the reconciler can act on: ``Unavailable`` (connection lost, 5xx, 429: retry later),
-``NotFound``, ``Conflict``, and ``KubeError`` for the rest (e.g. 403 from a too narrow Role).
+``NotFound``, ``Conflict``, ``NotConfigured`` (no kubeconfig: the cluster commands of `finetune`), and ``KubeError``
+for the rest (e.g. 403 from a too narrow Role).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import kopf
 import urllib3
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 CRD_NAME = f"{PLURAL}.{GROUP}"
 # (connect, read) seconds: a hung apiserver must not hold a reconcile thread for long.
 REQUEST_TIMEOUT = (5, 30)
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # Items per page of a full listing: bounds the size of one answer in a large cluster.
 LIST_PAGE = 500
 
@@ -55,6 +57,10 @@ class NotFound(KubeError):
 
 class Conflict(KubeError):
     pass
+
+
+class NotConfigured(KubeError):
+    """No kubeconfig and not in a pod: there is no cluster to talk to."""
 
 
 class Invalid(KubeError):
@@ -96,6 +102,19 @@ def merge_patch(old: Any, new: Any) -> Any:
     return patch
 
 
+def default_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace a person means without saying: their kubeconfig context's (as kubectl), else the pod's own."""
+    try:
+        _, active = kube_config.list_kube_config_contexts(config_file=kubeconfig)
+        return (active or {}).get("context", {}).get("namespace") or "default"
+    except (kube_config.ConfigException, OSError):
+        try:
+            with open(IN_CLUSTER_NAMESPACE) as file:
+                return file.read().strip() or "default"
+        except OSError:
+            return "default"
+
+
 class Kube:
     def __init__(self, api: ApiClient):
         self.api = api
@@ -111,13 +130,16 @@ class Kube:
         configuration = Configuration()
         if pool_size:
             configuration.connection_pool_maxsize = pool_size
-        if kubeconfig:
-            kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            try:
-                kube_config.load_incluster_config(client_configuration=configuration)
-            except kube_config.ConfigException:
-                kube_config.load_kube_config(client_configuration=configuration)
+        try:
+            if kubeconfig:
+                kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            else:
+                try:
+                    kube_config.load_incluster_config(client_configuration=configuration)
+                except kube_config.ConfigException:
+                    kube_config.load_kube_config(client_configuration=configuration)
+        except (kube_config.ConfigException, OSError) as error:
+            raise NotConfigured(0, f"no cluster to talk to ({error}); set --kubeconfig or $KUBECONFIG") from None
         return cls(ApiClient(configuration))
 
     def connection_info(self) -> kopf.ConnectionInfo:
@@ -140,20 +162,31 @@ class Kube:
 
     # ------------------------------------------------------------------------------------------ transport
 
-    def _request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
-                 content_type: str = "application/json") -> dict[str, Any]:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+    def _call(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
+              content_type: str = "application/json", accept: str = "application/json",
+              timeout: tuple[float, float | None] = REQUEST_TIMEOUT) -> Any:
+        """The response, its body not yet read (the caller reads it whole or streams it)."""
+        headers = {"Accept": accept, "Content-Type": content_type}
         request = self.api.param_serialize(method, path, query_params=list((query or {}).items()),
                                            header_params=headers, body=body, auth_settings=["BearerToken"])
         try:
-            response = self.api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
-            response.read()
+            response = self.api.call_api(*request, _request_timeout=timeout)
+            if not 200 <= response.status <= 299:
+                response.read()
+                raise _error(response.status, response.data)
+            return response
         except ApiException as error:  # raised by the transport for TLS and connection failures
             raise _error(error.status or 0, error.body or error.reason) from None
         except urllib3.exceptions.HTTPError as error:
             raise Unavailable(0, f"cannot reach the API server: {error}") from None
-        if not 200 <= response.status <= 299:
-            raise _error(response.status, response.data)
+
+    def _request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
+                 content_type: str = "application/json") -> dict[str, Any]:
+        response = self._call(method, path, body, query, content_type)
+        try:
+            response.read()
+        except urllib3.exceptions.HTTPError as error:
+            raise Unavailable(0, f"cannot reach the API server: {error}") from None
         return json.loads(response.data or b"{}")
 
     # ------------------------------------------------------------------------------------------ FineTuneJobs
@@ -174,6 +207,10 @@ class Kube:
                           query={"propagationPolicy": "Background"})
         except NotFound:
             pass
+
+    def list_finetunejobs(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The FineTuneJobs of ``namespace`` (None: every namespace), for `finetune get`."""
+        return self._request("GET", collection_path(API_VERSION, KIND, namespace)).get("items", [])
 
     def crd_installed(self) -> bool:
         try:
@@ -226,7 +263,25 @@ class Kube:
         self._request("PATCH", f"{collection_path('batch/v1', 'Job', namespace)}/{name}",
                       {"spec": {"suspend": suspend}}, content_type="application/merge-patch+json")
 
+    def pod_log(self, namespace: str, pod: str, container: str, follow: bool = False) -> Iterator[bytes]:
+        """A container's log, in chunks as they come; with ``follow``, until the container ends."""
+        query = {"container": container, **({"follow": "true"} if follow else {})}
+        # A followed log may be quiet for long (a slow step): no read timeout then.
+        response = self._call("GET", f"{collection_path('v1', 'Pod', namespace)}/{pod}/log", query=query,
+                              accept="*/*", timeout=(REQUEST_TIMEOUT[0], None if follow else REQUEST_TIMEOUT[1]))
+        try:
+            yield from response.response.stream(8192)
+        except urllib3.exceptions.HTTPError as error:
+            raise Unavailable(0, f"the log stream broke: {error}") from None
+        finally:
+            response.response.release_conn()
+
     # ------------------------------------------------------------------------------------------ events
+
+    def list_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        """The Events about one object, for `finetune describe`."""
+        query = {"fieldSelector": f"involvedObject.kind={kind},involvedObject.name={name}"}
+        return self._request("GET", collection_path("v1", "Event", namespace), query=query).get("items", [])
 
     def post_event(self, event: dict[str, Any]) -> None:
         """Best effort: a lost Event must not fail a reconcile, so failures are logged and dropped."""

@@ -1,8 +1,8 @@
 """Read FineTuneJob manifests from YAML files, with errors a person can act on.
 
-`finetune run`/`plan` and the tests load manifests through ``load_finetunejob``; every problem becomes one
-``ManifestError`` line naming the file and the field, never a traceback. (A "manifest" is always such a file; what a
-strategy trains is its trainable set.)
+`finetune run`/`plan` and the tests load manifests through ``load_finetunejob``; a ``ManifestError`` has one line
+per problem, each naming the file and the field (all of them, as `kubectl apply` lists them), never a traceback.
+(A "manifest" is always such a file; what a strategy trains is its trainable set.)
 """
 
 from __future__ import annotations
@@ -31,19 +31,26 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """The first problem, as "field: what is wrong (got X)"; further problems are counted, not listed."""
-    first = error.errors()[0]
-    field = _field_path(first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+def _problem(error: Any) -> str:
+    field = _field_path(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
         message = "unknown field (check the spelling; fields are camelCase)"
-    got = first.get("input")
+    got = error.get("input")
     detail = f"{field}: {message}" if field else message
-    if first["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(got, (dict, list)):
+    if error["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(got, (dict, list)):
         detail += f" (got {got!r})"
-    more = len(error.errors()) - 1
-    return detail + (f" [and {more} more problem{'s' if more > 1 else ''}]" if more else "")
+    return detail
+
+
+def validation_problems(error: ValidationError) -> list[str]:
+    """Every problem, each as "field: what is wrong (got X)", in the order of the manifest."""
+    return list(dict.fromkeys(_problem(e) for e in error.errors()))
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Every problem on one line (a status message)."""
+    return "; ".join(validation_problems(error))
 
 
 def parse_finetunejob(document: Any, origin: str = "manifest") -> FineTuneJob:
@@ -58,7 +65,7 @@ def parse_finetunejob(document: Any, origin: str = "manifest") -> FineTuneJob:
         # Strict, as the apiserver's schema is: "2" is not an integer, "yes" not a boolean (YAML dates become strings).
         return FineTuneJob.model_validate_json(json.dumps(document, default=str), strict=True)
     except ValidationError as error:
-        raise ManifestError(f"{origin}: {describe_validation_error(error)}") from None
+        raise ManifestError("\n".join(f"{origin}: {problem}" for problem in validation_problems(error))) from None
 
 
 def load_finetunejob(path: str | Path) -> FineTuneJob:

@@ -10,6 +10,9 @@ what an earlier one created instead of creating it twice.
 
 from __future__ import annotations
 
+from finetune_trainer.config import JOB_UID_ENV, REGISTRY_AUTH_ENV
+from finetune_trainer.locations import PVC_ROOT_ENV
+
 # The FineTuneJob a child belongs to (its name) and the attempt it is part of; the label keys predate this module.
 LABEL_FINETUNEJOB = "finetune.io/job"
 LABEL_ATTEMPT = "finetune.io/attempt"
@@ -20,6 +23,22 @@ CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_FINETUNEJOB}
 CONTAINER = "trainer"
 # The rank of a pod of an Indexed Job (multi-node); rank 0 reports for the attempt.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
+
+# What render.py puts in every trainer pod. spec.pod may not reuse these names or paths (pod_overrides.py refuses
+# them), so a user's volume, mount or variable can never replace or hide one of the operator's.
+CONFIG_DIR = "/etc/finetune"  # the trainer's config (the attempt's ConfigMap)
+SCRATCH_OUTPUT = "/var/lib/finetune/output"  # the output of a job without spec.output.location
+DEFAULT_PVC_ROOT = "/mnt/pvc"  # pvc://claim/path is mounted at <root>/<claim> (settings.pvc_mount_root)
+TMP_DIR = "/tmp"  # the writable home, caches and temp files (the root filesystem is read-only)
+SHM_DIR = "/dev/shm"
+# output.push.secretRef's dockerconfigjson, read by the trainer only (push.py), never put in the environment.
+REGISTRY_AUTH_DIR = "/var/run/secrets/finetune.io/registry"
+VOLUME_CONFIG, VOLUME_TMP, VOLUME_SHM, VOLUME_OUTPUT = "config", "tmp", "dshm", "output"
+VOLUME_REGISTRY_AUTH = "registry-auth"
+CLAIM_VOLUME_PREFIX = "pvc-"  # pvc-0, pvc-1, ...: one volume per claim the job reads or writes
+OPERATOR_ENV = ("FINETUNE_JOB_NAME", "FINETUNE_ATTEMPT", PVC_ROOT_ENV, "PYTHONUNBUFFERED", "HOME", "HF_HOME",
+                JOB_COMPLETION_INDEX, JOB_UID_ENV, REGISTRY_AUTH_ENV)
 
 
 def attempt_name(finetunejob: str, attempt: int) -> str:

@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Protocol
 
 from finetune_operator.api import FineTuneJob
+from finetune_operator.names import SCRATCH_OUTPUT  # scratch space of the pod: does not survive the attempt
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.locations import PVC_SCHEME, REMOTE_SCHEMES
-
-
-# Where checkpoints go in a pod when spec.output.location is unset (render.py mounts scratch space there): they do
-# not survive the attempt.
-SCRATCH_OUTPUT = "/var/lib/finetune/output"
 
 
 class LocalRunError(ValueError):

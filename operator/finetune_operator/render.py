@@ -12,21 +12,20 @@ from typing import Any
 
 import yaml
 
-from finetune_operator.api import API_VERSION, KIND, FineTuneJob
-from finetune_operator.names import (COMPLETION_INDEX_ANNOTATION, CONTAINER, attempt_name, child_labels,
-                                     selector_labels)
-from finetune_operator.places import SCRATCH_OUTPUT, InPod, trainer_config
+from finetune_operator.api import API_VERSION, KIND, FineTuneJob, FineTuneJobSpec
+from finetune_operator.names import (CLAIM_VOLUME_PREFIX, COMPLETION_INDEX_ANNOTATION, CONFIG_DIR, CONTAINER,
+                                     JOB_COMPLETION_INDEX, REGISTRY_AUTH_DIR, SCRATCH_OUTPUT, SHM_DIR, TMP_DIR,
+                                     VOLUME_CONFIG, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH, VOLUME_SHM, VOLUME_TMP,
+                                     attempt_name, child_labels, selector_labels)
+from finetune_operator.places import InPod, trainer_config
 from finetune_operator.settings import Settings
 from finetune_trainer.config import (EXIT_PERMANENT, JOB_UID_ENV, REGISTRY_AUTH_ENV,
                                      REGISTRY_SECRET_KEY as SECRET_KEY)
 from finetune_trainer.locations import PVC_ROOT_ENV, claim_of
 
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
-CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
-# output.push.secretRef's dockerconfigjson, read by the trainer only (push.py), never put in the environment.
-REGISTRY_AUTH_DIR = "/var/run/secrets/finetune.io/registry"
 
 
 def owner_reference(ftj: FineTuneJob) -> dict[str, Any]:
@@ -67,32 +66,36 @@ def _claims(ftj: FineTuneJob) -> dict[str, bool]:
 
 def _volumes(ftj: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": attempt_name(ftj.metadata.name, attempt)}},
+        {"name": VOLUME_CONFIG, "configMap": {"name": attempt_name(ftj.metadata.name, attempt)}},
         # The root filesystem is read-only: /tmp takes the caches (HF_HOME), torchrun's files and temp files.
-        {"name": "tmp", "emptyDir": {}},
+        {"name": VOLUME_TMP, "emptyDir": {}},
         # The container runtime's 64Mi /dev/shm is too small for DataLoader workers and NCCL.
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": VOLUME_SHM, "emptyDir": {"medium": "Memory"}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": VOLUME_CONFIG, "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": VOLUME_TMP, "mountPath": TMP_DIR},
+        {"name": VOLUME_SHM, "mountPath": SHM_DIR},
     ]
     for index, (claim, read_only) in enumerate(_claims(ftj).items()):
-        name, ro = f"pvc-{index}", {"readOnly": True} if read_only else {}
+        name, ro = f"{CLAIM_VOLUME_PREFIX}{index}", {"readOnly": True} if read_only else {}
         volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, **ro}})
         mounts.append({"name": name, "mountPath": f"{settings.pvc_mount_root}/{claim}", **ro})
     if not ftj.spec.output.location:
-        volumes.append({"name": "output", "emptyDir": {}})
-        mounts.append({"name": "output", "mountPath": SCRATCH_OUTPUT})
+        volumes.append({"name": VOLUME_OUTPUT, "emptyDir": {}})
+        mounts.append({"name": VOLUME_OUTPUT, "mountPath": SCRATCH_OUTPUT})
     push = ftj.spec.output.push
     if push and push.secret_ref:
         # Optional: a missing Secret or key then fails the trainer's pre-flight with a message naming them,
         # instead of a pod that waits for its volume forever.
-        volumes.append({"name": "registry-auth", "secret": {
+        volumes.append({"name": VOLUME_REGISTRY_AUTH, "secret": {
             "secretName": push.secret_ref.name, "optional": True,
             "items": [{"key": SECRET_KEY, "path": SECRET_KEY}]}})
-        mounts.append({"name": "registry-auth", "mountPath": REGISTRY_AUTH_DIR, "readOnly": True})
+        mounts.append({"name": VOLUME_REGISTRY_AUTH, "mountPath": REGISTRY_AUTH_DIR, "readOnly": True})
+    pod = ftj.spec.pod
+    if pod:  # after the operator's own, whose names and paths pod_overrides.py keeps them from reusing
+        volumes += [volume.wire() for volume in pod.volumes or ()]
+        mounts += [mount.wire() for mount in pod.volume_mounts or ()]
     return volumes, mounts
 
 
@@ -184,9 +187,10 @@ def _env(ftj: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
         env.append({"name": REGISTRY_AUTH_ENV, "value": f"{REGISTRY_AUTH_DIR}/{SECRET_KEY}"})
     if ftj.spec.resources.nodes > 1:
         # Declared (the Job controller would inject it too) so that the command's $(JOB_COMPLETION_INDEX) expands.
-        env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+        env.append({"name": JOB_COMPLETION_INDEX, "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}})
-    return env
+    # The user's last, so theirs may refer to the operator's as $(VAR); their names never repeat these.
+    return env + [var.wire() for var in (ftj.spec.pod and ftj.spec.pod.env) or ()]
 
 
 def _secret_refs(ftj: FineTuneJob) -> list[dict[str, Any]]:
@@ -220,6 +224,23 @@ def _container(ftj: FineTuneJob, attempt: int, settings: Settings, mounts: list[
     return {k: v for k, v in container.items() if v not in ([], {})}
 
 
+def _add_pod_overrides(pod_spec: dict[str, Any], spec: FineTuneJobSpec) -> None:
+    """spec.pod's scheduling and identity settings (its env and volumes join the operator's in their builders)."""
+    pod = spec.pod
+    # resources.tolerations is the deprecated place of pod.tolerations; a job may still use it, or both.
+    tolerations = [*(spec.resources.tolerations or ()), *((pod and pod.tolerations) or ())]
+    if tolerations:
+        pod_spec["tolerations"] = [t.wire() for t in tolerations]
+    if not pod:
+        return
+    if pod.affinity:
+        pod_spec["affinity"] = pod.affinity
+    if pod.service_account_name:
+        pod_spec["serviceAccountName"] = pod.service_account_name
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [secret.wire() for secret in pod.image_pull_secrets]
+
+
 def _pod_template(ftj: FineTuneJob, attempt: int, settings: Settings) -> dict[str, Any]:
     spec, name = ftj.spec, attempt_name(ftj.metadata.name, attempt)
     volumes, mounts = _volumes(ftj, attempt, settings)
@@ -244,8 +265,7 @@ def _pod_template(ftj: FineTuneJob, attempt: int, settings: Settings) -> dict[st
         pod_spec["subdomain"] = name  # pod hostnames <name>-<index> resolve through the headless Service
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
-    if spec.resources.tolerations:
-        pod_spec["tolerations"] = [t.wire() for t in spec.resources.tolerations]
+    _add_pod_overrides(pod_spec, spec)
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
     return {

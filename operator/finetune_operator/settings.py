@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
+from finetune_operator.names import DEFAULT_PVC_ROOT
+
 ENV_PREFIX = "FINETUNE_"
 
 
@@ -33,7 +35,7 @@ class Settings:
     scrape_timeout: float = 2.0  # seconds for one read of a trainer's metrics endpoint
     trainer_metrics_port: int = 9090
     rendezvous_port: int = 29500  # torchrun's store on rank 0 of a multi-node job
-    pvc_mount_root: str = "/mnt/pvc"  # pvc://claim/path is mounted at <root>/<claim>
+    pvc_mount_root: str = DEFAULT_PVC_ROOT  # pvc://claim/path is mounted at <root>/<claim>
     # SIGTERM to SIGKILL: the trainer saves a checkpoint in this time, so it must cover one checkpoint write.
     termination_grace_seconds: int = 300
     run_as_user: int = 1000  # the trainer image's non-root user

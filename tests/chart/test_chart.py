@@ -76,7 +76,8 @@ def test_rendered_manifests_match_golden(name: str, request: pytest.FixtureReque
 def test_default_objects(default: list[dict[str, Any]]) -> None:
     kinds = sorted(o["kind"] for o in default)
     assert kinds == sorted(["ServiceAccount", "ConfigMap", "CustomResourceDefinition", "ClusterRole", "ClusterRole",
-                            "ClusterRoleBinding", "ClusterRoleBinding", "Service", "Deployment", "Job"])
+                            "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Service",
+                            "Deployment", "Job"])
     # Monitors are opt-in (they need the monitoring.coreos.com CRDs); every namespaced object names its namespace.
     for obj in default:
         if obj["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
@@ -186,8 +187,16 @@ def _verbs(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return verbs
 
 
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def _operator_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The operator's own roles, without the ones aggregated into the built-in roles for people."""
+    return [r for r in find(objects, kind) if not any(k.startswith(AGGREGATE) for k in r["metadata"]["labels"])]
+
+
 def test_rbac_cluster_wide(default: list[dict[str, Any]]) -> None:
-    roles = {r["metadata"]["name"]: _verbs(r) for r in find(default, "ClusterRole")}
+    roles = {r["metadata"]["name"]: _verbs(r) for r in _operator_roles(default, "ClusterRole")}
     assert roles == {FULLNAME: OPERATOR_RULES, f"{FULLNAME}-discovery": CRD_READ}
     assert not find(default, "Role") and not find(default, "RoleBinding")
     for binding in find(default, "ClusterRoleBinding"):
@@ -196,7 +205,7 @@ def test_rbac_cluster_wide(default: list[dict[str, Any]]) -> None:
 
 
 def test_rbac_per_namespace(all_on: list[dict[str, Any]]) -> None:
-    [discovery] = find(all_on, "ClusterRole")  # nothing about FineTuneJobs is granted cluster-wide
+    [discovery] = _operator_roles(all_on, "ClusterRole")  # nothing about FineTuneJobs is granted cluster-wide
     assert _verbs(discovery) == {**CRD_READ, ("", "namespaces"): {"list", "watch"}}
     roles = find(all_on, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team-a", "ml-team-b"]
@@ -212,6 +221,23 @@ def test_rbac_and_service_account_can_be_left_to_the_admin() -> None:
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
     missing = helm("template", "x", str(CHART), "--set", "serviceAccount.create=false", check=False)
     assert missing.returncode != 0 and "serviceAccount.name is required" in missing.stderr
+
+
+def test_aggregated_cluster_roles_for_view_edit_and_admin(default: list[dict[str, Any]]) -> None:
+    """People bound to the built-in roles may use FineTuneJobs, as they may use built-in kinds: `view` reads them,
+    `edit` and `admin` also write them. tests/cluster/test_chart_cluster.py asks the API server (`can-i --as`)."""
+    own = _operator_roles(default, "ClusterRole")
+    roles = {r["metadata"]["name"]: r for r in find(default, "ClusterRole") if r not in own}
+    view, edit = roles.pop(f"{FULLNAME}-view"), roles.pop(f"{FULLNAME}-edit")
+    assert not roles
+    labels = lambda role: {k.removeprefix(AGGREGATE) for k, v in role["metadata"]["labels"].items()
+                           if k.startswith(AGGREGATE) and v == "true"}
+    assert labels(view) == {"view", "edit", "admin"} and labels(edit) == {"edit", "admin"}
+    assert _verbs(view) == {("finetune.io", "finetunejobs"): {"get", "list", "watch"},
+                            ("finetune.io", "finetunejobs/status"): {"get", "list", "watch"}}
+    assert _verbs(edit) == {("finetune.io", "finetunejobs"): {"create", "update", "patch", "delete",
+                                                              "deletecollection"}}
+    assert not find(render(sets=("rbac.aggregateClusterRoles=false",)), "ClusterRole", f"{FULLNAME}-view")
 
 
 def test_watch_list_defaults_to_the_release_namespace() -> None:
@@ -261,6 +287,8 @@ def test_schema_is_closed_at_every_object_level() -> None:
     assert len(objects) > 20
     for path, node in objects:
         extra = node.get("additionalProperties")
+        if path == "$.global":
+            continue  # a parent chart's, whatever it holds
         # false, or a typed map (labels, annotations, nodeSelector: string values only)
         assert extra is False or extra == {"type": "string"}, f"{path} is open: additionalProperties={extra!r}"
     # Every default is described by the schema (a key missing from it would fail lint; this says which).

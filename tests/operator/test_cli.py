@@ -42,6 +42,24 @@ def test_bad_manifest_is_one_line_naming_the_field(tmp_path, command, mutate, fi
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_every_problem_is_listed_one_line_each_with_its_field(tmp_path, command):
+    def mutate(doc):
+        doc["spec"]["strategy"]["type"] = "magic"
+        doc["spec"]["training"] = {"epochs": -1, "learningRate": "fast"}
+        doc["spec"]["pod"] = {"env": [{"name": "HOME", "value": "/root"}],
+                              "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}
+    result = finetune(command, str(broken(tmp_path, mutate)))
+    assert result.returncode == EXIT_PERMANENT and "more problem" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    fields = ["spec.strategy.type", "spec.training.epochs", "spec.training.learningRate", "spec.pod.env[0]",
+              "spec.pod.volumes[0]"]
+    assert len(lines) == len(fields), result.stderr
+    for line, field in zip(lines, fields):
+        assert line.startswith(f"error: {tmp_path / 'job.yaml'}: {field}: "), (line, field)
+    assert "hostPath is not allowed" in lines[-1] and "the operator sets" in lines[-2]
+
+
 def test_crd_command_prints_the_committed_crd():
     result = finetune("crd")
     assert result.returncode == 0

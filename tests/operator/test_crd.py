@@ -86,3 +86,24 @@ def test_push_reference_pattern_and_outputs_reach_the_schema():
     assert push["properties"]["secretRef"]["required"] == ["name"]
     outputs = root_schema()["properties"]["status"]["properties"]["outputs"]["items"]["properties"]
     assert outputs["kind"]["enum"] == ["model", "oci"] and outputs["digest"]["pattern"] == r"^sha256:[0-9a-f]{64}$"
+
+
+def test_every_spec_and_status_field_is_described():
+    """`kubectl explain finetunejob.spec` (and .status) describes every field: each property under spec and status,
+    at any depth, carries a description (a Field description or the model's docstring)."""
+    root = root_schema()
+    undescribed = [path for part in ("spec", "status") for path, node in walk(root["properties"][part], f"$.{part}")
+                   if not path.endswith(("[]", "}")) and not node.get("description")]
+    assert undescribed == [], f"fields without a description: {undescribed}"
+
+
+def test_pod_overrides_reach_the_schema_as_lists_keyed_like_core_v1():
+    pod = root_schema()["properties"]["spec"]["properties"]["pod"]["properties"]
+    assert pod["env"]["x-kubernetes-list-map-keys"] == ["name"]
+    assert pod["volumeMounts"]["x-kubernetes-list-map-keys"] == ["mountPath"]
+    # Only the volume types Pod Security "restricted" admits exist; unknown ones are pruned or refused.
+    volume = pod["volumes"]["items"]["properties"]
+    assert set(volume) == {"name", "configMap", "secret", "emptyDir", "persistentVolumeClaim", "csi", "ephemeral",
+                           "projected", "downwardAPI"}
+    assert pod["affinity"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                               "description": pod["affinity"]["description"]}

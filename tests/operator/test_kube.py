@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from finetune_operator.kube import Conflict, KubeError, NotFound, Unavailable, _error, collection_path, merge_patch
+from finetune_operator.kube import (Conflict, Kube, KubeError, NotConfigured, NotFound, Unavailable, _error,
+                                    collection_path, default_namespace, merge_patch)
 
 
 def test_merge_patch_turns_old_into_new():
@@ -32,3 +34,21 @@ def test_collections_in_a_namespace_and_across_all():
     assert collection_path("v1", "Pod", "ml") == "/api/v1/namespaces/ml/pods"
     assert collection_path("v1", "Pod", None) == "/api/v1/pods"
     assert collection_path("batch/v1", "Job", None) == "/apis/batch/v1/jobs"
+
+
+def test_the_namespace_meant_is_the_kubeconfig_contexts(tmp_path):
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "team",
+              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}],
+              "contexts": [{"name": "team", "context": {"cluster": "c", "user": "u", "namespace": "ml-team-a"}},
+                           {"name": "plain", "context": {"cluster": "c", "user": "u"}}]}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    assert default_namespace(str(path)) == "ml-team-a"
+    path.write_text(yaml.safe_dump({**config, "current-context": "plain"}))
+    assert default_namespace(str(path)) == "default"
+
+
+def test_no_kubeconfig_is_one_clear_error(tmp_path):
+    with pytest.raises(NotConfigured, match="no cluster to talk to"):
+        Kube.connect(str(tmp_path / "missing"))

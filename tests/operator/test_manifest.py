@@ -21,10 +21,11 @@ def test_not_a_finetunejob():
     assert "not a Kubernetes object" in refusal(["a", "list"])
 
 
-def test_a_refusal_names_the_file_and_the_field_once():
+def test_a_refusal_lists_every_problem_one_line_each_naming_the_file_and_the_field():
     message = refusal({"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "x"},
                        "spec": {"task": "sequence-classification"}})
-    assert message.startswith("job.yaml: spec.model: Field required") and "[and 2 more problems]" in message
+    assert message.splitlines() == ["job.yaml: spec.model: Field required", "job.yaml: spec.dataset: Field required",
+                                    "job.yaml: spec.strategy: Field required"]
 
 
 def test_yaml_problems_and_missing_files(tmp_path):

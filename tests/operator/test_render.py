@@ -51,6 +51,7 @@ CASES = {
     "single-node-2gpu": lambda: _ftj("cluster-llama-2gpu.yaml"),
     "multi-node-2x4gpu": multinode_ftj,
     "export-oci": lambda: _ftj("export-oci.yaml"),
+    "pod-overrides": lambda: _ftj("cluster-pod-overrides.yaml"),
 }
 
 
@@ -105,8 +106,9 @@ def test_children_are_named_by_attempt_and_owned_by_the_finetunejob():
                          "uid": UID, "controller": True, "blockOwnerDeletion": True}
 
 
-def test_pod_meets_the_restricted_pod_security_profile():
-    pod = _pod(_objects(_ftj("cluster-llama-2gpu.yaml"))[0]["Job"])
+@pytest.mark.parametrize("example", ["cluster-llama-2gpu.yaml", "cluster-pod-overrides.yaml"])
+def test_pod_meets_the_restricted_pod_security_profile(example):
+    pod = _pod(_objects(_ftj(example))[0]["Job"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 1000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -114,8 +116,10 @@ def test_pod_meets_the_restricted_pod_security_profile():
     [container] = pod["containers"]
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                             "readOnlyRootFilesystem": True, "runAsNonRoot": True}
-    allowed = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI"}
+    allowed = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI", "csi",
+               "ephemeral"}
     assert all(set(v) - {"name"} <= allowed for v in pod["volumes"])
+    assert not {"hostNetwork", "hostPID", "hostIPC", "hostUsers"} & set(pod)
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
@@ -198,6 +202,32 @@ def test_queue_suspend_deadline_and_image():
     assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
     assert plain["spec"]["suspend"] is False and "activeDeadlineSeconds" not in plain["spec"]
     assert _pod(plain)["containers"][0]["image"] == SETTINGS.trainer_image
+
+
+def test_pod_overrides_join_the_operators_pod_after_its_own():
+    pod = _pod(_objects(_ftj("cluster-pod-overrides.yaml"))[0]["Job"])
+    [container] = pod["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert names[:2] == ["FINETUNE_JOB_NAME", "FINETUNE_ATTEMPT"]
+    assert names[-4:] == ["NCCL_DEBUG", "HF_HUB_CACHE", "WANDB_API_KEY", "NODE_NAME"]
+    assert container["env"][-2]["valueFrom"] == {"secretKeyRef": {"name": "wandb", "key": "api-key", "optional": True}}
+    assert [v["name"] for v in pod["volumes"]][-2:] == ["hf-cache", "ca-bundle"]
+    assert pod["volumes"][-1]["configMap"] == {"name": "corporate-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert container["volumeMounts"][-1] == {"name": "ca-bundle", "mountPath": "/etc/ssl/corporate", "readOnly": True}
+    assert pod["serviceAccountName"] == "trainer-bucket-reader"
+    assert pod["automountServiceAccountToken"] is False  # the trainer still never talks to the API
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 50
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_tolerations_in_the_deprecated_place_still_apply_before_spec_pods():
+    old = {"key": "old", "operator": "Exists"}
+    pod = _pod(_objects(_ftj("cluster-llama-2gpu.yaml", resources__tolerations=[old]))[0]["Job"])
+    assert pod["tolerations"] == [old, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    plain = _pod(_objects(_ftj("quickstart.yaml"))[0]["Job"])
+    assert not {"tolerations", "affinity", "serviceAccountName", "imagePullSecrets"} & set(plain)
 
 
 def test_pod_metadata_cannot_replace_the_operators_labels():

@@ -35,7 +35,7 @@ VARIANT="${FTO_TRAINER_VARIANT:-cuda}"
 TORCH_INDEX_URL="${FTO_TORCH_INDEX_URL:-}"
 KEEP="${FTO_IMAGES_KEEP:-1}"  # archives kept per image (the trainer's is 3 GiB)
 # What the Dockerfile copies (keep in step with .dockerignore): these files decide the tags.
-CONTEXT=(Dockerfile .dockerignore pyproject.toml README.md tools/install.sh operator trainer_image)
+CONTEXT=(Dockerfile .dockerignore pyproject.toml LICENSE README.md tools/install.sh operator trainer_image)
 
 TEMPS=()  # work folders removed on exit, whatever the exit (never across a mount a failed debootstrap left)
 cleanup() {
