@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from finetune_operator.api import API_VERSION, KIND, FineTuneJob
+from finetune_operator.kueue import LABEL_QUEUE
 from finetune_operator.names import (COMPLETION_INDEX_ANNOTATION, CONTAINER, attempt_name, child_labels,
                                      selector_labels)
 from finetune_operator.places import SCRATCH_OUTPUT, InPod, trainer_config
@@ -20,7 +21,6 @@ from finetune_operator.settings import Settings
 from finetune_trainer.config import EXIT_PERMANENT
 from finetune_trainer.locations import PVC_ROOT_ENV, claim_of
 
-LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
