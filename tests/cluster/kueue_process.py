@@ -13,6 +13,10 @@ How it runs, and why so:
 - Kueue's Configuration: integrations batch/job only, manageJobsWithoutQueueName false, no leader election, no
   internal certificate management (the certificate is made here), metrics and health on free loopback ports, the
   on-demand visibility API server off (it would need an APIService and the aggregation layer's client CA).
+- Without internal certificate management, Kueue v0.17 reads its metrics server's certificate from a fixed path,
+  /etc/kueue/metrics/certs (where its Deployment mounts a Secret). The manager runs in a private mount namespace
+  (``unshare``, root) whose /etc is an overlay with that directory added, so nothing is written to this machine's
+  /etc.
 - One Kueue per plane: ClusterQueues are cluster-wide and two managers without leader election would both admit;
   sessions sharing the plane take turns through a lock file in the plane's state dir.
 """
@@ -50,8 +54,9 @@ def kueue_binary() -> Path:
     """tools/kueue/build.sh's kueue; skipped when not built, a failure under FTO_REQUIRE_CLUSTER=1."""
     bin_dir = Path(subprocess.run([str(BUILD), "--print-bin-dir"], capture_output=True, text=True,
                                   check=True).stdout.strip())
+    binary = require_tool(bin_dir / "kueue", "tools/kueue/build.sh")
     require_tool(bin_dir.parent / "crds" / "kueue.x-k8s.io_workloads.yaml", "tools/kueue/build.sh")
-    return require_tool(bin_dir / "kueue", "tools/kueue/build.sh")
+    return binary
 
 
 def _self_signed(directory: Path) -> bytes:
@@ -60,6 +65,17 @@ def _self_signed(directory: Path) -> bytes:
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(directory / "tls.key"),
                     "-out", str(directory / "tls.crt")], check=True, capture_output=True)
     return (directory / "tls.crt").read_bytes()
+
+
+# Run as `sh -c _WITH_METRICS_CERT kueue WORK BINARY ARGS...` in a private mount namespace: /etc becomes an overlay
+# (upper layer on a tmpfs under WORK) holding WORK's certificate at the path Kueue reads, then Kueue replaces sh.
+_WITH_METRICS_CERT = """set -e
+work=$1; shift
+mkdir -p "$work/etc"; mount -t tmpfs fto-kueue "$work/etc"; mkdir "$work/etc/upper" "$work/etc/work"
+mount -t overlay fto-kueue-etc -o "lowerdir=/etc,upperdir=$work/etc/upper,workdir=$work/etc/work" /etc
+mkdir -p /etc/kueue/metrics/certs; cp "$work/tls.crt" "$work/tls.key" /etc/kueue/metrics/certs/
+exec "$@"
+"""
 
 
 def _configuration(work: Path, webhook_port: int, health_port: int) -> Path:
@@ -153,7 +169,8 @@ def running_kueue(cp: ControlPlane, work: Path) -> Iterator[Path]:
         config = _configuration(work, webhook_port, health_port)
         log = work / "kueue.log"
         with log.open("w") as out:
-            proc = subprocess.Popen([str(binary), f"--config={config}", "--zap-log-level=2"],
+            proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", _WITH_METRICS_CERT,
+                                     "kueue", str(work), str(binary), f"--config={config}", "--zap-log-level=2"],
                                     stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **cp.env})
         try:
             deadline = time.monotonic() + 90
