@@ -10,7 +10,8 @@ is not finished; observed.py attaches the value below to the attempt and lifecyc
 Kueue's Workload conditions read here (v0.17): QuotaReserved (False while pending, with the scheduler's message,
 e.g. "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor gpu, 1 more
 needed"), Admitted, and Evicted (True once Kueue took the admission back: reason Preempted, PodsReadyTimeout,
-InactiveWorkload, ...; it stays True until the Workload is admitted again).
+InactiveWorkload, ...; set while the Workload is still admitted, as Kueue starts stopping the Job, and reset to
+False when Kueue reserves quota for it again).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def observe_workload(workload: dict[str, Any]) -> Queueing:
     conditions = _conditions(workload)
     admitted = (conditions.get("Admitted") or {}).get("status") == "True"
     evicted = conditions.get("Evicted") or {}
-    evicted = evicted if evicted.get("status") == "True" and not admitted else {}
+    evicted = evicted if evicted.get("status") == "True" else {}
     reserved = conditions.get("QuotaReserved") or {}
     waiting = reserved if reserved.get("status") != "True" else conditions.get("Admitted") or {}
     priority = (workload.get("spec") or {}).get("priority")

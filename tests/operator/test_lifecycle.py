@@ -152,11 +152,17 @@ def test_job_preempted_by_kueue_shows_it_and_waits_to_resume_from_its_checkpoint
     assert "insufficient unused quota" in d.message
     assert cond(status, "Queued")["status"] == "True" and cond(status, "Running")["status"] == "False"
     assert transition_event(o, d)[:2] == ("Normal", "Preempted")
-    # Another eviction (e.g. the ClusterQueue was stopped) is Evicted; once admitted again, Evicted no longer counts.
+    # Kueue evicts before it releases the quota: the Workload is still admitted while the Job stops.
+    stopping = workload(1, evicted, ("QuotaReserved", "True", "QuotaReserved", ""), ("Admitted", "True", "", ""))
+    _, d, _ = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)], workloads=[stopping])
+    assert d.reason == "Preempted"
+    # Another eviction (e.g. the ClusterQueue was stopped) is Evicted.
     stopped = ("Evicted", "True", "ClusterQueueStopped", "The ClusterQueue is stopped")
     _, d, _ = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)], workloads=[workload(1, stopped)])
     assert d.reason == "Evicted"
-    admitted = workload(1, evicted, ("QuotaReserved", "True", "QuotaReserved", ""), ("Admitted", "True", "", ""))
+    # Admitted again: Kueue resets Evicted and unsuspends the Job, which runs.
+    admitted = workload(1, ("Evicted", "False", "QuotaReserved", ""), ("QuotaReserved", "True", "QuotaReserved", ""),
+                        ("Admitted", "True", "", ""))
     _, d, status = run(ftj(RUNNING, queueName="team-a"), [job(1)], [pod(1)], workloads=[admitted])
     assert (d.phase.value, d.reason) == ("Running", "TrainerRunning")
     assert cond(status, "Queued")["status"] == "False"
