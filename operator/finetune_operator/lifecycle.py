@@ -220,6 +220,9 @@ def queued(o: Observed) -> Decision | None:
         return Decision(Phase.PENDING, QUEUED, f"attempt {current.number} waits for {where} to admit it (no "
                                                f"Workload for Job {attempt_name(o.name, current.number)} yet)")
     now = f"; Kueue now says: {kueue.message}" if kueue.message else ""
+    if kueue.admitted and not kueue.evicted:  # for the moment until Kueue unsuspends the Job
+        return Decision(Phase.PENDING, WAITING_FOR_PODS, f"Kueue admitted attempt {current.number} (Workload "
+                                                         f"{kueue.workload}); its pods start")
     if kueue.evicted:
         reason = PREEMPTED if kueue.evicted_reason == EVICTED_BY_PREEMPTION else EVICTED
         return Decision(Phase.PENDING, reason,

@@ -220,11 +220,11 @@ def test_kueue_preempted_job_shows_it_and_resumes_when_admitted_again(env: Env, 
     assert "Preempted" in reasons and reasons.count("TrainerRunning") == 2
 
 
-def test_kueue_retry_keeps_its_priority_and_takes_the_quota_back(env: Env, queue: Callable[..., str],
+def test_kueue_retry_keeps_its_priority_and_goes_first(env: Env, queue: Callable[..., str],
                                                                  kueue: str) -> None:
     """A retry is a new Job, so a new Workload, ordered by its own creation time: Kueue gives it no place of the
-    failed attempt's. What it keeps is the job's priority: here it takes the quota back from a lower-priority job
-    that was admitted in between."""
+    failed attempt's. What it keeps is the job's priority: it goes before a lower-priority job that waited longer
+    (or, where Kueue admitted that one in the moment between the failure and the retry's Job, preempts it)."""
     q = queue(preempt=True)
     _apply(env, "flaky", q, f"high-{kueue}")
     [pod] = env.wait_running_pods("flaky", 1)
@@ -235,7 +235,10 @@ def test_kueue_retry_keeps_its_priority_and_takes_the_quota_back(env: Env, queue
     assert [j["metadata"]["name"] for j in env.jobs("flaky")] == ["flaky-a1", "flaky-a2"]
     job2 = next(j for j in env.jobs("flaky") if j["metadata"]["name"] == "flaky-a2")
     assert job2["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == q
-    assert _workload(env, "flaky-a2")["spec"]["priority"] == HIGH
+    retry = _workload(env, "flaky-a2")
+    assert retry["spec"]["priority"] == HIGH
+    # A new Workload: ordered by its own creation time, after patient's (RFC 3339 seconds, so possibly equal).
+    assert _workload(env, "patient-a1")["metadata"]["creationTimestamp"] <= retry["metadata"]["creationTimestamp"]
     ftj = env.ftj("flaky")
     assert ftj["status"]["checkpoint"] == {"location": "pvc://ckpt/run/checkpoints/step-40", "step": 40}
     env.cp.wait_for(lambda: _suspended(env, "patient") and env.ftj("patient")["status"]["phase"] == "Pending",

@@ -163,6 +163,9 @@ def test_job_preempted_by_kueue_shows_it_and_waits_to_resume_from_its_checkpoint
     # Admitted again: Kueue resets Evicted and unsuspends the Job, which runs.
     admitted = workload(1, ("Evicted", "False", "QuotaReserved", ""), ("QuotaReserved", "True", "QuotaReserved", ""),
                         ("Admitted", "True", "", ""))
+    _, d, status = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)], workloads=[admitted])
+    assert (d.phase.value, d.reason) == ("Pending", "WaitingForPods") and "Kueue admitted attempt 1" in d.message
+    assert cond(status, "Queued")["status"] == "False"
     _, d, status = run(ftj(RUNNING, queueName="team-a"), [job(1)], [pod(1)], workloads=[admitted])
     assert (d.phase.value, d.reason) == ("Running", "TrainerRunning")
     assert cond(status, "Queued")["status"] == "False"
