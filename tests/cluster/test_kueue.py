@@ -260,3 +260,24 @@ def test_kueue_example_manifests_are_accepted(env: Env) -> None:
     example = REPO / "examples" / "kueue" / "finetunejob.yaml"
     assert load_finetunejob(example).spec.queue_name == "gpu-team-a"
     env.cp.kubectl("apply", "--dry-run=server", "-n", env.ns, "-f", str(example))
+
+
+def test_kueue_webhooks_serve_the_test_namespace(env: Env, queue: Callable[..., str]) -> None:
+    """Kueue's own Job webhooks, on loopback with the fixture's certificate, answer for the test's namespace:
+    the mutating one suspends a queued Job created running, the validating one refuses a bad queue name."""
+    q = queue()
+
+    def job(name: str, queue_name: str) -> str:
+        return yaml.safe_dump({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": env.ns, "labels": {"kueue.x-k8s.io/queue-name": queue_name}},
+            "spec": {"suspend": False, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                "name": "c", "image": "busybox", "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}},
+                "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 1000,
+                                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+            }]}}}})
+    created = yaml.safe_load(env.cp.kubectl("create", "--dry-run=server", "-o", "yaml", "-f", "-",
+                                            input=job("hook", q)).stdout)
+    assert created["spec"]["suspend"] is True  # Kueue's defaulting webhook
+    refused = env.cp.kubectl("create", "--dry-run=server", "-f", "-", input=job("bad", "Team_A"), check=False)
+    assert refused.returncode != 0 and "vjob.kb.io" in refused.stderr, refused.stderr

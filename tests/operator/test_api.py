@@ -55,6 +55,7 @@ def test_a_good_finetunejob_gets_the_defaults_the_crd_has():
     ({"training__learningRate": 0}, "spec.training.learningRate: Input should be greater than 0"),
     ({"training__batchsize": 8}, "spec.training.batchsize: unknown field"),
     ({"dataset__eval": "dev", "dataset__evalFraction": 0.2}, "dataset.eval and dataset.evalFraction are exclusive"),
+    ({"queueName": "Team_A"}, "spec.queueName: String should match pattern"),  # Kueue's webhook would refuse the Job
 ])
 def test_bad_specs_are_refused_naming_the_field(overrides, words):
     assert words in refusal(finetunejob(**overrides))
