@@ -1,5 +1,5 @@
 """A real Kueue (tools/kueue/build.sh: the controller manager built from sigs.k8s.io/kueue) against the local plane,
-for tests/cluster/test_kueue.py.
+for tests/cluster/test_kueue.py and tests/e2e/test_kueue_real_pods.py.
 
 How it runs, and why so:
 - A local process with the plane's admin kubeconfig (the plane runs no pods of its own for controllers; Kueue's
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
+from cluster.operator_process import REPO, free_port  # importable from tests/e2e as well
 from helm_chart import require_tool
-from operator_process import REPO, free_port
 
 if TYPE_CHECKING:
     from conftest import ControlPlane
