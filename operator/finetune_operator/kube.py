@@ -208,6 +208,13 @@ class Kube:
                                    query={"labelSelector": f"{LABEL_JOB_UID}={job_uid}"})
         except NotFound:  # no Workload API: a queueName without Kueue, which keeps the Job suspended
             return []
+        except KubeError as error:
+            if error.status != 403:
+                raise
+            # A Role without the chart's rule for Workloads: the status still says the job waits for Kueue.
+            log.warning("cannot read Kueue's Workloads in %s (the operator's Role lacks list on "
+                        "workloads.kueue.x-k8s.io): %s", namespace, error)
+            return []
         return answer.get("items", [])
 
     def _list_pages(self, path: str) -> list[dict[str, Any]]:

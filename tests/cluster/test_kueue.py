@@ -10,11 +10,13 @@ the pod template carries it, and Kueue takes a Workload's priority from it (no W
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 import yaml
 
+from finetune_operator.kube import Kube
 from finetune_operator.manifest import load_finetunejob
 from kueue_process import KUEUE_NAMESPACE_LABEL, running_kueue
 from operator_process import REPO, RESTRICTED, RUN_FOREVER, Env, operator_env
@@ -281,3 +283,17 @@ def test_kueue_webhooks_serve_the_test_namespace(env: Env, queue: Callable[..., 
     assert created["spec"]["suspend"] is True  # Kueue's defaulting webhook
     refused = env.cp.kubectl("create", "--dry-run=server", "-f", "-", input=job("bad", "Team_A"), check=False)
     assert refused.returncode != 0 and "vjob.kb.io" in refused.stderr, refused.stderr
+
+
+def test_kueue_workloads_are_read_with_the_charts_role_and_without_one_the_pass_goes_on(
+        env: Env, queue: Callable[..., str], tmp_path: Path) -> None:
+    """The chart's Role lets the operator list Workloads; an operator whose Role lacks it reads none (a warning)
+    instead of failing every pass of a queued job."""
+    _apply(env, "listed", queue())
+    env.wait_running_pods("listed", 1)
+    uid = env.jobs("listed")[0]["metadata"]["uid"]
+    [workload] = Kube.connect(str(env.kubeconfig)).list_workloads(env.ns, uid)  # the chart's ServiceAccount
+    assert workload["metadata"]["labels"]["kueue.x-k8s.io/job-uid"] == uid
+    env.cp.kubectl("create", "serviceaccount", "no-kueue-rule", "-n", env.ns)
+    bare = env.cp.mint_kubeconfig(env.ns, "no-kueue-rule", tmp_path / "bare.kubeconfig")
+    assert Kube.connect(str(bare)).list_workloads(env.ns, uid) == []
