@@ -6,10 +6,11 @@ computes from it and posts the Event events.transition_event names. Nothing here
 state, so every path is a unit test.
 
 Phases: Pending -> Running -> Succeeded | Failed, and Suspended. A job with spec.queueName waits in Pending while
-Kueue holds its Job suspended (reason Queued, or Preempted/Evicted after Kueue stopped it), in Kueue's own words. A failed attempt whose failure a retry can fix
-(the trainer's retryable exit code, a disruption, a crash from outside) becomes the next attempt, which resumes
-from the checkpoint, until runPolicy.backoffLimit retries are spent; a permanent failure (the trainer's permanent
-exit code, OOMKilled, the deadline) ends the job at once with the trainer's reason (failures.py tells which).
+Kueue holds its Job suspended (reason Queued, or Preempted/Evicted after Kueue stopped it), in Kueue's own words.
+A failed attempt whose failure a retry can fix (the trainer's retryable exit code, a disruption, a crash from
+outside) becomes the next attempt, which resumes from the checkpoint, until runPolicy.backoffLimit retries are
+spent; a permanent failure (the trainer's permanent exit code, OOMKilled, the deadline) ends the job at once with
+the trainer's reason (failures.py tells which).
 """
 
 from __future__ import annotations

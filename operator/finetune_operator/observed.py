@@ -1,8 +1,9 @@
 """What the operator sees of a FineTuneJob in the cluster, as plain values the lifecycle can decide on.
 
 The gatherer (reconciler.py) reads the FineTuneJob, its attempts' Jobs and their pods, the latest scraped
-trainer metrics and, for a queued job, the Kueue Workload of its current Job (kueue.py); the functions here turn those raw API objects into the frozen dataclasses below. They are pure,
-so the lifecycle's tests build an ``Observed`` from literal dicts without a cluster.
+trainer metrics and, for a queued job, the Kueue Workload of its current Job (kueue.py); the functions here turn
+those raw API objects into the frozen dataclasses below. They are pure, so the lifecycle's tests build an
+``Observed`` from literal dicts without a cluster.
 
 ``trim_job`` and ``trim_pod`` cut a Job or pod down to the fields read here, for the in-memory store of children
 (children.py): they live next to the readers so that a new field read here is not forgotten there.
