@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import fcntl
 import os
+import signal
 import subprocess
 import time
 import ssl
@@ -76,6 +78,12 @@ mount -t overlay fto-kueue-etc -o "lowerdir=/etc,upperdir=$work/etc/upper,workdi
 mkdir -p /etc/kueue/metrics/certs; cp "$work/tls.crt" "$work/tls.key" /etc/kueue/metrics/certs/
 exec "$@"
 """
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when pytest dies, even by SIGKILL (unshare and sh exec, so it reaches
+    Kueue), so that no orphaned manager admits workloads beside the next session's."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _configuration(work: Path, webhook_port: int, health_port: int) -> Path:
@@ -171,7 +179,8 @@ def running_kueue(cp: ControlPlane, work: Path) -> Iterator[Path]:
         with log.open("w") as out:
             proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", _WITH_METRICS_CERT,
                                      "kueue", str(work), str(binary), f"--config={config}", "--zap-log-level=2"],
-                                    stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **cp.env})
+                                    stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **cp.env},
+                                    preexec_fn=_die_with_parent)
         try:
             deadline = time.monotonic() + 90
             while not (_ready(health_port) and _webhook_serving(webhook_port)):
