@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator
 from finetune_operator.core_types import Toleration
 from finetune_operator.pod_overrides import PodOverrides
 from finetune_trainer.config import (
+    DNS1123_SUBDOMAIN,
     ApiModel,
     DatasetSpec,
     ModelSpec,
@@ -39,7 +40,6 @@ MAX_NAME_LENGTH = 52
 
 # Kubernetes' resource.Quantity grammar without the sign: a negative request is refused when the Job is created.
 QUANTITY_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
 
 def _quantity(description: str) -> Any:
@@ -103,7 +103,10 @@ class FineTuneJobSpec(ApiModel):
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, cleanup and suspension "
                                   "of the whole job.")
     queue_name: str | None = Field(
-        None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Kueue LocalQueue; copied to the kueue.x-k8s.io/queue-name label.",
+        None, max_length=63, pattern=f"^{DNS1123_SUBDOMAIN}$",
+        description="Kueue LocalQueue in the job's namespace (a DNS subdomain, as Kueue requires of the label); copied "
+                    "to the kueue.x-k8s.io/queue-name label of each attempt's Job, which is created suspended for "
+                    "Kueue to admit (docs/kueue.md).",
     )
     image: str | None = Field(None, max_length=1024, description="Trainer image (default: the operator's setting).")
     pod_metadata: PodMetadata | None = Field(None, description="Labels and annotations added to trainer pods.")

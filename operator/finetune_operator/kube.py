@@ -20,6 +20,7 @@ from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator.api import API_VERSION, GROUP, KIND, PLURAL
+from finetune_operator.kueue import LABEL_JOB_UID, workloads_path
 from finetune_operator.names import CHILD_SELECTOR, LABEL_FINETUNEJOB
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,22 @@ class Kube:
             jobs += self._list_pages(collection_path("batch/v1", "Job", namespace))
             pods += self._list_pages(collection_path("v1", "Pod", namespace))
         return jobs, pods
+
+    def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads for the Job with this uid (kueue.py); none where Kueue is not installed."""
+        try:
+            answer = self._request("GET", workloads_path(namespace),
+                                   query={"labelSelector": f"{LABEL_JOB_UID}={job_uid}"})
+        except NotFound:  # no Workload API: a queueName without Kueue, which keeps the Job suspended
+            return []
+        except KubeError as error:
+            if error.status != 403:
+                raise
+            # A Role without the chart's rule for Workloads: the status still says the job waits for Kueue.
+            log.warning("cannot read Kueue's Workloads in %s (the operator's Role lacks list on "
+                        "workloads.kueue.x-k8s.io): %s", namespace, error)
+            return []
+        return answer.get("items", [])
 
     def _list_pages(self, path: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

@@ -5,10 +5,12 @@ first decision wins. The reconciler carries out the decision's action, writes th
 computes from it and posts the Event events.transition_event names. Nothing here does I/O, reads a clock or keeps
 state, so every path is a unit test.
 
-Phases: Pending -> Running -> Succeeded | Failed, and Suspended. A failed attempt whose failure a retry can fix
-(the trainer's retryable exit code, a disruption, a crash from outside) becomes the next attempt, which resumes
-from the checkpoint, until runPolicy.backoffLimit retries are spent; a permanent failure (the trainer's permanent
-exit code, OOMKilled, the deadline) ends the job at once with the trainer's reason (failures.py tells which).
+Phases: Pending -> Running -> Succeeded | Failed, and Suspended. A job with spec.queueName waits in Pending while
+Kueue holds its Job suspended (reason Queued, or Preempted/Evicted after Kueue stopped it), in Kueue's own words.
+A failed attempt whose failure a retry can fix (the trainer's retryable exit code, a disruption, a crash from
+outside) becomes the next attempt, which resumes from the checkpoint, until runPolicy.backoffLimit retries are
+spent; a permanent failure (the trainer's permanent exit code, OOMKilled, the deadline) ends the job at once with
+the trainer's reason (failures.py tells which).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Union
 
 from finetune_operator.api import Phase, parse_time
 from finetune_operator.failures import DEADLINE_EXCEEDED, classify_failure
+from finetune_operator.kueue import EVICTED_BY_PREEMPTION
 from finetune_operator.names import attempt_name
 from finetune_operator.observed import Observed, ObservedAttempt, ObservedPod
 
@@ -35,7 +38,11 @@ RETRYING = "Retrying"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 SUSPENDED = "Suspended"
 RESUMED = "Resumed"
-QUEUED = "Queued"
+QUEUED = "Queued"  # Kueue has not admitted the attempt's Job yet
+PREEMPTED = "Preempted"  # Kueue preempted the running attempt (suspended its Job) for a higher-priority workload
+EVICTED = "Evicted"  # Kueue took the admission back for another reason (its Evicted condition says which)
+# The reasons of a job whose Job waits for Kueue; status.py sets the Queued condition for them.
+KUEUE_WAITING = frozenset({QUEUED, PREEMPTED, EVICTED})
 INVALID_SPEC = "InvalidSpec"
 # Why a pod of the attempt does not run, in three kinds a user acts on differently.
 UNSCHEDULABLE = "Unschedulable"
@@ -202,15 +209,34 @@ def suspended(o: Observed) -> Decision | None:
                     SuspendAttempt(current.number))
 
 
+def queued(o: Observed) -> Decision | None:
+    """Kueue owns a queued Job's suspend flag: it unsuspends the Job when it admits it and suspends it again when
+    it preempts it. The status says what Kueue's Workload for the Job says (kueue.py)."""
+    current, queue = o.current, o.ftj.spec.queue_name
+    if not queue or not current.suspended:
+        return None
+    where = f"Kueue LocalQueue {queue}"
+    kueue = current.queueing
+    if kueue is None:
+        return Decision(Phase.PENDING, QUEUED, f"attempt {current.number} waits for {where} to admit it (no "
+                                               f"Workload for Job {attempt_name(o.name, current.number)} yet)")
+    now = f"; Kueue now says: {kueue.message}" if kueue.message else ""
+    if kueue.admitted and not kueue.evicted:  # for the moment until Kueue unsuspends the Job
+        return Decision(Phase.PENDING, WAITING_FOR_PODS, f"Kueue admitted attempt {current.number} (Workload "
+                                                         f"{kueue.workload}); its pods start")
+    if kueue.evicted:
+        reason = PREEMPTED if kueue.evicted_reason == EVICTED_BY_PREEMPTION else EVICTED
+        return Decision(Phase.PENDING, reason,
+                        f"Kueue stopped attempt {current.number} ({kueue.evicted_reason}: {kueue.evicted_message}); "
+                        f"it resumes from the last checkpoint when {where} admits it again{now}")
+    return Decision(Phase.PENDING, QUEUED, f"attempt {current.number} waits in {where} (Workload {kueue.workload})"
+                                           f": {kueue.message or 'not admitted yet'}")
+
+
 def resumed(o: Observed) -> Decision | None:
     current = o.current
     if not current.suspended:
         return None
-    queue = o.ftj.spec.queue_name
-    if queue:
-        # Kueue owns a queued Job's suspend flag: it unsuspends the Job when it admits it.
-        return Decision(Phase.PENDING, QUEUED, f"attempt {current.number} waits for Kueue to admit it "
-                                               f"(LocalQueue {queue})")
     return Decision(Phase.PENDING, RESUMED, f"resuming attempt {current.number} from the last checkpoint",
                     ResumeAttempt(current.number))
 
@@ -246,7 +272,7 @@ def active(o: Observed) -> Decision:
 
 # Order matters: each rule may assume the ones before it passed (e.g. a parsed spec, an existing attempt).
 RULES: tuple[Callable[[Observed], Decision | None], ...] = (
-    finished, invalid_spec, deadline_exceeded, no_attempt, succeeded, failed, suspended, resumed, active,
+    finished, invalid_spec, deadline_exceeded, no_attempt, succeeded, failed, suspended, queued, resumed, active,
 )
 
 

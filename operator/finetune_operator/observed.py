@@ -1,8 +1,9 @@
 """What the operator sees of a FineTuneJob in the cluster, as plain values the lifecycle can decide on.
 
-The gatherer (reconciler.py) reads the FineTuneJob, its attempts' Jobs and their pods, and the latest scraped
-trainer metrics; the functions here turn those raw API objects into the frozen dataclasses below. They are pure,
-so the lifecycle's tests build an ``Observed`` from literal dicts without a cluster.
+The gatherer (reconciler.py) reads the FineTuneJob, its attempts' Jobs and their pods, the latest scraped
+trainer metrics and, for a queued job, the Kueue Workload of its current Job (kueue.py); the functions here turn
+those raw API objects into the frozen dataclasses below. They are pure, so the lifecycle's tests build an
+``Observed`` from literal dicts without a cluster.
 
 ``trim_job`` and ``trim_pod`` cut a Job or pod down to the fields read here, for the in-memory store of children
 (children.py): they live next to the readers so that a new field read here is not forgotten there.
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_operator.api import FineTuneJob, FineTuneJobStatus
+from finetune_operator.kueue import Queueing, job_uid, observe_workload
 from finetune_operator.manifest import describe_validation_error
 from finetune_operator.summary import read_summary
 from finetune_operator.names import COMPLETION_INDEX_ANNOTATION, CONTAINER, LABEL_ATTEMPT, LABEL_FINETUNEJOB
@@ -83,6 +85,7 @@ class ObservedAttempt:
     failure_reason: str = ""  # the Job's Failed condition: DeadlineExceeded, PodFailurePolicy, BackoffLimitExceeded
     failure_message: str = ""
     pods: tuple[ObservedPod, ...] = ()
+    queueing: Queueing | None = None  # Kueue's Workload for this Job (queued jobs; None until Kueue made one)
 
     @property
     def finished(self) -> bool:
@@ -185,11 +188,14 @@ def attempt_number(obj: dict[str, Any]) -> int:
     return int(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, 0))
 
 
-def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]]) -> ObservedAttempt:
-    """One attempt from its batch/v1 Job and the pods labelled with its number."""
+def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]],
+                    workloads: list[dict[str, Any]] = ()) -> ObservedAttempt:
+    """One attempt from its batch/v1 Job, the pods labelled with its number and Kueue's Workload for the Job."""
     number = attempt_number(job)
     spec = job.get("spec") or {}
     failed = _condition(job, "Failed")
+    uid = (job.get("metadata") or {}).get("uid")
+    workload = next((w for w in workloads if uid and job_uid(w) == uid), None)
     return ObservedAttempt(
         number=number,
         parallelism=int(spec.get("parallelism", 1)),
@@ -200,11 +206,12 @@ def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]]) -> Observed
         failure_message=(failed or {}).get("message") or "",
         pods=tuple(sorted((observe_pod(p) for p in pods if attempt_number(p) == number),
                           key=lambda p: (p.index, p.name))),
+        queueing=observe_workload(workload) if workload else None,
     )
 
 
 def observe(ftj: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]], now: datetime,
-            scraped: dict[str, Any] | None = None) -> Observed:
+            scraped: dict[str, Any] | None = None, workloads: list[dict[str, Any]] = ()) -> Observed:
     meta = ftj.get("metadata") or {}
     try:
         parsed, spec_error = FineTuneJob.model_validate(ftj), ""
@@ -215,7 +222,7 @@ def observe(ftj: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str
         status = FineTuneJobStatus.model_validate(ftj.get("status") or {})
     except ValidationError:
         status = FineTuneJobStatus()  # written by someone else; the next status patch replaces it
-    attempts = sorted((observe_attempt(j, pods) for j in jobs), key=lambda a: a.number)
+    attempts = sorted((observe_attempt(j, pods, workloads) for j in jobs), key=lambda a: a.number)
     return Observed(
         name=meta.get("name", ""),
         namespace=meta.get("namespace", ""),
@@ -266,7 +273,8 @@ def _trim_container(status: dict[str, Any]) -> dict[str, Any] | None:
 def _trim_metadata(obj: dict[str, Any], annotations: tuple[str, ...] = ()) -> dict[str, Any]:
     meta = obj.get("metadata") or {}
     labels = meta.get("labels") or {}
-    out = {k: meta[k] for k in ("name", "namespace") if k in meta}
+    # The uid names a Job's Kueue Workload (observe_attempt); it never changes, so it triggers no pass.
+    out = {k: meta[k] for k in ("name", "namespace", "uid") if k in meta}
     out["labels"] = {k: labels[k] for k in (LABEL_FINETUNEJOB, LABEL_ATTEMPT) if k in labels}
     kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k in annotations}
     if kept:

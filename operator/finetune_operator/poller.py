@@ -29,14 +29,19 @@ def needs_polling(spec: dict[str, Any], status: dict[str, Any]) -> bool:
 
     Running: its progress is read from the trainer. A deadline (runPolicy.activeDeadlineSeconds) until the job
     finishes, and a TTL (ttlSecondsAfterFinished) once it has: lifecycle.deadline_exceeded and lifecycle.finished
-    compare them with the clock, the only rules that read it. Everything else (Pending, Suspended, Queued) moves
-    on watch events of the FineTuneJob, its Jobs and its pods; polling hundreds of them only queued passes in
-    front of the ones events asked for (BENCHMARKS.md §5).
+    compare them with the clock, the only rules that read it. Pending with spec.queueName: why Kueue holds its Job
+    is in Kueue's Workload, which the operator does not watch, and it changes without a Job event (Kueue writes
+    why it cannot admit the Job after the Job exists); Kueue's admission and preemption do flip the Job's suspend
+    flag, which is a Job event. Everything else (Pending, Suspended) moves on watch events of the FineTuneJob, its
+    Jobs and its pods; polling hundreds of them only queued passes in front of the ones events asked for
+    (BENCHMARKS.md §5).
     """
     run_policy = spec.get("runPolicy") or {}
-    if status.get("phase") in TERMINAL:
+    phase = status.get("phase")
+    if phase in TERMINAL:
         return run_policy.get("ttlSecondsAfterFinished") is not None
-    return status.get("phase") == Phase.RUNNING.value or run_policy.get("activeDeadlineSeconds") is not None
+    queued = phase == Phase.PENDING.value and bool(spec.get("queueName"))
+    return phase == Phase.RUNNING.value or queued or run_policy.get("activeDeadlineSeconds") is not None
 
 
 class Poller:

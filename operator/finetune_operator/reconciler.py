@@ -23,10 +23,10 @@ from finetune_operator.api import Phase
 from finetune_operator.children import Children, behind
 from finetune_operator.events import build_event, transition_event
 from finetune_operator.kube import Invalid, Kube, NotFound, merge_patch
-from finetune_operator.lifecycle import (INVALID_SPEC, CreateAttempt, Decision, DeleteFineTuneJob, ResumeAttempt,
-                                         SuspendAttempt, decide)
+from finetune_operator.lifecycle import (INVALID_SPEC, TERMINAL, CreateAttempt, Decision, DeleteFineTuneJob,
+                                         ResumeAttempt, SuspendAttempt, decide)
 from finetune_operator.names import attempt_name
-from finetune_operator.observed import Observed, observe
+from finetune_operator.observed import Observed, attempt_number, observe
 from finetune_operator.render import build_attempt
 from finetune_operator.scrape import Scraper
 from finetune_operator.settings import Settings
@@ -87,7 +87,7 @@ class Reconciler:
             return None  # deleted: garbage collection removes the children
         jobs, pods = self._children(ftj)
         now = self.clock()
-        observed = observe(ftj, jobs, pods, now)
+        observed = observe(ftj, jobs, pods, now, workloads=self._workloads(ftj, jobs))
         if poll:
             observed = replace(observed, scraped=self._scrape(observed))
         decision = decide(observed)
@@ -124,6 +124,17 @@ class Reconciler:
         jobs, pods = self.kube.list_children(namespace, name)
         self.children.seed(jobs, pods)
         return jobs, pods
+
+    def _workloads(self, ftj: dict, jobs: list[dict]) -> list[dict]:
+        """Kueue's Workload for the current attempt's Job while Kueue holds that Job suspended (queued, or preempted):
+        why it waits is there, not on the Job (kueue.py). One LIST by label, only for such a job."""
+        if not (ftj.get("spec") or {}).get("queueName") or (ftj.get("status") or {}).get("phase") in TERMINAL:
+            return []
+        current = max(jobs, key=attempt_number, default=None)
+        if current is None or not (current.get("spec") or {}).get("suspend"):
+            return []
+        uid = (current.get("metadata") or {}).get("uid")
+        return self.kube.list_workloads(ftj["metadata"]["namespace"], uid) if uid else []
 
     def _scrape(self, o: Observed) -> dict | None:
         rank0 = o.current.rank0 if o.current else None

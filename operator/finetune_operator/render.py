@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from finetune_operator.api import API_VERSION, KIND, FineTuneJob, FineTuneJobSpec
+from finetune_operator.kueue import LABEL_QUEUE
 from finetune_operator.names import (CLAIM_VOLUME_PREFIX, COMPLETION_INDEX_ANNOTATION, CONFIG_DIR, CONTAINER,
                                      JOB_COMPLETION_INDEX, REGISTRY_AUTH_DIR, SCRATCH_OUTPUT, SHM_DIR, TMP_DIR,
                                      VOLUME_CONFIG, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH, VOLUME_SHM, VOLUME_TMP,
@@ -23,7 +24,6 @@ from finetune_trainer.config import (EXIT_PERMANENT, JOB_UID_ENV, REGISTRY_AUTH_
                                      REGISTRY_SECRET_KEY as SECRET_KEY)
 from finetune_trainer.locations import PVC_ROOT_ENV, claim_of
 
-LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_operator.api import FineTuneJobStatus, Phase, format_time
-from finetune_operator.lifecycle import TERMINAL, CreateAttempt, Decision, ResumeAttempt
+from finetune_operator.lifecycle import KUEUE_WAITING, TERMINAL, CreateAttempt, Decision, ResumeAttempt
 from finetune_operator.observed import Observed
 
 # Condition types. Ready is the summary condition (True once the FineTuneJob succeeded) and always carries the
 # latest reason and message, so `kubectl wait --for=condition=Ready` and dashboards need to look at one place only.
-CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended")
+# Queued is not a phase: it is True while Kueue holds the job's Job (Pending, reasons lifecycle.KUEUE_WAITING).
+CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended", "Queued")
 _TRUE_IN = {"Ready": Phase.SUCCEEDED, "Running": Phase.RUNNING, "Succeeded": Phase.SUCCEEDED,
             "Failed": Phase.FAILED, "Suspended": Phase.SUSPENDED}
 # The summary's phases map onto the FineTuneJob's phases; "Interrupted" is a retryable stop: the job is not over.
@@ -27,7 +28,8 @@ def _conditions(o: Observed, d: Decision) -> list[dict[str, Any]]:
     now = format_time(o.now)
     conditions = []
     for ctype in CONDITION_TYPES:
-        status = "True" if d.phase == _TRUE_IN[ctype] else "False"
+        true = d.reason in KUEUE_WAITING if ctype == "Queued" else d.phase == _TRUE_IN[ctype]
+        status = "True" if true else "False"
         old = previous.get(ctype)
         conditions.append({
             "type": ctype,

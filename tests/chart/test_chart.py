@@ -171,6 +171,7 @@ OPERATOR_RULES = {  # (apiGroup, resource) -> verbs; see the comment on finetune
     ("", "configmaps"): {"create"},
     ("", "services"): {"create"},
     ("", "events"): {"create"},
+    ("kueue.x-k8s.io", "workloads"): {"list"},
 }
 CRD_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 

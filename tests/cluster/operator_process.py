@@ -188,10 +188,13 @@ class Env:
 
 
 def release_manifests(cp: ControlPlane, release: str, system_ns: str, namespace: str) -> str:
-    """The chart's RBAC for a per-namespace install watching ``namespace`` (what `helm install` would create)."""
+    """The chart's RBAC for a per-namespace install watching ``namespace`` (what `helm install` would create).
+    Without the chart's CRD (install_crd applies it): these manifests are deleted with `kubectl delete` afterwards,
+    which, unlike `helm uninstall`, does not honour the CRD's keep policy, and deleting the CRD would delete every
+    FineTuneJob on the plane, other sessions' too."""
     return subprocess.run(
         [str(cp.bin_dir / "helm"), "template", release, str(CHART), "--namespace", system_ns,
-         "--set", "rbac.clusterWide=false", "--set", f"namespaces={{{namespace}}}"],
+         "--set", "crds.install=false", "--set", "rbac.clusterWide=false", "--set", f"namespaces={{{namespace}}}"],
         check=True, capture_output=True, text=True).stdout
 
 

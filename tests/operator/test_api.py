@@ -64,6 +64,7 @@ def test_a_good_finetunejob_gets_the_defaults_the_crd_has():
      "spec.output.push.secretRef.name: String should match pattern"),
     ({"output__push": {"reference": "r.example.com/m:v1", "insecure": "maybe"}},
      "spec.output.push.insecure: Input should be a valid boolean"),
+    ({"queueName": "Team_A"}, "spec.queueName: String should match pattern"),  # Kueue's webhook would refuse the Job
 ])
 def test_bad_specs_are_refused_naming_the_field(overrides, words):
     assert words in refusal(finetunejob(**overrides))

@@ -40,13 +40,14 @@ def ftj(status=None, generation=1, **spec_updates):
     }
 
 
-def job(n, complete=False, failed=None, suspend=False, parallelism=1):
+def job(n, complete=False, failed=None, suspend=False, parallelism=1, uid=None):
     conditions = []
     if complete:
         conditions.append({"type": "Complete", "status": "True"})
     if failed:
         conditions.append({"type": "Failed", "status": "True", "reason": failed, "message": f"Job {failed}"})
-    return {"metadata": {"name": f"mrpc-a{n}", "labels": {"finetune.io/job": "mrpc", "finetune.io/attempt": str(n)}},
+    return {"metadata": {"name": f"mrpc-a{n}", "uid": uid or f"job-uid-{n}",
+                         "labels": {"finetune.io/job": "mrpc", "finetune.io/attempt": str(n)}},
             "spec": {"suspend": suspend, "parallelism": parallelism},
             "status": {"conditions": conditions}}
 
@@ -74,8 +75,20 @@ def summary(phase, reason=None, message="", field=None, exit_code=0, **extra):
                        "exitCode": exit_code, **extra})
 
 
-def run(resource, jobs=(), pods=(), now=NOW, scraped=None):
-    o = observe(resource, list(jobs), list(pods), now, scraped)
+def workload(n, *conditions, priority=100):
+    """Kueue's Workload for Job mrpc-a<n>; ``conditions`` as (type, status, reason, message)."""
+    return {"metadata": {"name": f"job-mrpc-a{n}-1a2b3", "labels": {"kueue.x-k8s.io/job-uid": f"job-uid-{n}"}},
+            "spec": {"priority": priority},
+            "status": {"conditions": [{"type": t, "status": s, "reason": r, "message": m}
+                                      for t, s, r, m in conditions]}}
+
+
+NO_QUOTA = ("QuotaReserved", "False", "Pending", "couldn't assign flavors to pod set main: insufficient unused quota "
+            "for nvidia.com/gpu in flavor gpu, 1 more needed")
+
+
+def run(resource, jobs=(), pods=(), now=NOW, scraped=None, workloads=()):
+    o = observe(resource, list(jobs), list(pods), now, scraped, list(workloads))
     d = decide(o)
     return o, d, next_status(o, d)
 
@@ -110,6 +123,52 @@ def test_queued_job_is_created_suspended_and_left_to_kueue():
     assert d.action == CreateAttempt(1, suspend=True) and "team-a" in d.message
     _, d, _ = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)])
     assert (d.phase.value, d.reason, d.action) == ("Pending", "Queued", None)
+
+
+def test_queued_job_says_why_kueue_has_not_admitted_it():
+    queued = ftj({"phase": "Pending", "attempts": 1, "startTime": T(-10)}, queueName="team-a")
+    o, d, status = run(queued, [job(1, suspend=True)], workloads=[workload(1, NO_QUOTA), workload(2, NO_QUOTA)])
+    assert o.current.queueing.workload == "job-mrpc-a1-1a2b3" and o.current.queueing.priority == 100
+    assert (d.phase.value, d.reason, d.action) == ("Pending", "Queued", None)
+    assert d.message == ("attempt 1 waits in Kueue LocalQueue team-a (Workload job-mrpc-a1-1a2b3): couldn't assign "
+                         "flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor gpu, 1 more "
+                         "needed")
+    assert cond(status, "Queued")["status"] == "True" and cond(status, "Ready")["reason"] == "Queued"
+    # Before Kueue made a Workload, and a Workload of another Job (another uid), say only that it waits.
+    for workloads in ([], [workload(1, NO_QUOTA) | {"metadata": {"name": "other", "labels": {}}}]):
+        _, d, _ = run(queued, [job(1, suspend=True)], workloads=workloads)
+        assert d.reason == "Queued" and "no Workload for Job mrpc-a1 yet" in d.message
+
+
+def test_job_preempted_by_kueue_shows_it_and_waits_to_resume_from_its_checkpoint():
+    evicted = ("Evicted", "True", "Preempted", "Preempted to accommodate a workload (UID: u2, JobUID: j2) due to "
+               "prioritization in the ClusterQueue")
+    o, d, status = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)],
+                       workloads=[workload(1, evicted, ("Admitted", "False", "NoReservation", "The workload has no "
+                                                        "reservation"), NO_QUOTA)])
+    assert (d.phase.value, d.reason, d.action) == ("Pending", "Preempted", None)
+    assert d.message.startswith("Kueue stopped attempt 1 (Preempted: Preempted to accommodate a workload (UID: u2")
+    assert "it resumes from the last checkpoint when Kueue LocalQueue team-a admits it again" in d.message
+    assert "insufficient unused quota" in d.message
+    assert cond(status, "Queued")["status"] == "True" and cond(status, "Running")["status"] == "False"
+    assert transition_event(o, d)[:2] == ("Normal", "Preempted")
+    # Kueue evicts before it releases the quota: the Workload is still admitted while the Job stops.
+    stopping = workload(1, evicted, ("QuotaReserved", "True", "QuotaReserved", ""), ("Admitted", "True", "", ""))
+    _, d, _ = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)], workloads=[stopping])
+    assert d.reason == "Preempted"
+    # Another eviction (e.g. the ClusterQueue was stopped) is Evicted.
+    stopped = ("Evicted", "True", "ClusterQueueStopped", "The ClusterQueue is stopped")
+    _, d, _ = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)], workloads=[workload(1, stopped)])
+    assert d.reason == "Evicted"
+    # Admitted again: Kueue resets Evicted and unsuspends the Job, which runs.
+    admitted = workload(1, ("Evicted", "False", "QuotaReserved", ""), ("QuotaReserved", "True", "QuotaReserved", ""),
+                        ("Admitted", "True", "", ""))
+    _, d, status = run(ftj(RUNNING, queueName="team-a"), [job(1, suspend=True)], workloads=[admitted])
+    assert (d.phase.value, d.reason) == ("Pending", "WaitingForPods") and "Kueue admitted attempt 1" in d.message
+    assert cond(status, "Queued")["status"] == "False"
+    _, d, status = run(ftj(RUNNING, queueName="team-a"), [job(1)], [pod(1)], workloads=[admitted])
+    assert (d.phase.value, d.reason) == ("Running", "TrainerRunning")
+    assert cond(status, "Queued")["status"] == "False"
 
 
 def test_missing_job_of_a_recorded_attempt_is_recreated_not_counted_anew():

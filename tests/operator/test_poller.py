@@ -19,6 +19,9 @@ def test_finetunejobs_are_polled_only_where_the_clock_or_the_trainer_moves_them(
     assert not needs_polling({}, {"phase": "Succeeded"})
     assert not needs_polling({"runPolicy": {"backoffLimit": 1}}, {"phase": "Failed"})
     assert needs_polling({"runPolicy": {"ttlSecondsAfterFinished": 0}}, {"phase": "Failed"})  # the TTL
+    # Why Kueue holds a queued job is in its Workload, which changes without a Job event.
+    assert needs_polling({"queueName": "team-a"}, {"phase": "Pending"})
+    assert not needs_polling({"queueName": "team-a"}, {"phase": "Succeeded"})
 
 
 class _Reconciler:

@@ -24,6 +24,7 @@ class FakeKube:
         self.pods: list[dict] = []
         self.calls: list[str] = []
         self.events: list[dict] = []
+        self.workloads: list[dict] = []
 
     def get_finetunejob(self, namespace, name):
         self.calls.append("GET")
@@ -33,6 +34,13 @@ class FakeKube:
         self.calls.append("LIST")
         mine = lambda o: o["metadata"]["labels"]["finetune.io/job"] == name  # noqa: E731
         return [j for j in self.jobs if mine(j)], [p for p in self.pods if mine(p)]
+
+    def list_workloads(self, namespace, job_uid):
+        self.calls.append(f"LIST Workloads {job_uid}")
+        return [w for w in self.workloads if w["metadata"]["labels"]["kueue.x-k8s.io/job-uid"] == job_uid]
+
+    def set_job_suspend(self, namespace, name, suspend):
+        self.calls.append(f"PATCH Job suspend={suspend}")
 
     def create_if_absent(self, obj):
         self.calls.append(f"POST {obj['kind']}")
@@ -117,3 +125,19 @@ def test_the_outputs_of_the_termination_message_reach_status_with_their_digests(
     kube.jobs, kube.pods = [job(complete=True, rv=200)], [pod(phase="Succeeded", state=terminated(0, message), rv=199)]
     reconciler(kube, synced(*kube.jobs, *kube.pods)).reconcile(NS, "mrpc")
     assert kube.ftjs["mrpc"]["status"]["outputs"] == outputs
+def test_kueues_workload_is_read_only_while_kueue_holds_a_queued_job():
+    queued = ftj(status={"phase": "Pending", "attempts": 1, "startTime": "2025-01-01T11:00:00Z"})
+    queued["spec"]["queueName"] = "team-a"
+    kube = FakeKube(queued)
+    kube.workloads = [{"metadata": {"name": "job-mrpc-a1-x", "labels": {"kueue.x-k8s.io/job-uid": "j1"}},
+                       "status": {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Pending",
+                                                  "message": "insufficient unused quota for nvidia.com/gpu"}]}}]
+    decision = reconciler(kube, synced(job(suspend=True, uid="j1"))).reconcile(NS, "mrpc")
+    assert kube.calls[:2] == ["GET", "LIST Workloads j1"]
+    assert decision.reason == "Queued" and decision.message.endswith("insufficient unused quota for nvidia.com/gpu")
+    # Admitted (the Job runs), or not queued at all: nothing of Kueue's is read.
+    for spec_queue, suspended in (("team-a", False), (None, True)):
+        queued["spec"]["queueName"] = spec_queue
+        kube = FakeKube(queued)
+        reconciler(kube, synced(job(suspend=suspended, uid="j1"), pod())).reconcile(NS, "mrpc")
+        assert not [c for c in kube.calls if "Workloads" in c]

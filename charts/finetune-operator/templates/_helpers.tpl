@@ -95,4 +95,8 @@ them (to fill that view), suspends/resumes Jobs by patch, posts Events.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Why Kueue holds a queued job's Job (spec.queueName): its Workload, found by the Job's uid label.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list]
 {{- end -}}
