@@ -17,13 +17,14 @@ from finetune_operator.names import (COMPLETION_INDEX_ANNOTATION, CONTAINER, att
                                      selector_labels)
 from finetune_operator.places import SCRATCH_OUTPUT, InPod, trainer_config
 from finetune_operator.settings import Settings
-from finetune_trainer.config import EXIT_PERMANENT
-from finetune_trainer.locations import PVC_ROOT_ENV, claim_of
+from finetune_trainer.config import EXIT_PERMANENT, S3Spec
+from finetune_trainer.locations import CACHE_DIR_ENV, PVC_ROOT_ENV, claim_of
 
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+CACHE_DIR = "/var/cache/finetune"  # where the cache claim (settings.cache_claim) is mounted
 
 
 def owner_reference(ftj: FineTuneJob) -> dict[str, Any]:
@@ -82,6 +83,9 @@ def _volumes(ftj: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[d
     if not ftj.spec.output.location:
         volumes.append({"name": "output", "emptyDir": {}})
         mounts.append({"name": "output", "mountPath": SCRATCH_OUTPUT})
+    if settings.cache_claim:  # shared by attempts and jobs: a retry finds the model it downloaded before
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": settings.cache_claim}})
+        mounts.append({"name": "cache", "mountPath": CACHE_DIR})
     return volumes, mounts
 
 
@@ -90,7 +94,7 @@ def _volumes(ftj: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[d
 def build_config_map(ftj: FineTuneJob, attempt: int, settings: Settings) -> dict[str, Any]:
     """The trainer's config as the pod reads it (places.InPod): ``pvc://`` locations as the user wrote them, which
     the trainer finds under $FINETUNE_PVC_ROOT, where _volumes mounts each claim."""
-    config = trainer_config(ftj, InPod(metrics_port=settings.trainer_metrics_port))
+    config = trainer_config(ftj, InPod(metrics_port=settings.trainer_metrics_port, s3_defaults=_s3_defaults(settings)))
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -163,13 +167,32 @@ def _env(ftj: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
         {"name": PVC_ROOT_ENV, "value": settings.pvc_mount_root},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
-        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+        # Without a cache claim the downloads go to /tmp (~/.cache/finetune), which lives as long as the pod.
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface" if settings.cache_claim else "/tmp/huggingface"},
     ]
+    if settings.cache_claim:
+        env.append({"name": CACHE_DIR_ENV, "value": CACHE_DIR})
+    env += _s3_credentials(ftj)
     if ftj.spec.resources.nodes > 1:
         # Declared (the Job controller would inject it too) so that the command's $(JOB_COMPLETION_INDEX) expands.
         env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}})
     return env
+
+
+def _s3_credentials(ftj: FineTuneJob) -> list[dict[str, Any]]:
+    """The standard AWS variables from the job's Secret, key by key: the values never enter the config or status."""
+    ref = ftj.spec.storage.s3.secret_ref if ftj.spec.storage.s3 else None
+    if ref is None:
+        return []
+    return [{"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}}
+            for variable, key in (("AWS_ACCESS_KEY_ID", ref.access_key_id_key),
+                                  ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key))]
+
+
+def _s3_defaults(settings: Settings) -> S3Spec:
+    return S3Spec.model_validate({"endpoint": settings.s3_endpoint or None, "region": settings.s3_region or None,
+                                  "addressingStyle": settings.s3_addressing_style or None})
 
 
 def _secret_refs(ftj: FineTuneJob) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kube
      "startTime", "completionTime", "progress": {"step", "totalSteps", "epoch"},
      "metrics": {"trainLoss", "evalLoss", "evalAccuracy", ..., "samplesPerSecond", "tokensPerSecond"},
      "parameters": {"trainable", "total"}, "checkpoint": {"location", "step"} | null,
-     "output": {"location"}, "metricsUrl"}
+     "output": {"location"}, "metricsUrl",
+     "downloadBytes": {"model", "dataset", "checkpoint"}}  # bytes this run fetched from s3:// (0: cache hit)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Report:
     checkpoint: dict[str, Any] | None = None
     model_location: str | None = None
     metrics_url: str | None = None
+    downloads: dict[str, int] = field(default_factory=dict)  # bytes fetched from object storage, by what for
 
     def record_metrics(self, values: dict[str, float]) -> None:
         self.metrics.update({metric_key(k): float(v) for k, v in values.items()})
@@ -72,7 +74,11 @@ class Report:
             "checkpoint": self.checkpoint,
             "output": {"location": self.model_location or self.output_location},
             "metricsUrl": self.metrics_url,
+            "downloadBytes": dict(self.downloads),
         }
+
+
+FILE = "summary.json"
 
 
 def write(summary: dict[str, Any], output: Path) -> None:
@@ -81,7 +87,7 @@ def write(summary: dict[str, Any], output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
         tmp = output / ".summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, output / "summary.json")
+        os.replace(tmp, output / FILE)
     except OSError:
         pass  # the summary must not mask the run's own outcome; the termination log may still carry it
     _write_termination_log(summary)

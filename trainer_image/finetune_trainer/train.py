@@ -25,9 +25,11 @@ from pathlib import Path
 
 import torch
 
-from finetune_trainer import batching, checkpoints, data, export, locations, models, optim, runtime, summary
+from finetune_trainer import batching, cache, checkpoints, data, export, locations, mirror, models, optim, runtime, summary
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.errors import Interrupted, NonFiniteLoss, OutOfMemory, StorageError, TrainerError
+from finetune_trainer.errors import (DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory, StorageError,
+                                     TrainerError)
+from finetune_trainer.objectstore import Store, is_s3
 from finetune_trainer.layers import resolve_layout
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
@@ -49,14 +51,17 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
     stop = StopSignal()
     rt: runtime.Runtime | None = None
     error: TrainerError | None = None
+    store: Store | None = None
     try:
+        if any(is_s3(loc) for loc in (config.model.source, config.dataset.source, config.output.location)):
+            store = Store(config.storage.s3)
         rt = runtime.setup(config.training)
         if rt.is_main:
             report.metrics_url = telemetry.start(config.metrics_port)
         else:
             log.setLevel(logging.WARNING)  # one rank's log lines are enough
         stop.install()
-        recipe = Recipe(config, output, rt, telemetry, report, stop, progress_bar)
+        recipe = Recipe(config, output, rt, telemetry, report, stop, progress_bar, store)
         recipe.setup()
         recipe.train()
         recipe.save_model()
@@ -78,6 +83,7 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
         result = report.as_dict(error)
         if rt is None or rt.is_main:
             summary.write(result, output)
+            _upload_summary(store, config.output.location, output)
         if rt is not None:
             rt.close()
     if error is not None:
@@ -105,8 +111,9 @@ class Recipe:
     """One run: ``setup`` (pre-flight, then resume), ``train`` (the loop), ``save_model``; see the module docstring."""
 
     def __init__(self, config: TrainerConfig, output: Path, rt: runtime.Runtime, telemetry: Telemetry,
-                 report: summary.Report, stop: StopSignal, progress_bar: bool):
+                 report: summary.Report, stop: StopSignal, progress_bar: bool, store: Store | None = None):
         self.config = config
+        self.store = store  # the S3 client when a location is s3://
         self.training = config.training
         self.output = output
         self.rt = rt
@@ -124,13 +131,14 @@ class Recipe:
         # Pre-flight: everything that can be wrong with the spec fails here, before the first step.
         self.task = get_task(cfg.task)
         self.task.configure(training)
-        self.tokenizer = models.load_tokenizer(cfg.model)
-        raw = data.load_raw(cfg.dataset, training.seed)
+        model_spec = self._fetched(cfg.model, "model.source", ModelLoadError)
+        self.tokenizer = models.load_tokenizer(model_spec)
+        raw = data.load_raw(self._fetched(cfg.dataset, "dataset.source", DataError), training.seed)
         self.data = self.task.prepare(raw, self.tokenizer, cfg.dataset)
         # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
         # without a device sync per micro-batch.
         self.train_lengths = list(self.data.train["length"])
-        model = models.load_model(cfg.model, self.task.auto_model, self.data.model_kwargs, self.tokenizer,
+        model = models.load_model(model_spec, self.task.auto_model, self.data.model_kwargs, self.tokenizer,
                                   dropout=training.dropout)
         self.layout = resolve_layout(model)
         self.strategy = build_strategy(model, self.layout, cfg.strategy)
@@ -144,6 +152,12 @@ class Recipe:
         self.total_steps = optim.total_steps(len(self.batches), training)
         self.warmup_steps = optim.warmup_steps(self.total_steps, training.warmup_ratio)
 
+        if is_s3(cfg.output.location):  # the bucket's newest complete checkpoint, one copy per machine
+            if self.rt.local_rank == 0:
+                before = self.store.downloaded
+                mirror.restore(self.store, cfg.output.location, self.output)
+                self.report.downloads["checkpoint"] = self.store.downloaded - before
+            self.rt.barrier()
         resumed = checkpoints.latest(self.output)
         if resumed is not None:  # take over its position and trained weights; optimizer and RNG follow below
             self.state = TrainState(**resumed.state["train"])
@@ -292,13 +306,38 @@ class Recipe:
             trainable_set=self.strategy.trainable_set(), config=self.config.wire(),
             keep=self.config.output.keep_checkpoints)
         location = locations.user_location(final, self.config.output.location) if final is not None else None
+        if final is not None and is_s3(self.config.output.location):
+            mirror.upload_checkpoint(self.store, self.config.output.location, final, self.config.output.keep_checkpoints)
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
 
     def save_model(self) -> None:
         """The final model in ``<output>/model`` (export.py decides its form)."""
         output = self.config.output
         target = export.save_model(self.strategy, self.tokenizer, self.output, self.rt, output.merge_adapter)
+        if self.rt.is_main and is_s3(output.location):
+            mirror.upload_part(self.store, output.location, target, target.name)
         self.report.model_location = locations.user_location(target, output.location)
+
+    def _fetched(self, spec, field: str, missing: type[TrainerError]):
+        """``spec`` (the model or dataset spec) reading its ``s3://`` source from the local cache; the bytes this
+        downloaded go to the summary."""
+        if not is_s3(spec.source):
+            return spec
+        before = self.store.downloaded
+        path = cache.fetch(self.store, spec.source, field, missing)
+        self.report.downloads[field.split(".")[0]] = self.store.downloaded - before
+        return spec.model_copy(update={"source": str(path)})
+
+
+def _upload_summary(store: Store | None, location: str, output: Path) -> None:
+    """The summary next to the model in the bucket; the run's outcome is already decided, so a failure here is
+    only logged (the termination log carries the summary to the operator)."""
+    if store is None or not is_s3(location) or not (output / summary.FILE).is_file():
+        return
+    try:
+        mirror.upload_file(store, location, output / summary.FILE)
+    except TrainerError as exc:
+        log.warning("summary.json not uploaded: %s", exc)
 
 
 def _seed_everything(seed: int) -> None:
