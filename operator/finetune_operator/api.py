@@ -111,7 +111,7 @@ class FineTuneJobSpec(ApiModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object storage of s3:// locations.")
+    storage: StorageSpec | None = Field(None, description="Object storage of s3:// locations.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     queue_name: str | None = Field(
         None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Kueue LocalQueue; copied to the kueue.x-k8s.io/queue-name label.",

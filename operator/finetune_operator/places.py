@@ -40,7 +40,7 @@ class Place(Protocol):
     def output(self, ftj: FineTuneJob) -> str:
         """Where the trainer writes checkpoints and the model."""
 
-    def storage(self, ftj: FineTuneJob) -> StorageSpec:
+    def storage(self, ftj: FineTuneJob) -> StorageSpec | None:
         """How the trainer reaches the object storage of the job's s3:// locations."""
 
 
@@ -64,7 +64,8 @@ def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
 @dataclass(frozen=True)
 class InPod:
     metrics_port: int
-    s3_defaults: S3Spec = field(default_factory=S3Spec)  # the operator's settings, for what a job's spec.storage.s3 leaves unset
+    # The operator's settings, for what a job's spec.storage.s3 leaves unset.
+    s3_defaults: S3Spec = field(default_factory=S3Spec)
 
     def source(self, location: str, field: str) -> str:
         return location
@@ -72,12 +73,12 @@ class InPod:
     def output(self, ftj: FineTuneJob) -> str:
         return ftj.spec.output.location or SCRATCH_OUTPUT
 
-    def storage(self, ftj: FineTuneJob) -> StorageSpec:
+    def storage(self, ftj: FineTuneJob) -> StorageSpec | None:
         spec = ftj.spec
         if not any(loc and loc.startswith(S3_SCHEME)
                    for loc in (spec.model.source, spec.dataset.source, spec.output.location)):
             return spec.storage
-        own = spec.storage.s3 or S3Spec()
+        own = (spec.storage.s3 if spec.storage else None) or S3Spec()
         defaults = self.s3_defaults.model_dump(exclude_none=True)
         return StorageSpec(s3=own.model_copy(update={k: v for k, v in defaults.items() if getattr(own, k) is None}))
 
@@ -97,7 +98,7 @@ class OnThisMachine:
             return location
         return str((self.manifest_dir / location).resolve())
 
-    def storage(self, ftj: FineTuneJob) -> StorageSpec:
+    def storage(self, ftj: FineTuneJob) -> StorageSpec | None:
         return ftj.spec.storage  # the rest comes from this machine's AWS environment, as for any AWS tool
 
     def output(self, ftj: FineTuneJob) -> str:

@@ -182,7 +182,8 @@ def _env(ftj: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
 
 def _s3_credentials(ftj: FineTuneJob) -> list[dict[str, Any]]:
     """The standard AWS variables from the job's Secret, key by key: the values never enter the config or status."""
-    ref = ftj.spec.storage.s3.secret_ref if ftj.spec.storage.s3 else None
+    storage = ftj.spec.storage
+    ref = storage.s3.secret_ref if storage and storage.s3 else None
     if ref is None:
         return []
     return [{"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}}

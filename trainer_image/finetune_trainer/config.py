@@ -384,7 +384,7 @@ class TrainerConfig(ApiModel):
     strategy: StrategySpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object storage of s3:// locations.")
+    storage: StorageSpec | None = Field(None, description="Object storage of s3:// locations.")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus port (0 picks a free one).")
 
     @field_validator("output")

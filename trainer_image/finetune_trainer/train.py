@@ -54,7 +54,7 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
     store: Store | None = None
     try:
         if any(is_s3(loc) for loc in (config.model.source, config.dataset.source, config.output.location)):
-            store = Store(config.storage.s3)
+            store = Store(config.storage.s3 if config.storage else None)
         rt = runtime.setup(config.training)
         if rt.is_main:
             report.metrics_url = telemetry.start(config.metrics_port)
