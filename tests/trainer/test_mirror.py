@@ -5,6 +5,11 @@ summary, and a resume that takes the newest complete checkpoint of the bucket.""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+
+import yaml
 
 from finetune_trainer import train
 from finetune_trainer.objectstore import S3Uri
@@ -58,3 +63,25 @@ def test_a_new_attempt_resumes_from_the_bucket_not_from_what_it_has_locally(s3_s
     assert second["downloadBytes"]["checkpoint"] > 0
     assert second["checkpoint"] == {"location": f"{output}/checkpoints/step-6", "step": 6}
     assert complete_steps(s3_server, output) == [2, 4, 6]
+
+
+def test_finetune_run_reads_and_writes_s3_with_the_standard_aws_environment(s3_server, s3_env, s3_inputs, tmp_path):
+    bucket = s3_server.bucket("cli")
+    manifest = {
+        "apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "cli-s3"},
+        "spec": {"model": {"source": s3_inputs["model"]}, "task": "sequence-classification",
+                 "dataset": {"source": s3_inputs["data"], "maxLength": 32},
+                 "strategy": {"type": "full"}, "training": {"epochs": 1, "batchSize": 16},
+                 "output": {"location": f"s3://{bucket}/cli"}},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    env = {**os.environ, **s3_env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "finetune_operator.cli", "run", "--no-progress", str(path)],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = yaml.safe_load(result.stdout)["status"]
+    assert status["output"]["location"] == f"s3://{bucket}/cli/model"
+    assert status["checkpoint"]["location"].startswith(f"s3://{bucket}/cli/checkpoints/step-")
+    assert "cli/model/COMPLETE" in s3_server.keys(bucket)
+    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in result.stderr + result.stdout
