@@ -22,7 +22,7 @@ from pathlib import Path
 
 from finetune_trainer.errors import TrainerError
 from finetune_trainer.locations import CACHE_DIR_ENV
-from finetune_trainer.objectstore import S3Uri, Store
+from finetune_trainer.objectstore import S3Uri, Store, is_s3
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +61,10 @@ def fetch(store: Store, location: str, field: str, missing: type[TrainerError]) 
         shutil.rmtree(staging, ignore_errors=True)
     log.info("%s: downloaded %d files into the cache (%s)", location, len(objects), final)
     return final
+
+
+def local_source(store: Store | None, spec, field: str, missing: type[TrainerError]):
+    """``spec`` (a model or dataset spec) reading its ``s3://`` source from the cached copy; others unchanged."""
+    if not is_s3(spec.source):
+        return spec
+    return spec.model_copy(update={"source": str(fetch(store, spec.source, field, missing))})

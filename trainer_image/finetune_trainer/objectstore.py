@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_trainer.config import S3Spec
+from finetune_trainer.config import S3Spec, TrainerConfig
 from finetune_trainer.errors import PermanentError, StorageError, TrainerError
 from finetune_trainer.locations import S3_SCHEME
 
@@ -183,3 +183,10 @@ class Store:
 
 def is_s3(location: str | None) -> bool:
     return bool(location) and location.startswith(S3_SCHEME)
+
+
+def store_for(config: TrainerConfig) -> Store | None:
+    """The run's S3 client when any of its locations is ``s3://`` (boto3 is imported only then)."""
+    if not any(is_s3(loc) for loc in (config.model.source, config.dataset.source, config.output.location)):
+        return None
+    return Store(config.storage.s3 if config.storage else None)

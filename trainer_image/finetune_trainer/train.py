@@ -29,7 +29,7 @@ from finetune_trainer import batching, cache, checkpoints, data, export, locatio
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory, StorageError,
                                      TrainerError)
-from finetune_trainer.objectstore import Store, is_s3
+from finetune_trainer.objectstore import Store, is_s3, store_for
 from finetune_trainer.layers import resolve_layout
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
@@ -53,8 +53,7 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
     error: TrainerError | None = None
     store: Store | None = None
     try:
-        if any(is_s3(loc) for loc in (config.model.source, config.dataset.source, config.output.location)):
-            store = Store(config.storage.s3 if config.storage else None)
+        store = store_for(config)
         rt = runtime.setup(config.training)
         if rt.is_main:
             report.metrics_url = telemetry.start(config.metrics_port)
@@ -114,6 +113,7 @@ class Recipe:
                  report: summary.Report, stop: StopSignal, progress_bar: bool, store: Store | None = None):
         self.config = config
         self.store = store  # the S3 client when a location is s3://
+        self.telemetry = telemetry
         self.training = config.training
         self.output = output
         self.rt = rt
@@ -156,7 +156,7 @@ class Recipe:
             if self.rt.local_rank == 0:
                 before = self.store.downloaded
                 mirror.restore(self.store, cfg.output.location, self.output)
-                self.report.downloads["checkpoint"] = self.store.downloaded - before
+                self._downloaded("checkpoint", before)
             self.rt.barrier()
         resumed = checkpoints.latest(self.output)
         if resumed is not None:  # take over its position and trained weights; optimizer and RNG follow below
@@ -324,9 +324,15 @@ class Recipe:
         if not is_s3(spec.source):
             return spec
         before = self.store.downloaded
-        path = cache.fetch(self.store, spec.source, field, missing)
-        self.report.downloads[field.split(".")[0]] = self.store.downloaded - before
-        return spec.model_copy(update={"source": str(path)})
+        local = cache.local_source(self.store, spec, field, missing)
+        self._downloaded(field.split(".")[0], before)
+        return local
+
+    def _downloaded(self, source: str, before: int) -> None:
+        """What the store fetched since ``before`` for ``source``: in the summary and the download counter."""
+        fetched = self.store.downloaded - before
+        self.report.downloads[source] = fetched
+        self.telemetry.add(self.telemetry.download_bytes, fetched, source=source)
 
 
 def _upload_summary(store: Store | None, location: str, output: Path) -> None:
