@@ -100,7 +100,7 @@ def start(workdir: Path, host: str | None = None) -> S3Server:
     args = [str(weed), "server", f"-dir={workdir / 'data'}", f"-ip={host}", f"-ip.bind={host}", "-s3",
             f"-s3.config={workdir / 's3.json'}", "-master.volumeSizeLimitMB=64", "-volume.max=100",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-            f"-s3.port={ports['s3']}",
+            f"-s3.port={ports['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalogs on fixed ports: off
             *(f"-{name}={port}" for name, port in ports.items() if name.endswith(".grpc"))]
     (workdir / "data").mkdir(exist_ok=True)
     log = workdir / "weed.log"

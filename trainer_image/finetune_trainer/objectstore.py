@@ -40,6 +40,9 @@ class StorageUnavailable(StorageError):
     reason = "StorageUnavailable"
 
 
+STORAGE_FAILURES = (StorageAccessDenied, BucketNotFound, StorageUnavailable)
+
+
 @dataclass(frozen=True)
 class S3Uri:
     bucket: str

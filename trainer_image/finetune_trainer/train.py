@@ -29,7 +29,7 @@ from finetune_trainer import batching, cache, checkpoints, data, export, locatio
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory, StorageError,
                                      TrainerError)
-from finetune_trainer.objectstore import Store, is_s3, store_for
+from finetune_trainer.objectstore import STORAGE_FAILURES, Store, is_s3, store_for
 from finetune_trainer.layers import resolve_layout
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
@@ -82,7 +82,7 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
         result = report.as_dict(error)
         if rt is None or rt.is_main:
             summary.write(result, output)
-            _upload_summary(store, config.output.location, output)
+            _upload_summary(store, config.output.location, output, error)
         if rt is not None:
             rt.close()
     if error is not None:
@@ -129,6 +129,12 @@ class Recipe:
         _seed_everything(training.seed)
 
         # Pre-flight: everything that can be wrong with the spec fails here, before the first step.
+        if is_s3(cfg.output.location):  # the bucket's newest complete checkpoint, one copy per machine
+            if self.rt.local_rank == 0:
+                before = self.store.downloaded
+                mirror.restore(self.store, cfg.output.location, self.output)
+                self._downloaded("checkpoint", before)
+            self.rt.barrier()
         self.task = get_task(cfg.task)
         self.task.configure(training)
         model_spec = self._fetched(cfg.model, "model.source", ModelLoadError)
@@ -152,12 +158,6 @@ class Recipe:
         self.total_steps = optim.total_steps(len(self.batches), training)
         self.warmup_steps = optim.warmup_steps(self.total_steps, training.warmup_ratio)
 
-        if is_s3(cfg.output.location):  # the bucket's newest complete checkpoint, one copy per machine
-            if self.rt.local_rank == 0:
-                before = self.store.downloaded
-                mirror.restore(self.store, cfg.output.location, self.output)
-                self._downloaded("checkpoint", before)
-            self.rt.barrier()
         resumed = checkpoints.latest(self.output)
         if resumed is not None:  # take over its position and trained weights; optimizer and RNG follow below
             self.state = TrainState(**resumed.state["train"])
@@ -335,10 +335,12 @@ class Recipe:
         self.telemetry.add(self.telemetry.download_bytes, fetched, source=source)
 
 
-def _upload_summary(store: Store | None, location: str, output: Path) -> None:
+def _upload_summary(store: Store | None, location: str, output: Path, error: TrainerError | None) -> None:
     """The summary next to the model in the bucket; the run's outcome is already decided, so a failure here is
-    only logged (the termination log carries the summary to the operator)."""
-    if store is None or not is_s3(location) or not (output / summary.FILE).is_file():
+    only logged (the termination log carries the summary to the operator). Not after the storage itself failed:
+    some servers (SeaweedFS) create a missing bucket on a write."""
+    if store is None or not is_s3(location) or not (output / summary.FILE).is_file() or isinstance(
+            error, STORAGE_FAILURES):
         return
     try:
         mirror.upload_file(store, location, output / summary.FILE)
