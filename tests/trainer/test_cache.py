@@ -48,3 +48,11 @@ def test_concurrent_fetches_leave_one_complete_entry(s3_server, s3_env, s3_input
 def test_a_single_object_is_a_directory_holding_it(s3_server, s3_env, s3_inputs):
     path = cache.fetch(Store(None), s3_inputs["data"] + "/train.csv", "dataset.source", ModelLoadError)
     assert [p.name for p in path.iterdir()] == ["train.csv"]
+
+
+def test_finetune_plan_reads_an_s3_model_through_the_cache(s3_server, s3_env, s3_job, s3_inputs):
+    from finetune_trainer.plan import plan
+
+    resolved = plan(s3_job("s3://unused-output/run"))
+    assert resolved["model"]["source"] == s3_inputs["model"] and resolved["model"]["class"] == \
+        "BertForSequenceClassification"
