@@ -18,8 +18,10 @@ import re
 import shutil
 from pathlib import Path
 
+from finetune_trainer import summary
 from finetune_trainer.checkpoints import COMPLETE, directory
-from finetune_trainer.objectstore import S3Uri, Store
+from finetune_trainer.errors import TrainerError
+from finetune_trainer.objectstore import STORAGE_FAILURES, S3Uri, Store, is_s3
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,14 @@ def upload_checkpoint(store: Store, location: str, path: Path, keep: int) -> str
     return uri
 
 
-def upload_file(store: Store, location: str, path: Path) -> None:
-    """One file of the output's top level (summary.json), as a plain object."""
-    store.upload(path, S3Uri.parse(location).child(path.name), FIELD)
+def upload_summary(store: Store | None, location: str, output: Path, error: TrainerError | None) -> None:
+    """The summary next to the model in the bucket. The run's outcome is already decided, so a failure here is
+    only logged (the termination log carries the summary to the operator). Not after the storage itself failed:
+    some servers (SeaweedFS) create a missing bucket on a write."""
+    path = output / summary.FILE
+    if store is None or not is_s3(location) or not path.is_file() or isinstance(error, STORAGE_FAILURES):
+        return
+    try:
+        store.upload(path, S3Uri.parse(location).child(path.name), FIELD)
+    except TrainerError as exc:
+        log.warning("summary.json not uploaded: %s", exc)

@@ -29,7 +29,7 @@ from finetune_trainer import batching, cache, checkpoints, data, export, locatio
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory, StorageError,
                                      TrainerError)
-from finetune_trainer.objectstore import STORAGE_FAILURES, Store, is_s3, store_for
+from finetune_trainer.objectstore import Store, is_s3, store_for
 from finetune_trainer.layers import resolve_layout
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
@@ -82,7 +82,7 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
         result = report.as_dict(error)
         if rt is None or rt.is_main:
             summary.write(result, output)
-            _upload_summary(store, config.output.location, output, error)
+            mirror.upload_summary(store, config.output.location, output, error)
         if rt is not None:
             rt.close()
     if error is not None:
@@ -334,18 +334,6 @@ class Recipe:
         self.report.downloads[source] = fetched
         self.telemetry.add(self.telemetry.download_bytes, fetched, source=source)
 
-
-def _upload_summary(store: Store | None, location: str, output: Path, error: TrainerError | None) -> None:
-    """The summary next to the model in the bucket; the run's outcome is already decided, so a failure here is
-    only logged (the termination log carries the summary to the operator). Not after the storage itself failed:
-    some servers (SeaweedFS) create a missing bucket on a write."""
-    if store is None or not is_s3(location) or not (output / summary.FILE).is_file() or isinstance(
-            error, STORAGE_FAILURES):
-        return
-    try:
-        mirror.upload_file(store, location, output / summary.FILE)
-    except TrainerError as exc:
-        log.warning("summary.json not uploaded: %s", exc)
 
 
 def _seed_everything(seed: int) -> None:
