@@ -56,3 +56,17 @@ def test_finetune_plan_reads_an_s3_model_through_the_cache(s3_server, s3_env, s3
     resolved = plan(s3_job("s3://unused-output/run"))
     assert resolved["model"]["source"] == s3_inputs["model"] and resolved["model"]["class"] == \
         "BertForSequenceClassification"
+
+
+def test_a_download_killed_long_ago_is_cleared_and_a_recent_one_is_left(s3_server, s3_env, s3_inputs):
+    import os
+    import time
+
+    entries = cache.root() / "s3"
+    old, recent = entries / ".tmp-abc-killed", entries / ".tmp-def-running"
+    for path in (old, recent):
+        (path / "part").mkdir(parents=True)
+    day_ago = time.time() - cache.ABANDONED_SECONDS - 60
+    os.utime(old, (day_ago, day_ago))
+    cache.fetch(Store(None), s3_inputs["data"], "dataset.source", ModelLoadError)
+    assert not old.exists() and recent.exists()

@@ -7,7 +7,8 @@ cache (the chart mounts a shared claim there when ``cache.claimName`` is set); u
 
 Safe against concurrent writers (two pods, two ranks): each download goes into its own temporary directory, which
 is renamed into place in one step; whoever renames second finds the entry there and drops its copy. A download
-killed half-way leaves only a ``.tmp-*`` directory, which no lookup takes.
+killed half-way leaves only a ``.tmp-*`` directory, which no lookup takes and a later download removes once it
+is a day old.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from finetune_trainer.locations import CACHE_DIR_ENV
 from finetune_trainer.objectstore import S3Uri, Store, is_s3
 
 log = logging.getLogger(__name__)
+
+ABANDONED_SECONDS = 24 * 3600  # a .tmp-* download directory untouched this long belongs to a killed process
 
 
 def root() -> Path:
@@ -47,6 +51,7 @@ def fetch(store: Store, location: str, field: str, missing: type[TrainerError]) 
         log.info("%s: %d files from the cache (%s)", location, len(objects), final)
         return final
     entries.mkdir(parents=True, exist_ok=True)
+    _drop_abandoned(entries)
     staging = entries / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
     try:
         for obj in objects:
@@ -61,6 +66,17 @@ def fetch(store: Store, location: str, field: str, missing: type[TrainerError]) 
         shutil.rmtree(staging, ignore_errors=True)
     log.info("%s: downloaded %d files into the cache (%s)", location, len(objects), final)
     return final
+
+
+def _drop_abandoned(entries: Path) -> None:
+    """Temporary directories of downloads killed long ago (a live download touches its directory as it goes)."""
+    cutoff = time.time() - ABANDONED_SECONDS
+    for path in entries.glob(".tmp-*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # another writer removed it
 
 
 def local_source(store: Store | None, spec, field: str, missing: type[TrainerError]):
