@@ -7,7 +7,8 @@ NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) 
 
 The recipe only sequences; each step's details live in the module that owns them: tasks/ (data to features,
 evaluation), strategies.py (what trains), optim.py (optimizer, schedule, the gradient step), runtime.py (device,
-distribution, precision), checkpoints.py (atomic saves across ranks), stopping.py (signals, early stopping),
+distribution, precision), checkpoints.py (atomic saves across ranks), mirror.py and cache.py (an ``s3://`` output
+committed in its bucket, ``s3://`` sources downloaded once), stopping.py (signals, early stopping),
 progress.py (gauges, summary, progress bar, log), export.py (the final model), locations.py (paths both ways).
 
 ``run`` writes the summary (``summary.py``) whatever happens, then re-raises a ``TrainerError`` on failure so
@@ -25,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from finetune_trainer import batching, cache, checkpoints, data, export, locations, mirror, models, optim, runtime, summary
+from finetune_trainer import (batching, cache, checkpoints, data, export, locations, mirror, models, optim, runtime,
+                              summary)
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory, StorageError,
                                      TrainerError)
-from finetune_trainer.objectstore import Store, is_s3, store_for
 from finetune_trainer.layers import resolve_layout
+from finetune_trainer.objectstore import Store, is_s3, store_for
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
 from finetune_trainer.strategies import build_strategy
@@ -307,7 +309,8 @@ class Recipe:
             keep=self.config.output.keep_checkpoints)
         location = locations.user_location(final, self.config.output.location) if final is not None else None
         if final is not None and is_s3(self.config.output.location):
-            mirror.upload_checkpoint(self.store, self.config.output.location, final, self.config.output.keep_checkpoints)
+            mirror.upload_checkpoint(self.store, self.config.output.location, final,
+                                     self.config.output.keep_checkpoints)
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
 
     def save_model(self) -> None:
@@ -319,8 +322,7 @@ class Recipe:
         self.report.model_location = locations.user_location(target, output.location)
 
     def _fetched(self, spec, field: str, missing: type[TrainerError]):
-        """``spec`` (the model or dataset spec) reading its ``s3://`` source from the local cache; the bytes this
-        downloaded go to the summary."""
+        """``spec`` (the model or dataset spec) reading its ``s3://`` source from the local cache."""
         if not is_s3(spec.source):
             return spec
         before = self.store.downloaded
@@ -333,7 +335,6 @@ class Recipe:
         fetched = self.store.downloaded - before
         self.report.downloads[source] = fetched
         self.telemetry.add(self.telemetry.download_bytes, fetched, source=source)
-
 
 
 def _seed_everything(seed: int) -> None:
