@@ -19,13 +19,14 @@ system:
 	tools/install-system.sh
 
 # The control plane and real node (tools/k8s), Prometheus (tools/prometheus), the OCI registry (tools/registry),
-# Kueue (tools/kueue) and the images (tools/images) are built once per machine and cached; the cluster and e2e tests
-# start the plane and load the images. The Go builds run one after the other beside the image build: Go is
-# CPU-bound, the image build mostly writes files.
+# the S3 server (tools/seaweedfs), Kueue (tools/kueue) and the images (tools/images) are built once per machine and
+# cached; the cluster and e2e tests start the plane and load the images. The Go builds run one after the other
+# beside the image build: Go is CPU-bound, the image build mostly writes files.
 plane: system
 	tools/k8s/build.sh
 	tools/prometheus/build.sh
 	tools/registry/build.sh
+	tools/seaweedfs/build.sh
 	tools/kueue/build.sh
 
 images: system

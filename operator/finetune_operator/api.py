@@ -21,6 +21,7 @@ from finetune_trainer.config import (
     DatasetSpec,
     ModelSpec,
     OutputSpec,
+    StorageSpec,
     StrategySpec,
     Task,
     TrainingSpec,
@@ -100,6 +101,8 @@ class FineTuneJobSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, nodes, CPU and memory of "
                                      "the trainer pods, and where they may run.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where checkpoints and the final model go.")
+    storage: StorageSpec | None = Field(None, description="Object storage of s3:// locations: endpoint, region, "
+                                        "addressing style and the credentials' Secret.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, cleanup and suspension "
                                   "of the whole job.")
     queue_name: str | None = Field(

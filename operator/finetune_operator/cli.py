@@ -76,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from finetune_operator.summary import read_summary
     from finetune_trainer import train
     from finetune_trainer.errors import TrainerError
+    from finetune_trainer.locations import local_path
 
     print(f"finetune: running {ftj.metadata.name} ({ftj.spec.task}, strategy {ftj.spec.strategy.type}); "
           f"output {config.output.location}", file=sys.stderr)
@@ -84,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = EXIT_SUCCESS
     except TrainerError as error:
         # The trainer wrote its summary before raising: the same file the operator reads in a cluster.
-        summary = json.loads((Path(config.output.location) / "summary.json").read_text())
+        summary = json.loads((local_path(config.output.location) / "summary.json").read_text())
         code = error.exit_code
     _print_yaml({"status": status_from_summary(read_summary(summary)).wire()})
     if code == EXIT_RETRYABLE:

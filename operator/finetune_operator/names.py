@@ -11,7 +11,7 @@ what an earlier one created instead of creating it twice.
 from __future__ import annotations
 
 from finetune_trainer.config import JOB_UID_ENV, REGISTRY_AUTH_ENV
-from finetune_trainer.locations import PVC_ROOT_ENV
+from finetune_trainer.locations import CACHE_DIR_ENV, PVC_ROOT_ENV
 
 # The FineTuneJob a child belongs to (its name) and the attempt it is part of; the label keys predate this module.
 LABEL_FINETUNEJOB = "finetune.io/job"
@@ -34,11 +34,12 @@ TMP_DIR = "/tmp"  # the writable home, caches and temp files (the root filesyste
 SHM_DIR = "/dev/shm"
 # output.push.secretRef's dockerconfigjson, read by the trainer only (push.py), never put in the environment.
 REGISTRY_AUTH_DIR = "/var/run/secrets/finetune.io/registry"
+CACHE_DIR = "/var/cache/finetune"  # where the cache claim (settings.cache_claim) is mounted
 VOLUME_CONFIG, VOLUME_TMP, VOLUME_SHM, VOLUME_OUTPUT = "config", "tmp", "dshm", "output"
-VOLUME_REGISTRY_AUTH = "registry-auth"
+VOLUME_REGISTRY_AUTH, VOLUME_CACHE = "registry-auth", "download-cache"
 CLAIM_VOLUME_PREFIX = "pvc-"  # pvc-0, pvc-1, ...: one volume per claim the job reads or writes
 OPERATOR_ENV = ("FINETUNE_JOB_NAME", "FINETUNE_ATTEMPT", PVC_ROOT_ENV, "PYTHONUNBUFFERED", "HOME", "HF_HOME",
-                JOB_COMPLETION_INDEX, JOB_UID_ENV, REGISTRY_AUTH_ENV)
+                JOB_COMPLETION_INDEX, JOB_UID_ENV, REGISTRY_AUTH_ENV, CACHE_DIR_ENV)
 
 
 def attempt_name(finetunejob: str, attempt: int) -> str:

@@ -5,21 +5,22 @@ and the metrics port. Everything else in the config is the spec as the user wrot
 
 - ``InPod``: a trainer pod (render.py). Locations stay as written; the trainer opens ``pvc://`` locations under
   the claims' mounts and reports them back as ``pvc://`` URIs (finetune_trainer.locations). An unset output goes
-  to scratch space inside the pod.
+  to scratch space inside the pod. The operator's S3 defaults fill what a job's ``storage.s3`` leaves unset.
 - ``OnThisMachine``: `finetune run` without a cluster. Relative paths are read relative to the manifest's folder
   (as kustomize does), so a job runs the same from any working directory; claims exist only in a cluster.
+  ``s3://`` locations stay as written and are reached with this machine's AWS environment.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from finetune_operator.api import FineTuneJob
 from finetune_operator.names import SCRATCH_OUTPUT  # scratch space of the pod: does not survive the attempt
-from finetune_trainer.config import TrainerConfig
-from finetune_trainer.locations import PVC_SCHEME, REMOTE_SCHEMES
+from finetune_trainer.config import S3Spec, StorageSpec, TrainerConfig
+from finetune_trainer.locations import PVC_SCHEME, REMOTE_SCHEMES, S3_SCHEME
 
 
 class LocalRunError(ValueError):
@@ -35,6 +36,9 @@ class Place(Protocol):
     def output(self, ftj: FineTuneJob) -> str:
         """Where the trainer writes checkpoints and the model."""
 
+    def storage(self, ftj: FineTuneJob) -> StorageSpec | None:
+        """How the trainer reaches the object storage of the job's s3:// locations."""
+
 
 def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
     """The trainer's config for ``ftj`` at ``place``: what the operator writes into an attempt's ConfigMap and
@@ -48,6 +52,7 @@ def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
         strategy=spec.strategy,
         training=spec.training,
         output=spec.output.model_copy(update={"location": place.output(ftj)}),
+        storage=place.storage(ftj),
         metrics_port=place.metrics_port,
     )
 
@@ -55,12 +60,23 @@ def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
 @dataclass(frozen=True)
 class InPod:
     metrics_port: int
+    # The operator's settings, for what a job's spec.storage.s3 leaves unset.
+    s3_defaults: S3Spec = field(default_factory=S3Spec)
 
     def source(self, location: str, field: str) -> str:
         return location
 
     def output(self, ftj: FineTuneJob) -> str:
         return ftj.spec.output.location or SCRATCH_OUTPUT
+
+    def storage(self, ftj: FineTuneJob) -> StorageSpec | None:
+        spec = ftj.spec
+        if not any(loc and loc.startswith(S3_SCHEME)
+                   for loc in (spec.model.source, spec.dataset.source, spec.output.location)):
+            return spec.storage
+        own = (spec.storage.s3 if spec.storage else None) or S3Spec()
+        defaults = self.s3_defaults.model_dump(exclude_none=True)
+        return StorageSpec(s3=own.model_copy(update={k: v for k, v in defaults.items() if getattr(own, k) is None}))
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,9 @@ class OnThisMachine:
             return location
         return str((self.manifest_dir / location).resolve())
 
+    def storage(self, ftj: FineTuneJob) -> StorageSpec | None:
+        return ftj.spec.storage  # the rest comes from this machine's AWS environment, as for any AWS tool
+
     def output(self, ftj: FineTuneJob) -> str:
         if self.output_override:
             return str(Path(self.output_override).resolve())
@@ -89,7 +108,8 @@ class OnThisMachine:
     def output_note(self, ftj: FineTuneJob) -> str | None:
         """Why the manifest's own output location is not used here, if it is not."""
         location = ftj.spec.output.location
-        if self.output_override or not location or not location.startswith((PVC_SCHEME, *REMOTE_SCHEMES)):
+        if self.output_override or not location or location.startswith(S3_SCHEME) or not location.startswith(
+                (PVC_SCHEME, *REMOTE_SCHEMES)):
             return None
         return f"output.location {location!r} is not a local path; writing to {self.default_output(ftj).resolve()}"
 

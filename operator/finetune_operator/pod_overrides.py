@@ -24,19 +24,19 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from finetune_operator.core_types import (ClaimVolume, ConfigMapVolume, EmptyDirVolume, FieldRef, KeyRef,
                                           LocalObjectReference, ResourceFieldRef, SecretVolume, Toleration)
-from finetune_operator.names import (CLAIM_VOLUME_PREFIX, CONFIG_DIR, DEFAULT_PVC_ROOT, OPERATOR_ENV,
+from finetune_operator.names import (CACHE_DIR, CLAIM_VOLUME_PREFIX, CONFIG_DIR, DEFAULT_PVC_ROOT, OPERATOR_ENV,
                                      REGISTRY_AUTH_DIR, SCRATCH_OUTPUT, SHM_DIR, TMP_DIR, VOLUME_CONFIG,
-                                     VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH, VOLUME_SHM, VOLUME_TMP)
+                                     VOLUME_CACHE, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH, VOLUME_SHM, VOLUME_TMP)
 from finetune_trainer.config import DNS1123_SUBDOMAIN, ApiModel, Rule, enforce, rules_schema
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # Absolute, no trailing slash, no "." or ".." segment (so a path cannot climb into a reserved one).
 MOUNT_PATH_PATTERN = r"^(/\.?[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
-RESERVED_VOLUMES = (VOLUME_CONFIG, VOLUME_TMP, VOLUME_SHM, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH)
+RESERVED_VOLUMES = (VOLUME_CONFIG, VOLUME_TMP, VOLUME_SHM, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH, VOLUME_CACHE)
 # The operator's mount points: a user mount may not be one of them or a parent of one; inside one only under /tmp
 # (e.g. a cache claim at /tmp/huggingface), since the others hold the config, claims and output.
-RESERVED_PATHS = (CONFIG_DIR, TMP_DIR, SHM_DIR, DEFAULT_PVC_ROOT, SCRATCH_OUTPUT, REGISTRY_AUTH_DIR)
+RESERVED_PATHS = (CONFIG_DIR, TMP_DIR, SHM_DIR, DEFAULT_PVC_ROOT, SCRATCH_OUTPUT, REGISTRY_AUTH_DIR, CACHE_DIR)
 # The volume types Pod Security "restricted" admits (hostPath, nfs, iscsi, ... are not).
 RESTRICTED_VOLUME_TYPES = ("configMap", "secret", "emptyDir", "persistentVolumeClaim", "csi", "ephemeral",
                            "projected", "downwardAPI")

@@ -14,15 +14,15 @@ import yaml
 
 from finetune_operator.api import API_VERSION, KIND, FineTuneJob, FineTuneJobSpec
 from finetune_operator.kueue import LABEL_QUEUE
-from finetune_operator.names import (CLAIM_VOLUME_PREFIX, COMPLETION_INDEX_ANNOTATION, CONFIG_DIR, CONTAINER,
-                                     JOB_COMPLETION_INDEX, REGISTRY_AUTH_DIR, SCRATCH_OUTPUT, SHM_DIR, TMP_DIR,
-                                     VOLUME_CONFIG, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH, VOLUME_SHM, VOLUME_TMP,
-                                     attempt_name, child_labels, selector_labels)
+from finetune_operator.names import (CACHE_DIR, CLAIM_VOLUME_PREFIX, COMPLETION_INDEX_ANNOTATION, CONFIG_DIR,
+                                     CONTAINER, JOB_COMPLETION_INDEX, REGISTRY_AUTH_DIR, SCRATCH_OUTPUT, SHM_DIR,
+                                     TMP_DIR, VOLUME_CACHE, VOLUME_CONFIG, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH,
+                                     VOLUME_SHM, VOLUME_TMP, attempt_name, child_labels, selector_labels)
 from finetune_operator.places import InPod, trainer_config
 from finetune_operator.settings import Settings
 from finetune_trainer.config import (EXIT_PERMANENT, JOB_UID_ENV, REGISTRY_AUTH_ENV,
-                                     REGISTRY_SECRET_KEY as SECRET_KEY)
-from finetune_trainer.locations import PVC_ROOT_ENV, claim_of
+                                     REGISTRY_SECRET_KEY as SECRET_KEY, S3Spec)
+from finetune_trainer.locations import CACHE_DIR_ENV, PVC_ROOT_ENV, claim_of
 
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
@@ -92,6 +92,9 @@ def _volumes(ftj: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[d
             "secretName": push.secret_ref.name, "optional": True,
             "items": [{"key": SECRET_KEY, "path": SECRET_KEY}]}})
         mounts.append({"name": VOLUME_REGISTRY_AUTH, "mountPath": REGISTRY_AUTH_DIR, "readOnly": True})
+    if settings.cache_claim:  # shared by attempts and jobs: a retry finds the model it downloaded before
+        volumes.append({"name": VOLUME_CACHE, "persistentVolumeClaim": {"claimName": settings.cache_claim}})
+        mounts.append({"name": VOLUME_CACHE, "mountPath": CACHE_DIR})
     pod = ftj.spec.pod
     if pod:  # after the operator's own, whose names and paths pod_overrides.py keeps them from reusing
         volumes += [volume.wire() for volume in pod.volumes or ()]
@@ -104,7 +107,7 @@ def _volumes(ftj: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[d
 def build_config_map(ftj: FineTuneJob, attempt: int, settings: Settings) -> dict[str, Any]:
     """The trainer's config as the pod reads it (places.InPod): ``pvc://`` locations as the user wrote them, which
     the trainer finds under $FINETUNE_PVC_ROOT, where _volumes mounts each claim."""
-    config = trainer_config(ftj, InPod(metrics_port=settings.trainer_metrics_port))
+    config = trainer_config(ftj, InPod(metrics_port=settings.trainer_metrics_port, s3_defaults=_s3_defaults(settings)))
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -177,7 +180,8 @@ def _env(ftj: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
         {"name": PVC_ROOT_ENV, "value": settings.pvc_mount_root},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
-        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+        # Without a cache claim the downloads go to /tmp (~/.cache/finetune), which lives as long as the pod.
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface" if settings.cache_claim else "/tmp/huggingface"},
     ]
     uid = getattr(ftj.metadata, "uid", None)
     if uid:  # the artifact's lineage names the FineTuneJob (push.py)
@@ -185,12 +189,31 @@ def _env(ftj: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
     push = ftj.spec.output.push
     if push and push.secret_ref:
         env.append({"name": REGISTRY_AUTH_ENV, "value": f"{REGISTRY_AUTH_DIR}/{SECRET_KEY}"})
+    if settings.cache_claim:
+        env.append({"name": CACHE_DIR_ENV, "value": CACHE_DIR})
+    env += _s3_credentials(ftj)
     if ftj.spec.resources.nodes > 1:
         # Declared (the Job controller would inject it too) so that the command's $(JOB_COMPLETION_INDEX) expands.
         env.append({"name": JOB_COMPLETION_INDEX, "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}})
     # The user's last, so theirs may refer to the operator's as $(VAR); their names never repeat these.
     return env + [var.wire() for var in (ftj.spec.pod and ftj.spec.pod.env) or ()]
+
+
+def _s3_credentials(ftj: FineTuneJob) -> list[dict[str, Any]]:
+    """The standard AWS variables from the job's Secret, key by key: the values never enter the config or status."""
+    storage = ftj.spec.storage
+    ref = storage.s3.secret_ref if storage and storage.s3 else None
+    if ref is None:
+        return []
+    return [{"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}}
+            for variable, key in (("AWS_ACCESS_KEY_ID", ref.access_key_id_key),
+                                  ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key))]
+
+
+def _s3_defaults(settings: Settings) -> S3Spec:
+    return S3Spec.model_validate({"endpoint": settings.s3_endpoint or None, "region": settings.s3_region or None,
+                                  "addressingStyle": settings.s3_addressing_style or None})
 
 
 def _secret_refs(ftj: FineTuneJob) -> list[dict[str, Any]]:

@@ -39,6 +39,12 @@ class Settings:
     # SIGTERM to SIGKILL: the trainer saves a checkpoint in this time, so it must cover one checkpoint write.
     termination_grace_seconds: int = 300
     run_as_user: int = 1000  # the trainer image's non-root user
+    # Defaults for the S3 server of jobs' s3:// locations (a job's spec.storage.s3 wins; "": the AWS default).
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_addressing_style: str = ""  # path | virtual | auto
+    # A claim shared by every trainer pod for downloads (s3:// sources, the Hugging Face cache); "": per-pod scratch.
+    cache_claim: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:

@@ -82,3 +82,30 @@ def test_name_too_long_for_child_names():
 def test_push_references_the_registries_accept(reference):
     parsed = parse_finetunejob(finetunejob(output__push={"reference": reference}))
     assert parsed.spec.output.push.reference == reference and parsed.spec.output.push.insecure is False
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model__source", "s3://models/bert"), ("dataset__source", "s3://data"),
+    ("output__location", "s3://checkpoints/runs/demo"),
+])
+def test_s3_locations_are_admitted(field, value):
+    parse_finetunejob(finetunejob(**{field: value}))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model__source", "gs://models/bert"),  # no GCS client: refused rather than failing at run time
+    ("output__location", "s3://Bad_Bucket/x"), ("dataset__source", "s3://"),
+], ids=["gs", "s3-bucket-name", "s3-no-bucket"])
+def test_locations_without_a_client_or_a_valid_bucket_are_refused(field, value):
+    assert field.replace("__", ".") in refusal(finetunejob(**{field: value}))
+
+
+def test_storage_s3_reads_as_written_and_refuses_what_it_does_not_know():
+    s3 = {"endpoint": "http://10.245.0.1:8333", "region": "us-east-1", "addressingStyle": "path",
+          "secretRef": {"name": "s3-credentials"}}
+    ftj = parse_finetunejob(finetunejob(storage={"s3": s3}))
+    assert ftj.spec.storage.s3.secret_ref.access_key_id_key == "AWS_ACCESS_KEY_ID"
+    assert "spec.storage.s3.addressingStyle" in refusal(finetunejob(storage={"s3": {**s3, "addressingStyle": "dns"}}))
+    assert "spec.storage.s3.endpoint" in refusal(finetunejob(storage={"s3": {**s3, "endpoint": "10.0.0.1:8333"}}))
+    assert "spec.storage.s3.secretRef.accessKey" in refusal(
+        finetunejob(storage={"s3": {**s3, "secretRef": {"name": "x", "accessKey": "k"}}}))

@@ -377,3 +377,35 @@ def test_no_event_without_a_transition():
     assert transition_event(o, d) is not None
     o, d, _ = run(ftj(status), [job(1)], [pod(1)])
     assert transition_event(o, d) is None
+
+
+def test_object_storage_failures_as_the_trainer_reports_them():
+    """The trainer's own summaries (objectstore.py errors): an unreachable endpoint is retried until backoffLimit
+    and the end names it; a missing bucket or refused credentials stop at once naming the bucket or the key."""
+    import json
+
+    from finetune_trainer.objectstore import BucketNotFound, StorageAccessDenied, StorageUnavailable
+    from finetune_trainer.summary import Report
+
+    def message(error) -> str:
+        return json.dumps(Report(output_location="s3://ckpt/run").as_dict(error))
+
+    down = StorageUnavailable("model.source s3://models/bert: cannot reach the S3 endpoint http://s3:8333 "
+                              "(EndpointConnectionError)", field="model.source")
+    _, d, _ = run(ftj(RUNNING), [job(1, failed="PodFailurePolicy")],
+                  [pod(1, phase="Failed", ready=False, exit_code=75, message=message(down))])
+    assert d.reason == "Retrying" and d.action == CreateAttempt(2) and "(StorageUnavailable: " in d.message
+    jobs = [job(n, failed="BackoffLimitExceeded") for n in (1, 2, 3, 4)]
+    _, d, _ = run(ftj({**RUNNING, "attempts": 4}), jobs,
+                  [pod(4, phase="Failed", ready=False, exit_code=75, message=message(down))])
+    assert (d.phase.value, d.action) == ("Failed", None) and "StorageUnavailable" in d.message, d.message
+
+    for error, named in [
+        (BucketNotFound('output.location s3://ckpt/run: bucket "ckpt" does not exist at http://s3:8333',
+                        field="output.location"), 'bucket "ckpt"'),
+        (StorageAccessDenied('model.source s3://models/bert: ... check key "access" of Secret "s3-credentials"',
+                             field="storage.s3.secretRef"), 'Secret "s3-credentials"'),
+    ]:
+        _, d, _ = run(ftj(RUNNING), [job(1, failed="PodFailurePolicy")],
+                      [pod(1, phase="Failed", ready=False, exit_code=2, message=message(error))])
+        assert (d.phase.value, d.reason, d.action) == ("Failed", error.reason, None) and named in d.message

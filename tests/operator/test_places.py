@@ -54,3 +54,18 @@ def test_on_this_machine_an_output_that_is_not_local_goes_to_runs_with_a_note(tm
     override = OnThisMachine(tmp_path, output_override="elsewhere")
     assert trainer_config(ftj, override).output.location == str(Path("elsewhere").resolve())
     assert override.output_note(ftj) is None
+
+
+def test_s3_locations_stay_as_written_in_both_places_and_a_pod_fills_the_operators_defaults(tmp_path):
+    from finetune_trainer.config import S3Spec
+
+    ftj = finetunejob("s3://models/bert", "s3://data/reviews", output="s3://ckpt/run")
+    here = OnThisMachine(tmp_path)
+    local = trainer_config(ftj, here)
+    assert (local.model.source, local.dataset.source, local.output.location) == (
+        "s3://models/bert", "s3://data/reviews", "s3://ckpt/run")
+    assert here.output_note(ftj) is None and local.storage is None  # this machine's AWS environment decides
+    defaults = S3Spec.model_validate({"endpoint": "http://s3.storage:8333", "addressingStyle": "path"})
+    pod = trainer_config(ftj, InPod(metrics_port=9090, s3_defaults=defaults))
+    assert pod.storage.s3 == defaults
+    assert trainer_config(finetunejob(output="/out"), InPod(9090, defaults)).storage is None  # no s3:// location

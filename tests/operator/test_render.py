@@ -48,6 +48,7 @@ def multinode_ftj():
 
 CASES = {
     "quickstart": lambda: _ftj("quickstart.yaml"),
+    "s3-with-cache": lambda: _ftj("s3-minilm.yaml", storage__s3__endpoint=None, storage__s3__region=None),
     "single-node-2gpu": lambda: _ftj("cluster-llama-2gpu.yaml"),
     "multi-node-2x4gpu": multinode_ftj,
     "export-oci": lambda: _ftj("export-oci.yaml"),
@@ -68,8 +69,14 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _Dumper.add_representer(str, _str)
 
 
+# The S3 case: the endpoint and region from the operator's defaults, the downloads on the chart's cache claim.
+CASE_SETTINGS = {"s3-with-cache": Settings(trainer_image=SETTINGS.trainer_image, s3_endpoint="http://10.245.0.1:8333",
+                                           s3_region="eu-west-1", cache_claim="finetune-cache")}
+
+
 def _render(case: str) -> str:
-    return yaml.dump_all(build_attempt(CASES[case](), 1, SETTINGS), Dumper=_Dumper, sort_keys=False, width=120)
+    settings = CASE_SETTINGS.get(case, SETTINGS)
+    return yaml.dump_all(build_attempt(CASES[case](), 1, settings), Dumper=_Dumper, sort_keys=False, width=120)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -289,3 +296,38 @@ def test_no_push_no_registry_volume():
     pod = _pod(_objects(_ftj("quickstart.yaml"))[0]["Job"])
     assert not [v for v in pod["volumes"] if "secret" in v]
     assert "FINETUNE_REGISTRY_AUTH" not in {e["name"] for e in pod["containers"][0]["env"]}
+
+
+def _trainer(objects):
+    return objects[-1]["spec"]["template"]["spec"]
+
+
+def test_s3_credentials_come_from_the_secret_key_by_key_and_never_enter_the_config():
+    settings = CASE_SETTINGS["s3-with-cache"]
+    objects = build_attempt(CASES["s3-with-cache"](), 1, settings)
+    env = {e["name"]: e for e in _trainer(objects)["containers"][0]["env"]}
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[variable] == {"name": variable, "valueFrom": {"secretKeyRef": {"name": "s3-credentials",
+                                                                                "key": variable}}}
+    config = yaml.safe_load(objects[0]["data"]["config.yaml"])
+    # what the job left unset comes from the operator's defaults; the Secret travels by name only
+    assert config["storage"]["s3"] == {"endpoint": "http://10.245.0.1:8333", "region": "eu-west-1",
+                                       "addressingStyle": "path", "secretRef": {
+                                           "name": "s3-credentials", "accessKeyIdKey": "AWS_ACCESS_KEY_ID",
+                                           "secretAccessKeyKey": "AWS_SECRET_ACCESS_KEY"}}
+    job_own = build_attempt(_ftj("s3-minilm.yaml"), 1, settings)
+    own = yaml.safe_load(job_own[0]["data"]["config.yaml"])["storage"]["s3"]
+    assert (own["endpoint"], own["region"]) == ("http://seaweedfs.storage.svc:8333", "us-east-1")
+
+
+def test_the_cache_claim_holds_downloads_of_every_attempt_and_without_it_they_stay_in_the_pod():
+    pod = _trainer(build_attempt(CASES["s3-with-cache"](), 1, CASE_SETTINGS["s3-with-cache"]))
+    assert {"name": "download-cache", "persistentVolumeClaim": {"claimName": "finetune-cache"}} in pod["volumes"]
+    assert {"name": "download-cache", "mountPath": "/var/cache/finetune"} in pod["containers"][0]["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["FINETUNE_CACHE_DIR"] == "/var/cache/finetune" and env["HF_HOME"] == "/var/cache/finetune/huggingface"
+
+    plain = _trainer(build_attempt(CASES["s3-with-cache"](), 1, SETTINGS))
+    assert not [v for v in plain["volumes"] if v["name"] == "download-cache"]
+    env = {e["name"]: e.get("value") for e in plain["containers"][0]["env"]}
+    assert "FINETUNE_CACHE_DIR" not in env and env["HF_HOME"] == "/tmp/huggingface"

@@ -67,3 +67,43 @@ def job(tmp_path, sentiment_dir):
         })
 
     return make
+
+
+# ------------------------------------------------------------------------------------------ object storage
+from s3_live import s3_server  # noqa: E402,F401  (the session's SeaweedFS, started only by tests that use it)
+
+
+@pytest.fixture(scope="session")
+def s3_inputs(s3_server, tiny_model_dir, sentiment_dir) -> dict[str, str]:  # noqa: F811
+    """A tiny BERT and the sentiment csv files in a bucket: {"bucket", "model", "data"} as s3:// URIs."""
+    bucket = s3_server.bucket("inputs")
+    return {"bucket": bucket, "model": s3_server.upload_dir(tiny_model_dir("bert"), bucket, "models/bert"),
+            "data": s3_server.upload_dir(sentiment_dir, bucket, "data/sentiment")}
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path):  # noqa: F811
+    """This process talks to the S3 server through the standard AWS variables, as `finetune run` would, with its
+    own staging and cache directories; returns the variables (for subprocesses)."""
+    env = s3_server.env(FINETUNE_STAGING_ROOT=str(tmp_path / "staging"), FINETUNE_CACHE_DIR=str(tmp_path / "cache"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def s3_job(s3_inputs):
+    """``s3_job(output_uri, storage=None, **training)`` → a TrainerConfig reading model and data from the bucket."""
+    from finetune_trainer.config import TrainerConfig
+
+    def make(output: str, storage: dict | None = None, model: str | None = None, keep: int = 2,
+             **training) -> TrainerConfig:
+        return TrainerConfig.model_validate({
+            "name": "tiny-s3", "model": {"source": model or s3_inputs["model"]}, "task": "sequence-classification",
+            "dataset": {"source": s3_inputs["data"], "maxLength": 32},
+            "strategy": {"type": "full"},
+            "training": {"epochs": 1, "batchSize": 16, "learningRate": 1e-2, "warmupRatio": 0.0, **training},
+            "output": {"location": output, "keepCheckpoints": keep}, "storage": storage or {}, "metricsPort": 0,
+        })
+
+    return make

@@ -19,3 +19,12 @@ def test_a_path_under_the_output_maps_back_to_what_the_user_wrote(monkeypatch, t
     assert user_location(output / "checkpoints" / "step-9", "pvc://ckpt/runs/mrpc/") == \
         "pvc://ckpt/runs/mrpc/checkpoints/step-9"
     assert user_location(tmp_path / "out" / "model", str(tmp_path / "out")) == str(tmp_path / "out" / "model")
+
+
+def test_an_s3_output_is_staged_locally_and_maps_back_to_its_uri(monkeypatch, tmp_path):
+    monkeypatch.setenv("FINETUNE_STAGING_ROOT", str(tmp_path))
+    staged = local_path("s3://ckpt/runs/mrpc/")
+    assert staged == tmp_path / "s3" / "ckpt" / "runs" / "mrpc"
+    assert user_location(staged / "checkpoints" / "step-9", "s3://ckpt/runs/mrpc/") == \
+        "s3://ckpt/runs/mrpc/checkpoints/step-9"
+    assert claim_of("s3://ckpt/runs") is None

@@ -27,7 +27,10 @@ EXIT_RETRYABLE = 75  # EX_TEMPFAIL: preemption, SIGTERM/SIGINT, I/O; a new attem
 # Where models, data and outputs can live: a PersistentVolumeClaim (its name a DNS-1123 subdomain, as the
 # apiserver requires), a URI of a scheme the trainer reads, or a plain path.
 DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-LOCATION_PATTERN = rf"^(pvc://{DNS1123_SUBDOMAIN}(/.*)?|(hf|pkg|s3|gs)://\S+|[^:\s][^:]*)$"
+# s3:// names a bucket (S3's naming rules) and an optional key prefix.
+S3_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+LOCATION_PATTERN = rf"^(pvc://{DNS1123_SUBDOMAIN}(/.*)?|s3://{S3_BUCKET}(/\S*)?|(hf|pkg)://\S+|[^:\s][^:]*)$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # a Secret's data key, as the apiserver admits it
 # registry[:port]/path/to/repo:tag for output.push. The registry must be named (a dot, a port or localhost), as
 # Docker requires of anything that is not Docker Hub; repository paths as the OCI distribution spec admits them.
 _OCI_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
@@ -187,7 +190,8 @@ class SecretRef(ApiModel):
 class ModelSpec(ApiModel):
     source: str = Field(
         min_length=1, max_length=1024, pattern=LOCATION_PATTERN,
-        description='Where the pre-trained model lives: "hf://org/name", "pvc://claim/path" or a local path.',
+        description='Where the pre-trained model lives: "hf://org/name", "pvc://claim/path", "s3://bucket/prefix" or '
+                    "a local path.",
     )
     revision: str = Field("main", max_length=255, description="Hub revision (branch, tag or commit) for hf:// sources.")
     secret_ref: SecretRef | None = Field(None, description="Secret with credentials, e.g. HF_TOKEN for gated models.")
@@ -216,7 +220,7 @@ class DatasetSpec(ApiModel):
 
     source: str = Field(
         min_length=1, max_length=1024, pattern=LOCATION_PATTERN,
-        description='"hf://name?config=c", "pvc://claim/dir", a local file or directory.',
+        description='"hf://name?config=c", "pvc://claim/dir", "s3://bucket/prefix", a local file or directory.',
     )
     format: DataFormat = Field(DataFormat.AUTO, description="File format; auto detects it from the file names.")
     train: str = Field("train", min_length=1, max_length=253, description="Training split (or file stem).")
@@ -361,8 +365,8 @@ class PushSpec(ApiModel):
 class OutputSpec(ApiModel):
     location: str | None = Field(
         None, max_length=1024, pattern=LOCATION_PATTERN,
-        description='Where checkpoints and the final model go: "pvc://claim/path" or a local directory '
-                    "(locally defaults to ./runs/<name>).",
+        description='Where checkpoints and the final model go: "pvc://claim/path", "s3://bucket/prefix" or a '
+                    "local directory (locally defaults to ./runs/<name>).",
     )
     keep_checkpoints: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep.")
     merge_adapter: bool = Field(False, description="lora/hybrid: also save the base model with adapters merged.")
@@ -370,6 +374,46 @@ class OutputSpec(ApiModel):
         None, description="Also push the final model to an OCI registry as an artifact with its lineage "
                           "(base model, dataset fingerprint, strategy, metrics); status.outputs lists it.",
     )
+
+
+class S3SecretRef(ApiModel):
+    """The Secret holding the S3 credentials; only its keys' names travel in the spec, the values reach the
+    trainer as the standard AWS environment variables."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=f"^{DNS1123_SUBDOMAIN}$",
+                      description="Name of a Secret in the FineTuneJob's namespace.")
+    access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN,
+                                   description="The Secret's key holding the access key id.")
+    secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253,
+                                       pattern=SECRET_KEY_PATTERN,
+                                       description="The Secret's key holding the secret access key.")
+
+
+class AddressingStyle(str, enum.Enum):
+    AUTO = "auto"
+    PATH = "path"
+    VIRTUAL = "virtual"
+
+
+class S3Spec(ApiModel):
+    """How to reach the S3 server of the job's s3:// locations. Unset fields fall back to the operator's defaults
+    (the chart's objectStorage.s3 values) and then to the standard AWS environment (AWS_ENDPOINT_URL,
+    AWS_REGION, ...)."""
+
+    endpoint: str | None = Field(None, max_length=1024, pattern=r"^https?://[^\s/]+(/\S*)?$",
+                                 description="S3 endpoint URL, e.g. http://seaweedfs.storage:8333 (default: AWS).")
+    region: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$",
+                               description="Region to sign requests for, e.g. us-east-1.")
+    addressing_style: AddressingStyle | None = Field(
+        None, description="path (http://endpoint/bucket/key, most self-hosted servers) or virtual "
+                          "(http://bucket.endpoint/key); auto lets the client choose.")
+    secret_ref: S3SecretRef | None = Field(
+        None, description="Secret with the credentials (keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY by "
+                          "default); unset: the pod's own identity (e.g. IRSA) or none.")
+
+
+class StorageSpec(ApiModel):
+    s3: S3Spec | None = Field(None, description="The S3 server of s3:// locations.")
 
 
 class TrainerConfig(ApiModel):
@@ -383,6 +427,7 @@ class TrainerConfig(ApiModel):
     strategy: StrategySpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    storage: StorageSpec | None = Field(None, description="Object storage of s3:// locations.")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus port (0 picks a free one).")
 
     @field_validator("output")

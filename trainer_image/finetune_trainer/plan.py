@@ -15,9 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from finetune_trainer import models
+from finetune_trainer import cache, models
 from finetune_trainer.config import Optimizer, StrategyType, TrainerConfig
+from finetune_trainer.errors import ModelLoadError
 from finetune_trainer.layers import PARTS, resolve_layout
+from finetune_trainer.objectstore import store_for
 from finetune_trainer.strategies import Strategy, build_strategy
 from finetune_trainer.tasks.base import get_task
 
@@ -30,7 +32,9 @@ LM_TASKS = ("causal-lm", "seq2seq")
 
 def plan(config: TrainerConfig) -> dict[str, Any]:
     task = get_task(config.task)
-    model = models.load_model(config.model, task.auto_model)
+    # An s3:// model is fetched through the cache, as training would fetch it (the data is not read).
+    spec = cache.local_source(store_for(config), config.model, "model.source", ModelLoadError)
+    model = models.load_model(spec, task.auto_model)
     layout = resolve_layout(model)
     strategy = build_strategy(model, layout, config.strategy)
     trainable_set = strategy.trainable_set()

@@ -7,7 +7,8 @@ Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kube
      "startTime", "completionTime", "progress": {"step", "totalSteps", "epoch"},
      "metrics": {"trainLoss", "evalLoss", "evalAccuracy", ..., "samplesPerSecond", "tokensPerSecond"},
      "parameters": {"trainable", "total"}, "checkpoint": {"location", "step"} | null,
-     "output": {"location"}, "outputs": [{"kind": "model" | "oci", "uri", "digest"}], "metricsUrl"}
+     "output": {"location"}, "outputs": [{"kind": "model" | "oci", "uri", "digest"}], "metricsUrl",
+     "downloadBytes": {"model", "dataset", "checkpoint"}}  # bytes this run fetched from s3:// (0: cache hit)
 
 ``outputs`` lists what the run produced, each with a digest: the model at ``<output>/model`` (export.tree_digest)
 and, with ``output.push``, the artifact in the registry (``oci://registry/repo:tag@sha256:...``, the manifest's
@@ -60,6 +61,7 @@ class Report:
     checkpoint: dict[str, Any] | None = None
     model_location: str | None = None
     metrics_url: str | None = None
+    downloads: dict[str, int] = field(default_factory=dict)  # bytes fetched from object storage, by what for
     outputs: list[dict[str, str]] = field(default_factory=list)
 
     def run_state(self) -> dict[str, Any]:
@@ -90,7 +92,11 @@ class Report:
             "output": {"location": self.model_location or self.output_location},
             "outputs": self.outputs,
             "metricsUrl": self.metrics_url,
+            "downloadBytes": dict(self.downloads),
         }
+
+
+FILE = "summary.json"
 
 
 def write(summary: dict[str, Any], output: Path) -> None:
@@ -99,7 +105,7 @@ def write(summary: dict[str, Any], output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
         tmp = output / ".summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, output / "summary.json")
+        os.replace(tmp, output / FILE)
     except OSError:
         pass  # the summary must not mask the run's own outcome; the termination log may still carry it
     _write_termination_log(summary)

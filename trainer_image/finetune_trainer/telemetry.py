@@ -45,8 +45,8 @@ class Telemetry:
         def gauge(name: str, doc: str, *labels: str) -> Gauge:
             return Gauge(f"finetune_trainer_{name}", doc, [LABEL, *labels], registry=self.registry)
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(f"finetune_trainer_{name}", doc, [LABEL], registry=self.registry)
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"finetune_trainer_{name}", doc, [LABEL, *labels], registry=self.registry)
 
         self.step = gauge("step", "Optimizer steps taken.")
         self.total_steps = gauge("total_steps", "Optimizer steps the run will take.")
@@ -67,6 +67,8 @@ class Telemetry:
             "finetune_trainer_checkpoint_save_seconds", "Time to write one checkpoint.", [LABEL],
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=self.registry)
         self.checkpoints = counter("checkpoints_total", "Checkpoints written.")
+        self.download_bytes = counter("download_bytes_total", "Bytes downloaded from object storage (0 for what "
+                                      "the cache held).", "source")
 
     def start(self, port: int, host: str = "0.0.0.0") -> str:
         """Serve /metrics on ``port`` (0, or a port already taken, picks a free one); returns the URL."""
@@ -92,8 +94,8 @@ class Telemetry:
     def set(self, gauge: Gauge, value: float, **labels: str) -> None:
         gauge.labels(**{LABEL: self.job}, **labels).set(value)
 
-    def add(self, counter: Counter, amount: float) -> None:
-        counter.labels(self.job).inc(amount)
+    def add(self, counter: Counter, amount: float, **labels: str) -> None:
+        counter.labels(**{LABEL: self.job}, **labels).inc(amount)
 
     def record_eval(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():

@@ -9,7 +9,8 @@ record skips straight to the push, so a failed push is retried without training.
 
 The recipe only sequences; each step's details live in the module that owns them: tasks/ (data to features,
 evaluation), strategies.py (what trains), optim.py (optimizer, schedule, the gradient step), runtime.py (device,
-distribution, precision), checkpoints.py (atomic saves across ranks), stopping.py (signals, early stopping),
+distribution, precision), checkpoints.py (atomic saves across ranks), mirror.py and cache.py (an ``s3://`` output
+committed in its bucket, ``s3://`` sources downloaded once), stopping.py (signals, early stopping),
 progress.py (gauges, summary, progress bar, log), export.py (the final model), push.py (the registry artifact),
 locations.py (paths both ways).
 
@@ -28,10 +29,13 @@ from pathlib import Path
 
 import torch
 
-from finetune_trainer import batching, checkpoints, data, export, locations, models, optim, push, runtime, summary
+from finetune_trainer import (batching, cache, checkpoints, data, export, locations, mirror, models, optim, push,
+                              runtime, summary)
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.errors import Interrupted, NonFiniteLoss, OutOfMemory, StorageError, TrainerError
+from finetune_trainer.errors import (DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory, StorageError,
+                                     TrainerError)
 from finetune_trainer.layers import resolve_layout
+from finetune_trainer.objectstore import Store, is_s3, store_for
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
 from finetune_trainer.strategies import build_strategy
@@ -52,14 +56,16 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
     stop = StopSignal()
     rt: runtime.Runtime | None = None
     error: TrainerError | None = None
+    store: Store | None = None
     try:
+        store = store_for(config)
         rt = runtime.setup(config.training)
         if rt.is_main:
             report.metrics_url = telemetry.start(config.metrics_port)
         else:
             log.setLevel(logging.WARNING)  # one rank's log lines are enough
         stop.install()
-        recipe = Recipe(config, output, rt, telemetry, report, stop, progress_bar)
+        recipe = Recipe(config, output, rt, telemetry, report, stop, progress_bar, store)
         if not recipe.reuse_export():  # an earlier attempt exported this config's model: only the push is left
             recipe.setup()
             recipe.train()
@@ -84,6 +90,7 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
         result = report.as_dict(error)
         if rt is None or rt.is_main:
             summary.write(result, output)
+            mirror.upload_summary(store, config.output.location, output, error)
         if rt is not None:
             rt.close()
     if error is not None:
@@ -111,8 +118,10 @@ class Recipe:
     """One run: ``setup`` (pre-flight, then resume), ``train`` (the loop), ``save_model``; see the module docstring."""
 
     def __init__(self, config: TrainerConfig, output: Path, rt: runtime.Runtime, telemetry: Telemetry,
-                 report: summary.Report, stop: StopSignal, progress_bar: bool):
+                 report: summary.Report, stop: StopSignal, progress_bar: bool, store: Store | None = None):
         self.config = config
+        self.store = store  # the S3 client when a location is s3://
+        self.telemetry = telemetry
         self.training = config.training
         self.output = output
         self.rt = rt
@@ -131,15 +140,22 @@ class Recipe:
         # Pre-flight: everything that can be wrong with the spec fails here, before the first step.
         if cfg.output.push and self.rt.is_main:
             push.preflight(cfg.output.push)
+        if is_s3(cfg.output.location):  # the bucket's newest complete checkpoint, one copy per machine
+            if self.rt.local_rank == 0:
+                before = self.store.downloaded
+                mirror.restore(self.store, cfg.output.location, self.output)
+                self._downloaded("checkpoint", before)
+            self.rt.barrier()
         self.task = get_task(cfg.task)
         self.task.configure(training)
-        self.tokenizer = models.load_tokenizer(cfg.model)
-        raw = data.load_raw(cfg.dataset, training.seed)
+        model_spec = self._fetched(cfg.model, "model.source", ModelLoadError)
+        self.tokenizer = models.load_tokenizer(model_spec)
+        raw = data.load_raw(self._fetched(cfg.dataset, "dataset.source", DataError), training.seed)
         self.data = self.task.prepare(raw, self.tokenizer, cfg.dataset)
         # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
         # without a device sync per micro-batch.
         self.train_lengths = list(self.data.train["length"])
-        model = models.load_model(cfg.model, self.task.auto_model, self.data.model_kwargs, self.tokenizer,
+        model = models.load_model(model_spec, self.task.auto_model, self.data.model_kwargs, self.tokenizer,
                                   dropout=training.dropout)
         self.layout = resolve_layout(model)
         self.strategy = build_strategy(model, self.layout, cfg.strategy)
@@ -301,6 +317,9 @@ class Recipe:
             trainable_set=self.strategy.trainable_set(), config=self.config.wire(),
             keep=self.config.output.keep_checkpoints)
         location = locations.user_location(final, self.config.output.location) if final is not None else None
+        if final is not None and is_s3(self.config.output.location):
+            mirror.upload_checkpoint(self.store, self.config.output.location, final,
+                                     self.config.output.keep_checkpoints)
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
 
     def save_model(self) -> None:
@@ -310,6 +329,8 @@ class Recipe:
         if self.rt.is_main:
             self._exported(export.write_record(target, self.config, export.form(self.strategy),
                                                push.lineage(self.config), self.report.run_state()))
+            if is_s3(output.location):  # the model and its record, committed in the bucket like a checkpoint
+                mirror.upload_part(self.store, output.location, target, target.name)
 
     def reuse_export(self) -> bool:
         """Take over the export record of an earlier attempt of this config, if there is one: its model is final."""
@@ -332,6 +353,21 @@ class Recipe:
         """``output.push``: the exported model to its registry, from rank 0 (the others are done)."""
         if self.config.output.push and self.rt.is_main:
             self.report.outputs.append(push.push(self.config.output.push, self.output / "model", self.exported))
+
+    def _fetched(self, spec, field: str, missing: type[TrainerError]):
+        """``spec`` (the model or dataset spec) reading its ``s3://`` source from the local cache."""
+        if not is_s3(spec.source):
+            return spec
+        before = self.store.downloaded
+        local = cache.local_source(self.store, spec, field, missing)
+        self._downloaded(field.split(".")[0], before)
+        return local
+
+    def _downloaded(self, source: str, before: int) -> None:
+        """What the store fetched since ``before`` for ``source``: in the summary and the download counter."""
+        fetched = self.store.downloaded - before
+        self.report.downloads[source] = fetched
+        self.telemetry.add(self.telemetry.download_bytes, fetched, source=source)
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,102 @@
+"""An ``s3://bucket/prefix`` output: the local staging copy (locations.local_path) uploaded part by part.
+
+The bucket holds the same layout as a local output: ``checkpoints/step-<N>/...``, ``model/...`` and
+``summary.json``. S3 has no rename, so a part is committed the way checkpoints.py commits a directory: its
+``COMPLETE`` marker is deleted first (re-saving a step), every file is uploaded, and ``COMPLETE`` is written last.
+A reader (a resume, a user) takes only parts holding ``COMPLETE``, so an upload killed half-way is never taken as
+complete, and the previous complete checkpoint is not touched until the new one is committed.
+
+On start, ``restore`` replaces the staging copy's checkpoints with the newest complete one in the bucket: the
+bucket is the truth (a local checkpoint whose upload never finished is not resumed from).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from finetune_trainer import summary
+from finetune_trainer.checkpoints import COMPLETE, directory
+from finetune_trainer.errors import TrainerError
+from finetune_trainer.objectstore import STORAGE_FAILURES, S3Uri, Store, is_s3
+
+log = logging.getLogger(__name__)
+
+FIELD = "output.location"
+_STEP = re.compile(r"^checkpoints/step-(\d+)/(.+)$")
+
+
+def _steps(store: Store, output: S3Uri) -> dict[int, list[str]]:
+    """The keys of each step's checkpoint in the bucket, by step."""
+    steps: dict[int, list[str]] = {}
+    for obj in store.list(output.child("checkpoints"), FIELD):
+        match = _STEP.match(obj.key[len(output.prefix):].lstrip("/"))
+        if match:
+            steps.setdefault(int(match.group(1)), []).append(obj.key)
+    return steps
+
+
+def _complete(steps: dict[int, list[str]]) -> list[int]:
+    return sorted(step for step, keys in steps.items() if any(key.endswith("/" + COMPLETE) for key in keys))
+
+
+def restore(store: Store, location: str, output: Path) -> int | None:
+    """Make ``<output>/checkpoints`` hold exactly the newest complete checkpoint of the bucket (or nothing);
+    returns its step."""
+    uri = S3Uri.parse(location)
+    steps = _steps(store, uri)
+    complete = _complete(steps)
+    local = directory(output)
+    shutil.rmtree(local, ignore_errors=True)
+    if not complete:
+        return None
+    step = complete[-1]
+    staging = local / f".tmp-step-{step}"
+    for obj in store.list(uri.child(f"checkpoints/step-{step}"), FIELD):
+        store.download(obj, uri, staging / Path(obj.key).name, FIELD)
+    os.rename(staging, local / f"step-{step}")
+    log.info("restored checkpoint step %d from %s", step, uri.child(f"checkpoints/step-{step}"))
+    return step
+
+
+def upload_part(store: Store, location: str, path: Path, relative: str) -> str:
+    """Upload the directory ``path`` as ``<location>/<relative>``, committed by ``COMPLETE`` last; returns its URI."""
+    part = S3Uri.parse(location).child(relative)
+    store.delete(part.bucket, [part.key(COMPLETE)], FIELD)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != COMPLETE)
+    for file in files:
+        store.upload(file, part.child(file.relative_to(path).as_posix()), FIELD)
+    store.put(part.child(COMPLETE), b"ok\n", FIELD)
+    log.info("uploaded %d files to %s", len(files) + 1, part)
+    return str(part)
+
+
+def upload_checkpoint(store: Store, location: str, path: Path, keep: int) -> str:
+    """Commit the local checkpoint ``path`` (``.../checkpoints/step-N``) to the bucket, then prune there: keep the
+    newest ``keep`` complete checkpoints, drop the rest and every incomplete one (left by a killed upload)."""
+    uri = upload_part(store, location, path, f"checkpoints/{path.name}")
+    steps = _steps(store, S3Uri.parse(location))
+    kept = set(_complete(steps)[-keep:])
+    doomed = [key for step, keys in steps.items() if step not in kept for key in keys]
+    # Markers first: a checkpoint being deleted stops counting as complete before any of its files go.
+    markers = [key for key in doomed if key.endswith("/" + COMPLETE)]
+    for keys in (markers, [key for key in doomed if key not in markers]):
+        if keys:
+            store.delete(S3Uri.parse(location).bucket, keys, FIELD)
+    return uri
+
+
+def upload_summary(store: Store | None, location: str, output: Path, error: TrainerError | None) -> None:
+    """The summary next to the model in the bucket. The run's outcome is already decided, so a failure here is
+    only logged (the termination log carries the summary to the operator). Not after the storage itself failed:
+    some servers (SeaweedFS) create a missing bucket on a write."""
+    path = output / summary.FILE
+    if store is None or not is_s3(location) or not path.is_file() or isinstance(error, STORAGE_FAILURES):
+        return
+    try:
+        store.upload(path, S3Uri.parse(location).child(path.name), FIELD)
+    except TrainerError as exc:
+        log.warning("summary.json not uploaded: %s", exc)
