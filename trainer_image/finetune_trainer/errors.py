@@ -60,3 +60,10 @@ class Interrupted(RetryableError):
 
 class StorageError(RetryableError):
     reason = "StorageError"
+
+
+class GateFailed(PermanentError):
+    """The final model missed a bound of spec.evaluation.gates: training worked, the model is not good enough, and
+    a retry would train the same model again."""
+
+    reason = "GateFailed"

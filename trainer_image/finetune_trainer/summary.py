@@ -7,7 +7,10 @@ Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kube
      "startTime", "completionTime", "progress": {"step", "totalSteps", "epoch"},
      "metrics": {"trainLoss", "evalLoss", "evalAccuracy", ..., "samplesPerSecond", "tokensPerSecond"},
      "parameters": {"trainable", "total"}, "checkpoint": {"location", "step"} | null,
-     "output": {"location"}, "metricsUrl"}
+     "output": {"location"}, "metricsUrl",
+     "usage": {"samples", "tokens", "mfu"},   # this run's (attempt's) training work; mfu where the GPU is known
+     "evaluation": {"split", "finalModel", "step", "metrics", "gates": [{"metric", "value", "gate", "passed"}],
+                    "passed"} | absent}   # spec.evaluation's verdict on the final model (gates.py)
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class Report:
     checkpoint: dict[str, Any] | None = None
     model_location: str | None = None
     metrics_url: str | None = None
+    samples: int = 0  # training examples and real tokens this run processed (all ranks)
+    tokens: int = 0
+    mfu: float | None = None  # model FLOP utilisation averaged over this run's steps, where the GPU's peak is known
+    evaluation: dict[str, Any] | None = None
 
     def record_metrics(self, values: dict[str, float]) -> None:
         self.metrics.update({metric_key(k): float(v) for k, v in values.items()})
@@ -72,6 +79,9 @@ class Report:
             "checkpoint": self.checkpoint,
             "output": {"location": self.model_location or self.output_location},
             "metricsUrl": self.metrics_url,
+            "usage": {k: v for k, v in (("samples", self.samples), ("tokens", self.tokens),
+                                        ("mfu", None if self.mfu is None else round(self.mfu, 4))) if v is not None},
+            **({"evaluation": self.evaluation} if self.evaluation is not None else {}),
         }
 
 
@@ -99,6 +109,10 @@ def termination_message(summary: dict[str, Any]) -> str:
     text = json.dumps(trimmed, separators=(",", ":"))
     if len(text.encode()) > TERMINATION_LIMIT:
         trimmed["metrics"] = {k: v for k, v in trimmed["metrics"].items() if k in ("trainLoss", "evalLoss")}
+        if trimmed.get("evaluation"):  # the gates' verdicts stay; the other evaluated metrics are in summary.json
+            gated = {metric_key(g["metric"]) for g in trimmed["evaluation"]["gates"]}
+            trimmed["evaluation"] = {**trimmed["evaluation"], "metrics": {
+                k: v for k, v in trimmed["evaluation"]["metrics"].items() if k in gated}}
         text = json.dumps(trimmed, separators=(",", ":"))
     return text[:TERMINATION_LIMIT]
 

@@ -3,7 +3,10 @@
 ``run(config)`` → ``Recipe.setup`` (pre-flight: data and columns, model, layer selection, strategy; then placement,
 batches, optimizer, resume from the newest complete checkpoint) → ``Recipe.train`` (epochs of length-grouped
 batches; gradient accumulation, clipping, learning-rate schedule; evaluation, early stopping, checkpoints; a
-NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) → ``Recipe.save_model`` → summary.
+NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) → ``Recipe.final_model`` (the
+last or the best checkpoint's weights, spec.evaluation) → ``Recipe.evaluate_final`` → ``Recipe.save_model`` →
+``gates.enforce`` → summary. Anything that publishes the model goes after ``gates.enforce``: a model that misses a
+gate is saved for inspection and published nowhere.
 
 The recipe only sequences; each step's details live in the module that owns them: tasks/ (data to features,
 evaluation), strategies.py (what trains), optim.py (optimizer, schedule, the gradient step), runtime.py (device,
@@ -25,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from finetune_trainer import batching, checkpoints, data, export, locations, models, optim, runtime, summary
+from finetune_trainer import batching, checkpoints, data, export, gates, locations, models, optim, runtime, summary
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.errors import Interrupted, NonFiniteLoss, OutOfMemory, StorageError, TrainerError
+from finetune_trainer.errors import ConfigError, Interrupted, NonFiniteLoss, OutOfMemory, StorageError, TrainerError
 from finetune_trainer.layers import resolve_layout
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
 from finetune_trainer.strategies import build_strategy
-from finetune_trainer.tasks.base import get_task
+from finetune_trainer.tasks.base import RawSplits, get_task
 from finetune_trainer.telemetry import Telemetry
 
 log = logging.getLogger("finetune_trainer")
@@ -59,7 +62,11 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
         recipe = Recipe(config, output, rt, telemetry, report, stop, progress_bar)
         recipe.setup()
         recipe.train()
+        recipe.final_model()
+        evaluation = recipe.evaluate_final()
         recipe.save_model()
+        if evaluation is not None:
+            gates.enforce(evaluation)
     except TrainerError as exc:
         error = exc
     except torch.cuda.OutOfMemoryError as exc:
@@ -99,6 +106,8 @@ class TrainState:
     stopped_early: bool = False
     last_eval_step: int = -1
     last_save_step: int = -1
+    best_model_metric: float | None = None  # evaluation.finalModel best: the best evaluation.metric so far
+    best_model_step: int = -1  # and the step of its checkpoint
 
 
 class Recipe:
@@ -127,6 +136,8 @@ class Recipe:
         self.tokenizer = models.load_tokenizer(cfg.model)
         raw = data.load_raw(cfg.dataset, training.seed)
         self.data = self.task.prepare(raw, self.tokenizer, cfg.dataset)
+        gates.check_metric_names(cfg.evaluation, self.task.higher_is_better, cfg.task)
+        self.test_data = self._prepare_test_split(raw)
         # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
         # without a device sync per micro-batch.
         self.train_lengths = list(self.data.train["length"])
@@ -168,8 +179,26 @@ class Recipe:
                  self.rt.threads)
         log.info("trainable: %s", self.strategy.describe_trainable())
 
+    def _prepare_test_split(self, raw: RawSplits):
+        """evaluation.split tokenized as the eval split is (the task derives labels from train, so train goes along);
+        a missing or malformed split fails here, before the first step."""
+        spec = self.config.evaluation
+        if spec is None or spec.split is None:
+            return None
+        test = data.load_split(self.config.dataset, spec.split, "evaluation.split")
+        return self.task.prepare(RawSplits(train=raw.train, eval=test), self.tokenizer, self.config.dataset)
+
+    @property
+    def _keeps_best(self) -> bool:
+        spec = self.config.evaluation
+        return spec is not None and spec.final_model == "best"
+
     def _wrap(self) -> torch.nn.Module:
         fsdp = runtime.wants_fsdp(self.model, self.rt)
+        if fsdp and self._keeps_best:
+            raise ConfigError("evaluation.finalModel best is not supported when the model is sharded (FSDP); use "
+                              "last, or more GPUs per node so the model fits without sharding",
+                              field="evaluation.finalModel")
         if fsdp:
             self.strategy.check_shardable(self.config.output.merge_adapter)
         return runtime.wrap(self.model, self.rt, {type(b.module) for b in self.layout.blocks}, fsdp)
@@ -202,7 +231,8 @@ class Recipe:
                 if (training.eval_every and state.step % training.eval_every == 0) or (
                         epoch_done and not training.eval_every):
                     state.stopped_early = self.evaluate()
-                if (training.save_every and state.step % training.save_every == 0) or epoch_done:
+                best_unsaved = state.best_model_step == state.step  # its weights must be on disk to come back
+                if (training.save_every and state.step % training.save_every == 0) or epoch_done or best_unsaved:
                     self.save_checkpoint()
                 if state.step >= self.total_steps or state.stopped_early:
                     break
@@ -274,6 +304,10 @@ class Recipe:
         runtime.reshard(self.wrapped)
         self._train_mode()
         self.progress.evaluated(state.step, metrics, time.perf_counter() - started)
+        if self._keeps_best:
+            metric = self.config.evaluation.metric
+            if gates.improves(metrics[metric], state.best_model_metric, self.task.higher_is_better[metric]):
+                state.best_model_metric, state.best_model_step = metrics[metric], state.step
         return early_stop(self.training.early_stopping, metrics, self.task.higher_is_better, state,
                           self.config.task)
 
@@ -290,9 +324,43 @@ class Recipe:
             self.output, state.step, self.rt, weights=runtime.trainable_weights(self.model),
             optimizer_state=runtime.optimizer_state(self.wrapped, self.optimizer), state=trainer_state,
             trainable_set=self.strategy.trainable_set(), config=self.config.wire(),
-            keep=self.config.output.keep_checkpoints)
+            keep=self.config.output.keep_checkpoints,
+            protect=state.best_model_step if self._keeps_best else None)
         location = locations.user_location(final, self.config.output.location) if final is not None else None
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
+
+    # ---------------------------------------------------------------- the final model
+    def final_model(self) -> None:
+        """evaluation.finalModel best: bring back the weights of the best checkpoint (every rank loads them)."""
+        step = self.state.best_model_step
+        if not self._keeps_best or step in (-1, self.state.step):
+            return
+        best = checkpoints.at_step(self.output, step)
+        if best is None:
+            raise ConfigError(f"the best checkpoint (step {step}) is gone from {self.config.output.location}; "
+                              "was it deleted by hand?", field="evaluation.finalModel")
+        best.restore_weights(self.model, self.strategy.trainable_names(), self.config.output.location)
+        log.info("final model: the best checkpoint, step %d (%s %.4f)", step, self.config.evaluation.metric,
+                 self.state.best_model_metric)
+
+    def evaluate_final(self) -> dict | None:
+        """spec.evaluation: the final model on evaluation.split (or the eval split); the block goes to the summary."""
+        spec = self.config.evaluation
+        if spec is None:
+            return None
+        evaluated = self.test_data or self.data
+        if evaluated.eval is None:
+            return None
+        with self.rt.autocast():
+            metrics = self.task.evaluate(self.wrapped, evaluated, self.tokenizer, self.training.batch_size,
+                                         self.rt.device)
+        runtime.reshard(self.wrapped)
+        split = spec.split or self.config.dataset.eval or "eval"
+        step = self.state.best_model_step if self._keeps_best and self.state.best_model_step >= 0 else self.state.step
+        self.report.evaluation = gates.verdicts(spec, metrics, split, step)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        log.info("final model (step %d) on the %s split: %s", step, split, shown)
+        return self.report.evaluation
 
     def save_model(self) -> None:
         """The final model in ``<output>/model`` (export.py decides its form)."""
