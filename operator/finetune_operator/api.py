@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator
 from finetune_trainer.config import (
     ApiModel,
     DatasetSpec,
+    EvaluationSpec,
     ModelSpec,
     OutputSpec,
     StrategySpec,
@@ -111,6 +112,10 @@ class FineTuneJobSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    evaluation: EvaluationSpec | None = Field(
+        None, description="Evaluate the final model after training (which checkpoint, which split) and gate the "
+        "job on its metrics; the verdict is in status.evaluation and the EvaluationPassed condition.",
+    )
     queue_name: str | None = Field(
         None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Kueue LocalQueue; copied to the kueue.x-k8s.io/queue-name label.",
     )
@@ -147,6 +152,9 @@ class Progress(ApiModel):
     epoch: float | None = Field(None, ge=0)
     percent: float | None = Field(None, ge=0, le=100)
     eta_seconds: int | None = Field(None, ge=0)
+    last_step_time: str | None = Field(
+        None, json_schema_extra={"format": "date-time"},
+        description="When step last moved while Running: the clock of the Stalled condition.")
 
 
 class Parameters(ApiModel):
@@ -161,6 +169,63 @@ class CheckpointStatus(ApiModel):
 
 class OutputStatus(ApiModel):
     location: str
+
+
+class GateResult(ApiModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # JSON has no inf/NaN: the status patch would be refused
+
+    metric: str = Field(max_length=64)
+    value: float
+    gate: str = Field(max_length=64, description='The bound, e.g. ">= 0.85".')
+    passed: bool
+    min: float | None = None
+    max: float | None = None
+
+
+class EvaluationStatus(ApiModel):
+    """spec.evaluation's verdict on the final model, as the trainer reported it."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    split: str | None = Field(None, max_length=253, description="The split the final model was evaluated on.")
+    final_model: str | None = Field(None, max_length=16, description="last or best.")
+    step: int | None = Field(None, ge=0, description="The step whose weights are the final model.")
+    metrics: dict[str, float] | None = Field(None, description="The final model's metrics on the split.")
+    gates: list[GateResult] | None = Field(None, max_length=16)
+    passed: bool | None = Field(None, description="Every gate passed (or there are none).")
+    headline: str | None = Field(None, max_length=128, description='The printer column: "eval_f1=0.9123".')
+
+
+class WorkDone(ApiModel):
+    """What training processed, as the trainer counts it."""
+
+    samples: int | None = Field(None, ge=0, description="Training examples processed (all ranks).")
+    tokens: int | None = Field(None, ge=0, description="Real (non-padding) training tokens processed.")
+    mfu: float | None = Field(None, ge=0, le=1, description="Average model FLOP utilisation, where the GPU is known.")
+
+
+class ResourceHours(ApiModel):
+    gpu_hours: float = Field(0, ge=0, description="Requested GPUs x hours, over every pod.")
+    cpu_core_hours: float = Field(0, ge=0, description="Requested CPU cores x hours.")
+    memory_gib_hours: float = Field(0, ge=0, description="Requested memory (GiB) x hours.")
+
+
+class AttemptUsage(ResourceHours, WorkDone):
+    attempt: int = Field(ge=1)
+    seconds: float = Field(0, ge=0, description="The attempt's longest pod lifetime (container start to finish).")
+
+
+class Cost(ApiModel):
+    amount: float = Field(ge=0)
+    currency: str = Field(max_length=16)
+
+
+class UsageStatus(ResourceHours, WorkDone):
+    """What the job used, summed over every attempt (failed ones too); docs/usage-cost.md."""
+
+    wall_seconds: int | None = Field(None, ge=0, description="From status.startTime to completionTime (or now).")
+    estimated_cost: Cost | None = Field(None, description="Resource hours priced with the operator's price table.")
+    attempts: list[AttemptUsage] | None = Field(None, max_length=128)
 
 
 class FineTuneJobStatus(ApiModel):
@@ -178,6 +243,8 @@ class FineTuneJobStatus(ApiModel):
     parameters: Parameters | None = None
     checkpoint: CheckpointStatus | None = None
     output: OutputStatus | None = None
+    evaluation: EvaluationStatus | None = None
+    usage: UsageStatus | None = None
 
 
 class ObjectMeta(ApiModel):

@@ -52,6 +52,7 @@ def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
         strategy=spec.strategy,
         training=spec.training,
         output=spec.output.model_copy(update={"location": place.output(ftj)}),
+        evaluation=spec.evaluation,
         metrics_port=place.metrics_port,
     )
 

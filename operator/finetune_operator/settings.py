@@ -37,6 +37,10 @@ class Settings:
     # SIGTERM to SIGKILL: the trainer saves a checkpoint in this time, so it must cover one checkpoint write.
     termination_grace_seconds: int = 300
     run_as_user: int = 1000  # the trainer image's non-root user
+    # A Running job whose step has not moved this long gets the Stalled condition; the chart's PrometheusRule alert
+    # FineTuneJobStalled reads the same value (operator.stalledAfterSeconds). 0 turns the condition off.
+    stalled_after_seconds: float = 900.0
+    prices: str = ""  # the price table as JSON (pricing.py; chart value pricing), for status.usage.estimatedCost
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:

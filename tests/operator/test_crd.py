@@ -41,7 +41,7 @@ def test_cel_rules_carry_field_names():
     assert len(rules) >= 8
     for path, rule in rules:
         assert rule["message"].startswith("spec.") or rule["message"].startswith(("strategy.", "dataset.",
-                                                                                  "resources.")), (path, rule)
+                                                                                  "resources.", "evaluation.")), (path, rule)
 
 
 def test_immutable_fields_and_printer_columns():

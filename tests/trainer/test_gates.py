@@ -53,8 +53,8 @@ def test_verdicts_and_enforce_name_the_missed_gate():
     block = gates.verdicts(spec, {"eval_accuracy": 0.75, "eval_loss": 0.4}, "test", 12)
     assert block == {"split": "test", "finalModel": "last", "step": 12,
                      "metrics": {"evalAccuracy": 0.75, "evalLoss": 0.4},
-                     "gates": [{"metric": "eval_accuracy", "value": 0.75, "gate": ">= 0.5", "passed": True},
-                               {"metric": "eval_loss", "value": 0.4, "gate": "<= 0.3", "passed": False}],
+                     "gates": [{"metric": "eval_accuracy", "value": 0.75, "gate": ">= 0.5", "passed": True, "min": 0.5},
+                               {"metric": "eval_loss", "value": 0.4, "gate": "<= 0.3", "passed": False, "max": 0.3}],
                      "passed": False}
     with pytest.raises(GateFailed, match=r"eval_loss is 0.4 on the test split, which misses its gate \(<= 0.3\)"):
         gates.enforce(block)

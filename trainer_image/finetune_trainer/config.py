@@ -102,7 +102,7 @@ def _gate_rules() -> list[Rule]:
     return [
         Rule(
             cel="has(self.min) || has(self.max)",
-            message="an evaluation gate needs min or max (or both): the bound its metric must meet",
+            message="evaluation.gates: each gate needs min or max (or both), the bound its metric must meet",
             check=lambda g: g.min is not None or g.max is not None,
             field="min",
         ),

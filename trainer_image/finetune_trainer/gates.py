@@ -42,7 +42,8 @@ def verdicts(spec: EvaluationSpec, metrics: dict[str, float], split: str, step: 
     """The summary's evaluation block: what was evaluated, its metrics (named as in status.metrics) and each gate's
     verdict; ``passed`` is True when every gate passed (or there are none)."""
     gates = [{"metric": g.metric, "value": round(metrics[g.metric], 6), "gate": g.describe(),
-              "passed": passes(g, metrics[g.metric])} for g in spec.gates or []]
+              "passed": passes(g, metrics[g.metric]),
+              **{k: v for k, v in (("min", g.min), ("max", g.max)) if v is not None}} for g in spec.gates or []]
     return {"split": split, "finalModel": spec.final_model, "step": step,
             "metrics": {metric_key(k): round(v, 6) for k, v in metrics.items()},
             "gates": gates, "passed": all(g["passed"] for g in gates)}
