@@ -67,6 +67,12 @@ class Prices(ApiModel):
         return {"amount": round(sum(hours * (price or 0) for hours, price in terms), 4), "currency": self.currency}
 
 
+def hourly_cost(prices: Prices, gpus: float, cpu: str | None, memory: str | None, nodes: int,
+                node_selector: dict[str, str] | None) -> dict[str, object] | None:
+    """`finetune plan`'s estimate before a run: what an hour of the job's requests (per node, times nodes) costs."""
+    return prices.cost(node_selector, gpus * nodes, quantity(cpu or "0") * nodes, quantity(memory or "0") / GIB * nodes)
+
+
 def parse_prices(text: str) -> Prices | None:
     """The table from its JSON (FINETUNE_PRICES, `finetune plan --prices`); None when unset. A bad table is an error
     that names the field, so an operator does not start with prices it cannot read."""

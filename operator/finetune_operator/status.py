@@ -114,6 +114,8 @@ def status_from_summary(summary: dict[str, Any]) -> FineTuneJobStatus:
         "startTime": summary.get("startTime"),
         "completionTime": summary.get("completionTime") if summary.get("phase") != "Interrupted" else None,
         "evaluation": _evaluation(summary.get("evaluation")),
+        # The run's own work; in a cluster status.usage (usage.py) sums it over the attempts with their resources.
+        "usage": summary.get("usage"),
     }
     return FineTuneJobStatus.model_validate({k: v for k, v in fields.items() if v is not None and v != {}})
 
