@@ -95,6 +95,7 @@ def test_best_checkpoint_becomes_the_final_model_and_survives_pruning(tiny_model
     state = json.loads(sorted((tmp_path / "out" / "checkpoints").glob("step-*/trainer_state.json"))[-1].read_text())
     best_step = state["train"]["best_model_step"]
     assert result["evaluation"]["step"] == best_step and result["evaluation"]["finalModel"] == "best"
+    assert best_step < result["progress"]["step"]  # seeded: the best is an earlier checkpoint, whose weights came back
     # The final model's eval loss is the best one seen, measured again on the restored weights.
     assert result["evaluation"]["metrics"]["evalLoss"] == pytest.approx(state["train"]["best_model_metric"], abs=1e-4)
     kept = {p.name for p in (tmp_path / "out" / "checkpoints").glob("step-*")}

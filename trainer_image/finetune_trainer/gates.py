@@ -1,5 +1,5 @@
-"""The final model's evaluation as spec.evaluation asks for it: the metrics it names, which checkpoint is best, and
-the gates' verdicts.
+"""The final model's evaluation as spec.evaluation asks for it: the split it is measured on, the metrics it names,
+which checkpoint is best (and bringing its weights back), and the gates' verdicts.
 
 The recipe (train.py) evaluates the final model once after training and hands the metrics here; ``verdicts`` turns
 them into the summary's ``evaluation`` block (the operator's status.evaluation), and ``enforce`` raises GateFailed
@@ -10,11 +10,17 @@ read ``evaluation.passed`` in the summary.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
-from finetune_trainer.config import EvaluationSpec, Gate
+from finetune_trainer import checkpoints, data
+from finetune_trainer.config import EvaluationSpec, Gate, TrainerConfig
 from finetune_trainer.errors import ConfigError, GateFailed
 from finetune_trainer.summary import metric_key
+from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter
+
+log = logging.getLogger("finetune_trainer")
 
 
 def check_metric_names(spec: EvaluationSpec | None, higher_is_better: dict[str, bool], task: str) -> None:
@@ -27,6 +33,30 @@ def check_metric_names(spec: EvaluationSpec | None, higher_is_better: dict[str, 
         if metric not in higher_is_better:
             raise ConfigError(f"{field} {metric!r} is not reported by {task}; it reports {sorted(higher_is_better)}",
                               field=field)
+
+
+def keeps_best(spec: EvaluationSpec | None) -> bool:
+    return spec is not None and spec.final_model == "best"
+
+
+def prepare_split(config: TrainerConfig, task: TaskAdapter, tokenizer: Any, raw: RawSplits) -> PreparedData | None:
+    """evaluation.split, tokenized as the eval split is (the task derives labels from train, so train goes along);
+    a missing or malformed split fails here, before the first step. None: the eval split is evaluated again."""
+    spec = config.evaluation
+    if spec is None or spec.split is None:
+        return None
+    test = data.load_split(config.dataset, spec.split, "evaluation.split")
+    return task.prepare(RawSplits(train=raw.train, eval=test), tokenizer, config.dataset)
+
+
+def restore_best(output: Path, step: int, model: Any, trainable_names: list[str], config: TrainerConfig) -> None:
+    """The best checkpoint's weights into ``model`` (kept by checkpoints.save's ``protect``)."""
+    best = checkpoints.at_step(output, step)
+    if best is None:
+        raise ConfigError(f"the best checkpoint (step {step}) is gone from {config.output.location}; was it "
+                          "deleted by hand?", field="evaluation.finalModel")
+    best.restore_weights(model, trainable_names, config.output.location)
+    log.info("final model: the best checkpoint, step %d by %s", step, config.evaluation.metric)
 
 
 def improves(value: float, best: float | None, higher_is_better: bool) -> bool:

@@ -35,7 +35,7 @@ from finetune_trainer.layers import resolve_layout
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
 from finetune_trainer.strategies import build_strategy
-from finetune_trainer.tasks.base import RawSplits, get_task
+from finetune_trainer.tasks.base import get_task
 from finetune_trainer.telemetry import Telemetry
 
 log = logging.getLogger("finetune_trainer")
@@ -137,7 +137,8 @@ class Recipe:
         raw = data.load_raw(cfg.dataset, training.seed)
         self.data = self.task.prepare(raw, self.tokenizer, cfg.dataset)
         gates.check_metric_names(cfg.evaluation, self.task.higher_is_better, cfg.task)
-        self.test_data = self._prepare_test_split(raw)
+        self.test_data = gates.prepare_split(cfg, self.task, self.tokenizer, raw)
+        self.keeps_best = gates.keeps_best(cfg.evaluation)
         # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
         # without a device sync per micro-batch.
         self.train_lengths = list(self.data.train["length"])
@@ -179,23 +180,9 @@ class Recipe:
                  self.rt.threads)
         log.info("trainable: %s", self.strategy.describe_trainable())
 
-    def _prepare_test_split(self, raw: RawSplits):
-        """evaluation.split tokenized as the eval split is (the task derives labels from train, so train goes along);
-        a missing or malformed split fails here, before the first step."""
-        spec = self.config.evaluation
-        if spec is None or spec.split is None:
-            return None
-        test = data.load_split(self.config.dataset, spec.split, "evaluation.split")
-        return self.task.prepare(RawSplits(train=raw.train, eval=test), self.tokenizer, self.config.dataset)
-
-    @property
-    def _keeps_best(self) -> bool:
-        spec = self.config.evaluation
-        return spec is not None and spec.final_model == "best"
-
     def _wrap(self) -> torch.nn.Module:
         fsdp = runtime.wants_fsdp(self.model, self.rt)
-        if fsdp and self._keeps_best:
+        if fsdp and self.keeps_best:
             raise ConfigError("evaluation.finalModel best is not supported when the model is sharded (FSDP); use "
                               "last, or more GPUs per node so the model fits without sharding",
                               field="evaluation.finalModel")
@@ -298,18 +285,21 @@ class Recipe:
         if self.data.eval is None:
             return False
         started = time.perf_counter()
-        with self.rt.autocast():
-            metrics = self.task.evaluate(self.wrapped, self.data, self.tokenizer, self.training.batch_size,
-                                         self.rt.device)
-        runtime.reshard(self.wrapped)
+        metrics = self._measure(self.data)
         self._train_mode()
         self.progress.evaluated(state.step, metrics, time.perf_counter() - started)
-        if self._keeps_best:
+        if self.keeps_best:
             metric = self.config.evaluation.metric
             if gates.improves(metrics[metric], state.best_model_metric, self.task.higher_is_better[metric]):
                 state.best_model_metric, state.best_model_step = metrics[metric], state.step
         return early_stop(self.training.early_stopping, metrics, self.task.higher_is_better, state,
                           self.config.task)
+
+    def _measure(self, data) -> dict[str, float]:
+        with self.rt.autocast():
+            metrics = self.task.evaluate(self.wrapped, data, self.tokenizer, self.training.batch_size, self.rt.device)
+        runtime.reshard(self.wrapped)
+        return metrics
 
     # ---------------------------------------------------------------- save
     def save_checkpoint(self) -> None:
@@ -325,7 +315,7 @@ class Recipe:
             optimizer_state=runtime.optimizer_state(self.wrapped, self.optimizer), state=trainer_state,
             trainable_set=self.strategy.trainable_set(), config=self.config.wire(),
             keep=self.config.output.keep_checkpoints,
-            protect=state.best_model_step if self._keeps_best else None)
+            protect=state.best_model_step if self.keeps_best else None)
         location = locations.user_location(final, self.config.output.location) if final is not None else None
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
 
@@ -333,15 +323,8 @@ class Recipe:
     def final_model(self) -> None:
         """evaluation.finalModel best: bring back the weights of the best checkpoint (every rank loads them)."""
         step = self.state.best_model_step
-        if not self._keeps_best or step in (-1, self.state.step):
-            return
-        best = checkpoints.at_step(self.output, step)
-        if best is None:
-            raise ConfigError(f"the best checkpoint (step {step}) is gone from {self.config.output.location}; "
-                              "was it deleted by hand?", field="evaluation.finalModel")
-        best.restore_weights(self.model, self.strategy.trainable_names(), self.config.output.location)
-        log.info("final model: the best checkpoint, step %d (%s %.4f)", step, self.config.evaluation.metric,
-                 self.state.best_model_metric)
+        if self.keeps_best and step not in (-1, self.state.step):
+            gates.restore_best(self.output, step, self.model, self.strategy.trainable_names(), self.config)
 
     def evaluate_final(self) -> dict | None:
         """spec.evaluation: the final model on evaluation.split (or the eval split); the block goes to the summary."""
@@ -351,12 +334,9 @@ class Recipe:
         evaluated = self.test_data or self.data
         if evaluated.eval is None:
             return None
-        with self.rt.autocast():
-            metrics = self.task.evaluate(self.wrapped, evaluated, self.tokenizer, self.training.batch_size,
-                                         self.rt.device)
-        runtime.reshard(self.wrapped)
+        metrics = self._measure(evaluated)
         split = spec.split or self.config.dataset.eval or "eval"
-        step = self.state.best_model_step if self._keeps_best and self.state.best_model_step >= 0 else self.state.step
+        step = self.state.best_model_step if self.keeps_best and self.state.best_model_step >= 0 else self.state.step
         self.report.evaluation = gates.verdicts(spec, metrics, split, step)
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         log.info("final model (step %d) on the %s split: %s", step, split, shown)
