@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from finetune_operator.api import API_VERSION, KIND, Phase, format_time
-from finetune_operator.lifecycle import (CONTAINER_CANNOT_START, IMAGE_PULL_FAILED, RETRYING, STALLED, UNSCHEDULABLE,
+from finetune_operator.conditions import STALLED
+from finetune_operator.lifecycle import (CONTAINER_CANNOT_START, IMAGE_PULL_FAILED, RETRYING, UNSCHEDULABLE,
                                          Decision)
 from finetune_operator.observed import Observed
 

@@ -27,8 +27,8 @@ from typing import Any, Union
 from finetune_operator.api import Phase, parse_time
 from finetune_operator.failures import DEADLINE_EXCEEDED, classify_failure
 from finetune_operator.names import attempt_name
+from finetune_operator.conditions import STALLED, SetCondition, evaluation_condition, stall, was_stalled
 from finetune_operator.observed import Observed, ObservedAttempt, ObservedPod
-from finetune_trainer.summary import metric_key
 
 TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
@@ -44,12 +44,6 @@ SUSPENDED = "Suspended"
 RESUMED = "Resumed"
 QUEUED = "Queued"
 INVALID_SPEC = "InvalidSpec"
-STALLED = "Stalled"
-# Reasons of the Stalled and EvaluationPassed conditions (a missed gate's reason names the gate: gate_reason).
-STEPPING = "Stepping"
-NO_STEP_PROGRESS = "NoStepProgress"
-GATES_PASSED = "GatesPassed"
-EVALUATED = "Evaluated"
 # Why a pod of the attempt does not run, in three kinds a user acts on differently.
 UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_FAILED = "ImagePullFailed"
@@ -87,16 +81,6 @@ class DeleteFineTuneJob:
 
 
 Action = Union[CreateAttempt, SuspendAttempt, ResumeAttempt, DeleteFineTuneJob, None]
-
-
-@dataclass(frozen=True)
-class SetCondition:
-    """A condition besides the phase's (Stalled, EvaluationPassed); one a decision does not set keeps its value."""
-
-    type: str
-    status: bool
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -253,36 +237,11 @@ def _why_waiting(pod: ObservedPod) -> tuple[str, str]:
                                     "secretRef Secrets, volumes, the image's command")
 
 
-def stall(o: Observed) -> SetCondition | None:
-    """The Stalled condition of a Running job from the step just scraped and the time status says it last moved;
-    None when this pass read no step (the condition keeps its value, so a pass without a scrape does not flap it).
-    A trainer past its last step (final evaluation, export) is not stalled, as in the PrometheusRule's alert."""
-    limit = o.policy.stalled_after_seconds
-    progress = (o.scraped or {}).get("progress") or {}
-    step, total = progress.get("step"), progress.get("totalSteps")
-    if not limit or step is None:
-        return None
-    recorded = o.status.progress
-    since = recorded.last_step_time if recorded and recorded.step == step else None
-    idle = (o.now - parse_time(since)).total_seconds() if since else 0.0
-    if idle < limit or (total and step >= total):
-        return SetCondition(STALLED, False, STEPPING, f"step {step} of {total or '?'}")
-    return SetCondition(STALLED, True, NO_STEP_PROGRESS,
-                        f"step {step} of {total or '?'} has not moved since {since} ({int(idle)}s, the operator's "
-                        f"stalledAfterSeconds is {int(limit)}s): a hung data loader or collective, or a far too slow "
-                        "node; `kubectl logs` of rank 0 says which, and deleting the pod retries from the checkpoint")
-
-
-def _was_stalled(o: Observed) -> SetCondition | None:
-    cond = next((c for c in o.status.conditions or [] if c.type == STALLED), None)
-    return SetCondition(STALLED, True, cond.reason, cond.message) if cond and cond.status == "True" else None
-
-
 def active(o: Observed) -> Decision:
     current = o.current
     started = sum(1 for p in current.pods if p.ready or p.terminated)
     if started >= current.parallelism:
-        stalled = stall(o) or _was_stalled(o)
+        stalled = stall(o) or was_stalled(o)
         if stalled is not None and stalled.status:
             return Decision(Phase.RUNNING, STALLED, f"attempt {current.number}: {stalled.message}",
                             conditions=(stalled,))
@@ -302,31 +261,6 @@ def active(o: Observed) -> Decision:
 RULES: tuple[Callable[[Observed], Decision | None], ...] = (
     finished, invalid_spec, deadline_exceeded, no_attempt, succeeded, failed, suspended, resumed, active,
 )
-
-
-def gate_reason(gate: dict[str, Any]) -> str:
-    """The EvaluationPassed reason of a missed gate, naming it: eval_f1 below its min -> EvalF1BelowMinimum."""
-    name = metric_key(gate["metric"])
-    below = gate.get("min") is not None and gate["value"] < gate["min"]
-    return f"{name[:1].upper()}{name[1:]}{'BelowMinimum' if below else 'AboveMaximum'}"
-
-
-def evaluation_condition(summary: dict[str, Any] | None) -> SetCondition | None:
-    """EvaluationPassed from the trainer's evaluation block: True when every gate passed, else False with the first
-    missed gate in the reason and every verdict in the message."""
-    evaluation = (summary or {}).get("evaluation")
-    if not evaluation:
-        return None
-    verdicts = [f"{g['metric']} {g['value']:g} {'meets' if g['passed'] else 'misses'} {g['gate']}"
-                for g in evaluation.get("gates") or []]
-    where = f"on the {evaluation.get('split')} split" if evaluation.get("split") else "after training"
-    missed = next((g for g in evaluation.get("gates") or [] if not g["passed"]), None)
-    if missed is not None:
-        return SetCondition("EvaluationPassed", False, gate_reason(missed),
-                            f"the final model {where}: {'; '.join(verdicts)}")
-    if verdicts:
-        return SetCondition("EvaluationPassed", True, GATES_PASSED, f"the final model {where}: {'; '.join(verdicts)}")
-    return SetCondition("EvaluationPassed", True, EVALUATED, f"the final model was evaluated {where} (no gates)")
 
 
 def decide(o: Observed) -> Decision:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_operator.api import FineTuneJobStatus, Phase, format_time
-from finetune_operator.lifecycle import STALLED, TERMINAL, CreateAttempt, Decision, ResumeAttempt
+from finetune_operator.conditions import STALLED
+from finetune_operator.lifecycle import TERMINAL, CreateAttempt, Decision, ResumeAttempt
 from finetune_operator.observed import Observed
 from finetune_operator.usage import next_usage
 

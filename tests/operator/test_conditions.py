@@ -1,5 +1,5 @@
-"""The lifecycle's rules for spec.evaluation and stalls (lifecycle.stall, evaluation_condition), the status they
-write and the Events they post: a passed and a missed gate, a stalled trainer and one that steps again."""
+"""The conditions beside the phase (conditions.py) through the lifecycle's rules, the status they write and the
+Events they post: a passed and a missed gate, a stalled trainer and one that steps again."""
 
 from __future__ import annotations
 
