@@ -142,7 +142,8 @@ def test_deployment_env_is_what_the_operator_reads(all_on: list[dict[str, Any]])
     assert (settings.metrics_port, settings.health_port, settings.trainer_metrics_port) == (9180, 9181, 9190)
     assert settings.poll_interval == 5.0 and settings.termination_grace_seconds == 600
     assert settings.workers == 24
-    # One threshold for the Stalled condition and the FineTuneJobStalled alert; the price table as the operator reads it.
+    # One threshold for the Stalled condition and the FineTuneJobStalled alert; the price table as the operator
+    # reads it.
     assert settings.stalled_after_seconds == 1200.0
     from finetune_operator.pricing import parse_prices
 

@@ -50,7 +50,8 @@ def test_a_missed_gate_fails_with_gate_failed_and_the_gate_named_in_the_conditio
     assert failed["reason"] == "GateFailed" and "misses its gate (>= 0.85)" in failed["message"]
     gate = cond(status, "EvaluationPassed")
     assert (gate["status"], gate["reason"]) == ("False", "EvalF1BelowMinimum")
-    assert gate["message"] == "the final model on the test split: eval_f1 0.71 misses >= 0.85; eval_loss 0.6 meets <= 0.8"
+    assert gate["message"] == ("the final model on the test split: eval_f1 0.71 misses >= 0.85; "
+                               "eval_loss 0.6 meets <= 0.8")
     assert status["evaluation"]["passed"] is False and status["evaluation"]["headline"] == "eval_f1=0.71"
     assert transition_event(o, d)[:2] == ("Warning", "GateFailed")
     # Finished: later passes keep the verdict.

@@ -9,8 +9,9 @@ Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kube
      "parameters": {"trainable", "total"}, "checkpoint": {"location", "step"} | null,
      "output": {"location"}, "metricsUrl",
      "usage": {"samples", "tokens", "mfu"},   # this run's (attempt's) training work; mfu where the GPU is known
-     "evaluation": {"split", "finalModel", "step", "metrics", "gates": [{"metric", "value", "gate", "passed", "min", "max"}],
-                    "passed"} | absent}   # spec.evaluation's verdict on the final model (gates.py)
+     "evaluation": {"split", "finalModel", "step", "metrics",
+                    "gates": [{"metric", "value", "gate", "passed", "min", "max"}], "passed"} | absent}
+                    # spec.evaluation's verdict on the final model (gates.py)
 """
 
 from __future__ import annotations
