@@ -21,3 +21,14 @@ def test_parts_that_do_not_fit_are_dropped_one_by_one():
     assert set(read) == {"message", "metrics", "checkpoint"}
     assert len(read["message"]) == 4096 and read["message"].endswith("…")
     assert read["metrics"] == {"evalF1": 0.5}
+
+
+def test_the_evaluation_and_usage_parts_are_checked_like_the_others():
+    evaluation = {"split": "test", "finalModel": "best", "step": 12, "metrics": {"evalF1": 0.9}, "passed": True,
+                  "gates": [{"metric": "eval_f1", "value": 0.9, "gate": ">= 0.8", "passed": True, "min": 0.8}]}
+    read = read_summary({"phase": "Succeeded", "evaluation": evaluation, "usage": {"samples": 10, "tokens": 99}})
+    assert read["evaluation"] == evaluation and read["usage"] == {"samples": 10, "tokens": 99}
+    # JSON has no infinity: a status patch carrying one would be refused, so the block is dropped, not the summary.
+    broken = {**evaluation, "metrics": {"evalPerplexity": float("inf")}}
+    read = read_summary({"phase": "Succeeded", "evaluation": broken, "usage": {"samples": -1}})
+    assert "evaluation" not in read and "usage" not in read and read["phase"] == "Succeeded"
