@@ -435,6 +435,7 @@ def test_every_dashboard_metric_is_exported() -> None:
                  "finetune_trainer_gpu_memory_peak_bytes", "finetune_trainer_mfu_ratio", "finetune_operator_jobs",
                  "finetune_operator_attempts_total", "finetune_operator_retries_total",
                  "finetune_operator_reconcile_total", "finetune_operator_build_info",
+                 "finetune_operator_requested_gpu_seconds_total", "finetune_operator_estimated_cost_total",
                  "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"):
         assert name in used, f"no panel shows {name}"
 
