@@ -25,9 +25,9 @@ from datetime import timedelta
 from typing import Any, Union
 
 from finetune_operator.api import Phase, parse_time
+from finetune_operator.conditions import STALLED, SetCondition, evaluation_condition, stall, was_stalled
 from finetune_operator.failures import DEADLINE_EXCEEDED, classify_failure
 from finetune_operator.names import attempt_name
-from finetune_operator.conditions import STALLED, SetCondition, evaluation_condition, stall, was_stalled
 from finetune_operator.observed import Observed, ObservedAttempt, ObservedPod
 
 TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)

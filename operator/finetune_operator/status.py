@@ -38,11 +38,9 @@ def _conditions(o: Observed, d: Decision) -> list[dict[str, Any]]:
 
     conditions = [condition(t, "True" if d.phase == _TRUE_IN[t] else "False", d.reason, d.message)
                   for t in CONDITION_TYPES]
-    decided = {c.type: c for c in d.conditions}
     stalled = previous.get(STALLED)
-    if STALLED not in decided and stalled and stalled.status == "True" and d.phase != Phase.RUNNING:
+    if stalled and stalled.status == "True" and d.phase != Phase.RUNNING:
         conditions.append(condition(STALLED, "False", d.reason, d.message))  # not running: nothing to stall
-        previous.pop(STALLED)
     for c in d.conditions:
         conditions.append(condition(c.type, "True" if c.status else "False", c.reason, c.message))
     # Conditions this decision does not speak about keep their value (EvaluationPassed of a finished job).
