@@ -19,6 +19,7 @@ from finetune_trainer.config import (
     DNS1123_SUBDOMAIN,
     ApiModel,
     DatasetSpec,
+    EvaluationSpec,
     ModelSpec,
     OutputSpec,
     StorageSpec,
@@ -105,6 +106,10 @@ class FineTuneJobSpec(ApiModel):
                                         "addressing style and the credentials' Secret.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, cleanup and suspension "
                                   "of the whole job.")
+    evaluation: EvaluationSpec | None = Field(
+        None, description="Evaluate the final model after training (which checkpoint, which split) and gate the "
+        "job on its metrics; the verdict is in status.evaluation and the EvaluationPassed condition.",
+    )
     queue_name: str | None = Field(
         None, max_length=63, pattern=f"^{DNS1123_SUBDOMAIN}$",
         description="Kueue LocalQueue in the job's namespace (a DNS subdomain, as Kueue requires of the label); copied "
@@ -153,6 +158,9 @@ class Progress(ApiModel):
     epoch: float | None = Field(None, ge=0, description="Epochs done (fractional).")
     percent: float | None = Field(None, ge=0, le=100, description="Percent of the steps done.")
     eta_seconds: int | None = Field(None, ge=0, description="Estimated seconds to the last step at the current pace.")
+    last_step_time: str | None = Field(
+        None, json_schema_extra={"format": "date-time"},
+        description="When step last moved while Running: the clock of the Stalled condition.")
 
 
 class Parameters(ApiModel):
@@ -189,6 +197,69 @@ class ProducedOutput(ApiModel):
                         "(sha256sum format, sorted by path), or the artifact's manifest digest.")
 
 
+class GateResult(ApiModel):
+    """One gate of spec.evaluation.gates and the final model's value against it."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # JSON has no inf/NaN: the status patch would be refused
+
+    metric: str = Field(max_length=64, description="The eval metric the gate bounds, e.g. eval_f1.")
+    value: float = Field(description="The final model's value of the metric.")
+    gate: str = Field(max_length=64, description='The bound, e.g. ">= 0.85".')
+    passed: bool = Field(description="The value meets the bound.")
+    min: float | None = Field(None, description="The gate's lower bound, if it has one.")
+    max: float | None = Field(None, description="The gate's upper bound, if it has one.")
+
+
+class EvaluationStatus(ApiModel):
+    """spec.evaluation's verdict on the final model, as the trainer reported it."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    split: str | None = Field(None, max_length=253, description="The split the final model was evaluated on.")
+    final_model: str | None = Field(None, max_length=16, description="last or best.")
+    step: int | None = Field(None, ge=0, description="The step whose weights are the final model.")
+    metrics: dict[str, float] | None = Field(None, description="The final model's metrics on the split.")
+    gates: list[GateResult] | None = Field(None, max_length=16, description="Each gate with its verdict.")
+    passed: bool | None = Field(None, description="Every gate passed (or there are none).")
+    headline: str | None = Field(None, max_length=128, description='The printer column: "eval_f1=0.9123".')
+
+
+class WorkDone(ApiModel):
+    """What training processed, as the trainer counts it."""
+
+    samples: int | None = Field(None, ge=0, description="Training examples processed (all ranks).")
+    tokens: int | None = Field(None, ge=0, description="Real (non-padding) training tokens processed.")
+    mfu: float | None = Field(None, ge=0, le=1, description="Average model FLOP utilisation, where the GPU is known.")
+
+
+class ResourceHours(ApiModel):
+    gpu_hours: float = Field(0, ge=0, description="Requested GPUs x hours, over every pod.")
+    cpu_core_hours: float = Field(0, ge=0, description="Requested CPU cores x hours.")
+    memory_gib_hours: float = Field(0, ge=0, description="Requested memory (GiB) x hours.")
+
+
+class AttemptUsage(ResourceHours, WorkDone):
+    """What one attempt used."""
+
+    attempt: int = Field(ge=1, description="The attempt's number (its Job is <name>-a<N>).")
+    seconds: float = Field(0, ge=0, description="The attempt's longest pod lifetime (container start to finish).")
+
+
+class Cost(ApiModel):
+    """A price: amount and currency."""
+
+    amount: float = Field(ge=0, description="The estimated cost so far.")
+    currency: str = Field(max_length=16, description="The price table's currency, e.g. USD.")
+
+
+class UsageStatus(ResourceHours, WorkDone):
+    """What the job used, summed over every attempt (failed ones too); docs/usage-cost.md."""
+
+    wall_seconds: int | None = Field(None, ge=0, description="From status.startTime to completionTime (or now).")
+    estimated_cost: Cost | None = Field(None, description="Resource hours priced with the operator's price table.")
+    attempts: list[AttemptUsage] | None = Field(None, max_length=128, description="Each attempt's own usage.")
+
+
 class FineTuneJobStatus(ApiModel):
     """What the operator observed: written by the operator only."""
 
@@ -212,6 +283,10 @@ class FineTuneJobStatus(ApiModel):
     output: OutputStatus | None = Field(None, description="The final model, once the job succeeded.")
     outputs: list[ProducedOutput] | None = Field(
         None, max_length=16, description="Every output the job produced, each with its URI and digest.")
+    evaluation: EvaluationStatus | None = Field(None, description="The final model's evaluation and the gates' "
+                                                "verdicts (spec.evaluation).")
+    usage: UsageStatus | None = Field(None, description="What the job used over every attempt, and its estimated "
+                                      "cost.")
 
 
 class ObjectMeta(ApiModel):

@@ -51,11 +51,30 @@ def _load(args: argparse.Namespace):
     return ftj, config
 
 
+def _hourly_cost(ftj, prices_file: str | None) -> dict | None:
+    """The cost of an hour of the job's requests, priced with the chart's ``pricing`` table (YAML or JSON)."""
+    if not prices_file:
+        return None
+    from finetune_operator.places import LocalRunError
+    from finetune_operator.pricing import hourly_cost, parse_prices
+
+    try:
+        prices = parse_prices(json.dumps(yaml.safe_load(Path(prices_file).read_text()) or {}))
+    except (OSError, yaml.YAMLError, ValueError) as error:
+        raise LocalRunError(f"--prices {prices_file}: {error}") from None
+    if prices is None:
+        return None
+    r = ftj.spec.resources
+    per_hour = hourly_cost(prices, r.gpus, r.cpu, r.memory, r.nodes, r.node_selector)
+    return {"perHour": per_hour} if per_hour else None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    _, config = _load(args)  # refuse a bad manifest before paying for the trainer's imports
+    ftj, config = _load(args)  # refuse a bad manifest before paying for the trainer's imports
+    cost = _hourly_cost(ftj, args.prices)
     from finetune_trainer.plan import plan
 
-    _print_yaml(plan(config))
+    _print_yaml({**plan(config), **({"estimatedCost": cost} if cost else {})})
     return EXIT_SUCCESS
 
 
@@ -143,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="resolve a job without training: layers, parameters, memory")
     plan.add_argument("manifest", help="FineTuneJob YAML file")
+    plan.add_argument("--prices", help="the chart's pricing value as a YAML/JSON file: adds what an hour of the "
+                                       "job's requests costs (docs/usage-cost.md)")
     plan.set_defaults(handler=cmd_plan)
 
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")

@@ -20,6 +20,11 @@ PRINTER_COLUMNS = [
     {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent",
      "description": "Percent of optimizer steps done"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.trainLoss"},
+    {"name": "Eval", "type": "string", "jsonPath": ".status.evaluation.headline",
+     "description": "The final model's headline metric (spec.evaluation): the first gate's, else the first metric"},
+    {"name": "Gates", "type": "string", "jsonPath": '.status.conditions[?(@.type=="EvaluationPassed")].reason',
+     "description": "GatesPassed, or the gate the final model missed"},
+    {"name": "Cost", "type": "number", "jsonPath": ".status.usage.estimatedCost.amount", "priority": 1},
     {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

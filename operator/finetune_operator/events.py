@@ -11,13 +11,15 @@ from datetime import datetime
 from typing import Any
 
 from finetune_operator.api import API_VERSION, KIND, Phase, format_time
-from finetune_operator.lifecycle import CONTAINER_CANNOT_START, IMAGE_PULL_FAILED, RETRYING, UNSCHEDULABLE, Decision
+from finetune_operator.conditions import STALLED
+from finetune_operator.lifecycle import (CONTAINER_CANNOT_START, IMAGE_PULL_FAILED, RETRYING, UNSCHEDULABLE,
+                                         Decision)
 from finetune_operator.observed import Observed
 
 SOURCE = "finetune-operator"
 # Event messages are for people; a long trainer message is cut here (the full text is in the condition).
 MAX_MESSAGE = 1024
-WARNING_REASONS = frozenset({RETRYING, UNSCHEDULABLE, IMAGE_PULL_FAILED, CONTAINER_CANNOT_START})
+WARNING_REASONS = frozenset({RETRYING, UNSCHEDULABLE, IMAGE_PULL_FAILED, CONTAINER_CANNOT_START, STALLED})
 
 
 def build_event(ftj: dict[str, Any], type_: str, reason: str, message: str, now: datetime,

@@ -5,6 +5,12 @@ first decision wins. The reconciler carries out the decision's action, writes th
 computes from it and posts the Event events.transition_event names. Nothing here does I/O, reads a clock or keeps
 state, so every path is a unit test.
 
+Besides the phase, a decision may set conditions of their own: ``Stalled`` (a Running trainer whose step has not
+moved for the operator's stalledAfterSeconds; the job keeps running, its reason becomes Stalled so a Warning Event
+marks it) and ``EvaluationPassed`` (spec.evaluation's verdict, from the trainer's summary). A gate the final model
+misses ends the job Failed with the trainer's reason GateFailed (a permanent exit: a retry would train the same
+model), which a pipeline tells apart from a crash by that reason and the EvaluationPassed condition's.
+
 Phases: Pending -> Running -> Succeeded | Failed, and Suspended. A job with spec.queueName waits in Pending while
 Kueue holds its Job suspended (reason Queued, or Preempted/Evicted after Kueue stopped it), in Kueue's own words.
 A failed attempt whose failure a retry can fix (the trainer's retryable exit code, a disruption, a crash from
@@ -16,11 +22,12 @@ the trainer's reason (failures.py tells which).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Union
 
 from finetune_operator.api import Phase, parse_time
+from finetune_operator.conditions import STALLED, SetCondition, evaluation_condition, stall, was_stalled
 from finetune_operator.failures import DEADLINE_EXCEEDED, classify_failure
 from finetune_operator.kueue import EVICTED_BY_PREEMPTION
 from finetune_operator.names import attempt_name
@@ -90,6 +97,7 @@ class Decision:
     message: str
     action: Action = None
     summary: dict[str, Any] | None = None  # the trainer's exit summary, which settles metrics and locations
+    conditions: tuple[SetCondition, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -259,8 +267,13 @@ def active(o: Observed) -> Decision:
     current = o.current
     started = sum(1 for p in current.pods if p.ready or p.terminated)
     if started >= current.parallelism:
+        stalled = stall(o) or was_stalled(o)
+        if stalled is not None and stalled.status:
+            return Decision(Phase.RUNNING, STALLED, f"attempt {current.number}: {stalled.message}",
+                            conditions=(stalled,))
         return Decision(Phase.RUNNING, TRAINER_RUNNING,
-                        f"attempt {current.number}: {current.parallelism}/{current.parallelism} trainer pods running")
+                        f"attempt {current.number}: {current.parallelism}/{current.parallelism} trainer pods running",
+                        conditions=(stalled,) if stalled else ())
     message = f"attempt {current.number}: {started}/{current.parallelism} trainer pods running"
     stuck = next((p for p in current.pods if p.waiting), None)
     if stuck is None:
@@ -280,7 +293,10 @@ def decide(o: Observed) -> Decision:
     for rule in RULES:
         decision = rule(o)
         if decision is not None:
-            return decision
+            evaluated = evaluation_condition(decision.summary)
+            if evaluated is None:
+                return decision
+            return replace(decision, conditions=(*decision.conditions, evaluated))
     raise AssertionError("the last rule always decides")
 
 

@@ -1,4 +1,5 @@
-"""The operator's own Prometheus metrics, served on settings.metrics_port (the trainers serve theirs).
+"""The operator's own Prometheus metrics, served on settings.metrics_port (the trainers serve theirs): reconciles,
+attempts, FineTuneJobs by phase, and what FineTuneJobs used and cost (status.usage) for chargeback by namespace.
 
 Names and labels are listed in docs/metrics.md. Labels stay bounded: ``namespace`` (so a panel or an alert can tie
 reconcile errors and retries to a team's namespace), ``result``, ``phase``; never a FineTuneJob's name, which
@@ -29,6 +30,21 @@ ATTEMPTS = Counter(
 RETRIES = Counter(
     "finetune_operator_retries_total", "Attempts created to retry a failed one (attempt 2 and later), by namespace.",
     ["namespace"])
+# What FineTuneJobs used (status.usage), for chargeback by namespace: each status write adds what it grew by. Base
+# units: seconds of a requested GPU or CPU core, byte-seconds of requested memory.
+REQUESTED = {
+    "gpuHours": (Counter("finetune_operator_requested_gpu_seconds_total",
+                         "GPU-seconds requested by trainer pods (every attempt), by namespace.", ["namespace"]), 3600),
+    "cpuCoreHours": (Counter("finetune_operator_requested_cpu_seconds_total",
+                             "CPU core-seconds requested by trainer pods (every attempt), by namespace.",
+                             ["namespace"]), 3600),
+    "memoryGibHours": (Counter("finetune_operator_requested_memory_byte_seconds_total",
+                               "Byte-seconds of memory requested by trainer pods (every attempt), by namespace.",
+                               ["namespace"]), 3600 * 2**30),
+}
+ESTIMATED_COST = Counter(
+    "finetune_operator_estimated_cost_total", "status.usage.estimatedCost of FineTuneJobs (the chart's price table), "
+    "by namespace and currency.", ["namespace", "currency"])
 BUILD_INFO = Gauge(
     "finetune_operator_build_info", "Always 1; the labels say which operator build runs.", ["version", "python"])
 
@@ -50,6 +66,22 @@ def namespace_seen(namespace: str) -> None:
     RECONCILES.labels(namespace, "error")
     ATTEMPTS.labels(namespace)
     RETRIES.labels(namespace)
+    for counter, _ in REQUESTED.values():
+        counter.labels(namespace)
+
+
+def count_usage(namespace: str, before: dict | None, after: dict | None) -> None:
+    """Add what a FineTuneJob's status.usage grew by in one status write (usage only grows: usage.py)."""
+    before, after = before or {}, after or {}
+    for key, (counter, per_unit) in REQUESTED.items():
+        grown = after.get(key, 0) - before.get(key, 0)
+        if grown > 0:
+            counter.labels(namespace).inc(grown * per_unit)
+    cost, old = after.get("estimatedCost"), before.get("estimatedCost")
+    if cost:
+        base = old["amount"] if old and old["currency"] == cost["currency"] else 0
+        if cost["amount"] > base:
+            ESTIMATED_COST.labels(namespace, cost["currency"]).inc(cost["amount"] - base)
 
 
 class PhaseCollector:

@@ -40,6 +40,7 @@ class Terminated:
     exit_code: int
     reason: str = ""  # the runtime's: Completed, Error, OOMKilled, ...
     message: str = ""  # the termination message: the trainer's JSON summary, or the log tail
+    started_at: str = ""
     finished_at: str = ""
 
     @property
@@ -73,6 +74,8 @@ class ObservedPod:
     terminated: Terminated | None = None
     disruption: str | None = None  # why the pod was stopped from outside (DisruptionTarget, eviction, ...)
     waiting: Waiting | None = None  # why it does not run yet (none while it starts normally)
+    started_at: str = ""  # when the trainer container started (running or since terminated): usage's clock
+    requests: dict[str, str] = field(default_factory=dict)  # the trainer container's requests (limits where unset)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,15 @@ class ObservedAttempt:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """The operator's settings the rules and status read (the reconciler builds it from settings.Settings)."""
+
+    stalled_after_seconds: float | None = None  # a Running job whose step has not moved this long is Stalled
+    gpu_resource: str = "nvidia.com/gpu"  # for jobs that do not name spec.resources.gpuResource
+    prices: Any = None  # pricing.Prices of status.usage.estimatedCost, or None
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything one reconcile of a FineTuneJob decides on."""
 
@@ -110,6 +122,7 @@ class Observed:
     attempts: tuple[ObservedAttempt, ...] = ()  # ordered by number
     scraped: dict[str, Any] | None = None  # {"progress": {...}, "metrics": {...}} from rank 0's endpoint
     spec_error: str = ""
+    policy: Policy = field(default_factory=lambda: Policy())
 
     @property
     def current(self) -> ObservedAttempt | None:
@@ -141,9 +154,27 @@ def _terminated(pod: dict[str, Any]) -> Terminated | None:
                 exit_code=int(state.get("exitCode", 0)),
                 reason=state.get("reason") or "",
                 message=(state.get("message") or "").strip(),
+                started_at=state.get("startedAt") or "",
                 finished_at=state.get("finishedAt") or "",
             )
     return None
+
+
+def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (pod.get("status") or {}).get("containerStatuses") or [] if c.get("name") == CONTAINER),
+                {})
+
+
+def _started_at(pod: dict[str, Any]) -> str:
+    state = _trainer_status(pod).get("state") or {}
+    return ((state.get("running") or state.get("terminated") or {}).get("startedAt")) or ""
+
+
+def _requests(pod: dict[str, Any]) -> dict[str, str]:
+    container = next((c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == CONTAINER), {})
+    resources = container.get("resources") or {}
+    # An extended resource (GPUs) may be given as a limit only; the request then equals it.
+    return {k: str(v) for k, v in {**(resources.get("limits") or {}), **(resources.get("requests") or {})}.items()}
 
 
 def _disruption(pod: dict[str, Any]) -> str | None:
@@ -181,6 +212,8 @@ def observe_pod(pod: dict[str, Any]) -> ObservedPod:
         terminated=_terminated(pod),
         disruption=_disruption(pod),
         waiting=None if ready else _waiting(pod),
+        started_at=_started_at(pod),
+        requests=_requests(pod),
     )
 
 
@@ -260,14 +293,16 @@ def _trim_conditions(obj: dict[str, Any]) -> list[dict[str, Any]]:
 def _trim_container(status: dict[str, Any]) -> dict[str, Any] | None:
     state = status.get("state") or {}
     if state.get("terminated") is not None:
-        keep = ("exitCode", "reason", "message", "finishedAt")
+        keep = ("exitCode", "reason", "message", "startedAt", "finishedAt")
         return {"name": status.get("name"),
                 "state": {"terminated": {k: v for k, v in state["terminated"].items() if k in keep}}}
     waiting = state.get("waiting") or {}
     if waiting.get("reason") not in _NORMAL_WAITING:
         return {"name": status.get("name"),
                 "state": {"waiting": {k: v for k, v in waiting.items() if k in ("reason", "message")}}}
-    return None  # running, or starting normally: nothing above reads it
+    if (state.get("running") or {}).get("startedAt"):  # usage counts from here
+        return {"name": status.get("name"), "state": {"running": {"startedAt": state["running"]["startedAt"]}}}
+    return None  # starting normally: nothing above reads it
 
 
 def _trim_metadata(obj: dict[str, Any], annotations: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -300,4 +335,8 @@ def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
         trimmed["podIP"] = status["podIP"]  # read while Running only (observe_pod): an IP given earlier is no news
     trimmed["conditions"] = _trim_conditions(pod)
     trimmed["containerStatuses"] = [c for c in map(_trim_container, status.get("containerStatuses") or []) if c]
-    return {"metadata": _trim_metadata(pod, (COMPLETION_INDEX_ANNOTATION,)), "status": trimmed}
+    containers = [{"name": c.get("name"), "resources": c["resources"]}
+                  for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == CONTAINER
+                  and c.get("resources")]
+    return {"metadata": _trim_metadata(pod, (COMPLETION_INDEX_ANNOTATION,)), "spec": {"containers": containers},
+            "status": trimmed}

@@ -53,6 +53,7 @@ def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
         training=spec.training,
         output=spec.output.model_copy(update={"location": place.output(ftj)}),
         storage=place.storage(ftj),
+        evaluation=spec.evaluation,
         metrics_port=place.metrics_port,
     )
 

@@ -26,7 +26,8 @@ from finetune_operator.kube import Invalid, Kube, NotFound, merge_patch
 from finetune_operator.lifecycle import (INVALID_SPEC, TERMINAL, CreateAttempt, Decision, DeleteFineTuneJob,
                                          ResumeAttempt, SuspendAttempt, decide)
 from finetune_operator.names import attempt_name
-from finetune_operator.observed import Observed, attempt_number, observe
+from finetune_operator.observed import Observed, Policy, attempt_number, observe
+from finetune_operator.pricing import parse_prices
 from finetune_operator.render import build_attempt
 from finetune_operator.scrape import Scraper
 from finetune_operator.settings import Settings
@@ -43,6 +44,8 @@ class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, scraper: Scraper, children: Children | None = None,
                  clock: Callable[[], datetime] = utc_now):
         self.kube, self.settings, self.scraper, self.clock = kube, settings, scraper, clock
+        self.policy = Policy(stalled_after_seconds=settings.stalled_after_seconds or None,
+                             gpu_resource=settings.gpu_resource, prices=parse_prices(settings.prices))
         self.host = socket.gethostname()  # the Events' source
         # A store never synced answers nothing: every pass LISTs, as before there was one.
         self.children = children if children is not None else Children()
@@ -87,7 +90,7 @@ class Reconciler:
             return None  # deleted: garbage collection removes the children
         jobs, pods = self._children(ftj)
         now = self.clock()
-        observed = observe(ftj, jobs, pods, now, workloads=self._workloads(ftj, jobs))
+        observed = replace(observe(ftj, jobs, pods, now, workloads=self._workloads(ftj, jobs)), policy=self.policy)
         if poll:
             observed = replace(observed, scraped=self._scrape(observed))
         decision = decide(observed)
@@ -99,12 +102,14 @@ class Reconciler:
             decision = Decision(Phase.FAILED, INVALID_SPEC, f"the API server refused the trainer Job: {error}")
         if isinstance(decision.action, DeleteFineTuneJob):
             return decision
-        patch = merge_patch(ftj.get("status") or {}, next_status(observed, decision))
+        status = next_status(observed, decision)
+        patch = merge_patch(ftj.get("status") or {}, status)
         if patch:
             try:
                 self.kube.patch_status(namespace, name, patch)
             except NotFound:
                 return None  # deleted while we looked at it
+            metrics.count_usage(namespace, (ftj.get("status") or {}).get("usage"), status.get("usage"))
         event = transition_event(observed, decision)
         if event:
             log.info("%s/%s: %s (%s): %s", namespace, name, decision.phase.value, decision.reason, decision.message)

@@ -19,6 +19,7 @@ from finetune_operator import handlers, logs, metrics
 from finetune_operator.children import Children
 from finetune_operator.kube import Kube
 from finetune_operator.poller import CONCURRENCY, Poller
+from finetune_operator.pricing import parse_prices
 from finetune_operator.reconciler import Reconciler
 from finetune_operator.scrape import Scraper
 from finetune_operator.settings import Settings
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     if settings.workers < 1:
         build_parser().error("--workers (FINETUNE_WORKERS) must be at least 1")
+    try:
+        parse_prices(settings.prices)
+    except ValueError as error:
+        build_parser().error(str(error))
     # A connection for every thread that may call the API at once: Kopf's handler threads and the event passes'
     # (settings.workers each), the poller's, the sync loop's.
     kube = Kube.connect(args.kubeconfig, pool_size=2 * settings.workers + CONCURRENCY + 1)

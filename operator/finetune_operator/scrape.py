@@ -34,6 +34,8 @@ PROGRESS_FIELDS = {
 }
 PARAMETER_FIELDS = {"trainable_parameters": "trainable", "total_parameters": "total"}
 METRIC_GAUGES = {"train_loss", "eval_loss", "learning_rate"}
+# Counters of the work done so far (status.usage of the running attempt); the summary settles them at exit.
+USAGE_COUNTERS = {"samples": "samples", "tokens": "tokens"}
 METRIC_LABEL = "metric"
 LABELLED_METRICS = "eval_metric"
 _INTEGER_FIELDS = {"step", "totalSteps", "etaSeconds"}
@@ -41,11 +43,16 @@ _SCALE = {"percent": 100.0}  # status.progress.percent is 0-100, the gauge a 0-1
 
 
 def parse_trainer_metrics(text: str) -> dict[str, Any]:
-    """{"progress", "metrics", "parameters"} from a trainer's /metrics page, in the status's field names."""
+    """{"progress", "metrics", "parameters", "usage"} from a trainer's /metrics page, in the status's field names."""
     progress: dict[str, Any] = {}
+    usage: dict[str, int] = {}
     metrics: dict[str, float] = {}
     parameters: dict[str, int] = {}
     for family in text_string_to_metric_families(text):
+        if family.type == "counter" and family.name[len(PREFIX):] in USAGE_COUNTERS:
+            usage[USAGE_COUNTERS[family.name[len(PREFIX):]]] = int(sum(s.value for s in family.samples
+                                                                       if s.name.endswith("_total")))
+            continue
         if family.type != "gauge" or not family.name.startswith(PREFIX):
             continue
         name = family.name[len(PREFIX):]
@@ -66,7 +73,7 @@ def parse_trainer_metrics(text: str) -> dict[str, Any]:
     if "percent" in progress:
         progress["percent"] = min(100.0, progress["percent"])
     return {"progress": progress, "metrics": metrics,
-            "parameters": parameters if len(parameters) == len(PARAMETER_FIELDS) else {}}
+            "parameters": parameters if len(parameters) == len(PARAMETER_FIELDS) else {}, "usage": usage}
 
 
 # Pod IPs are reached directly, never through an HTTP(S)_PROXY from the operator's environment.

@@ -45,6 +45,10 @@ class Settings:
     s3_addressing_style: str = ""  # path | virtual | auto
     # A claim shared by every trainer pod for downloads (s3:// sources, the Hugging Face cache); "": per-pod scratch.
     cache_claim: str = ""
+    # A Running job whose step has not moved this long gets the Stalled condition; the chart's PrometheusRule alert
+    # FineTuneJobStalled reads the same value (operator.stalledAfterSeconds). 0 turns the condition off.
+    stalled_after_seconds: float = 900.0
+    prices: str = ""  # the price table as JSON (pricing.py; chart value pricing), for status.usage.estimatedCost
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:

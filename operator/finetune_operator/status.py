@@ -1,8 +1,9 @@
 """The FineTuneJob's status after a decision: conditions, attempts, times, and what the trainer reported.
 
 ``next_status`` is the whole status the reconciler writes after lifecycle.decide; the trainer's summary (as
-summary.read_summary returns it) settles progress, metrics, parameters, locations and outputs through
+summary.read_summary returns it) settles progress, metrics, parameters, locations, outputs and the evaluation through
 ``status_from_summary``, which `finetune run` uses too, so a local run prints exactly what the cluster would show.
+status.usage is usage.py's.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_operator.api import FineTuneJobStatus, Phase, format_time
+from finetune_operator.conditions import STALLED
 from finetune_operator.lifecycle import KUEUE_WAITING, TERMINAL, CreateAttempt, Decision, ResumeAttempt
 from finetune_operator.observed import Observed
+from finetune_operator.usage import next_usage
 
 # Condition types. Ready is the summary condition (True once the FineTuneJob succeeded) and always carries the
 # latest reason and message, so `kubectl wait --for=condition=Ready` and dashboards need to look at one place only.
@@ -26,21 +29,34 @@ _PHASES = {"Succeeded": Phase.SUCCEEDED, "Failed": Phase.FAILED, "Interrupted": 
 def _conditions(o: Observed, d: Decision) -> list[dict[str, Any]]:
     previous = {c.type: c for c in o.status.conditions or []}
     now = format_time(o.now)
-    conditions = []
-    for ctype in CONDITION_TYPES:
-        true = d.reason in KUEUE_WAITING if ctype == "Queued" else d.phase == _TRUE_IN[ctype]
-        status = "True" if true else "False"
+
+    def condition(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
         old = previous.get(ctype)
-        conditions.append({
-            "type": ctype,
-            "status": status,
-            "reason": d.reason,
-            "message": d.message,
-            # The time the status flipped, not the time the message last changed.
-            "lastTransitionTime": old.last_transition_time if old and old.status == status else now,
-            "observedGeneration": o.generation,
-        })
+        return {"type": ctype, "status": status, "reason": reason, "message": message,
+                # The time the status flipped, not the time the message last changed.
+                "lastTransitionTime": old.last_transition_time if old and old.status == status else now,
+                "observedGeneration": o.generation}
+
+    def true(ctype: str) -> bool:
+        return d.reason in KUEUE_WAITING if ctype == "Queued" else d.phase == _TRUE_IN[ctype]
+
+    conditions = [condition(t, "True" if true(t) else "False", d.reason, d.message) for t in CONDITION_TYPES]
+    stalled = previous.get(STALLED)
+    if stalled and stalled.status == "True" and d.phase != Phase.RUNNING:
+        conditions.append(condition(STALLED, "False", d.reason, d.message))  # not running: nothing to stall
+    for c in d.conditions:
+        conditions.append(condition(c.type, "True" if c.status else "False", c.reason, c.message))
+    # Conditions this decision does not speak about keep their value (EvaluationPassed of a finished job).
+    kept = set(CONDITION_TYPES) | {c["type"] for c in conditions}
+    conditions += [c.wire() for t, c in previous.items() if t not in kept]
     return conditions
+
+
+def _progress(o: Observed, scraped: dict[str, Any]) -> dict[str, Any]:
+    """Scraped progress, stamped with the time its step last moved (the Stalled condition's clock)."""
+    recorded = o.status.progress
+    moved = recorded is None or recorded.step != scraped.get("step") or not recorded.last_step_time
+    return {**scraped, "lastStepTime": format_time(o.now) if moved else recorded.last_step_time}
 
 
 def next_status(o: Observed, d: Decision) -> dict[str, Any]:
@@ -53,18 +69,22 @@ def next_status(o: Observed, d: Decision) -> dict[str, Any]:
         status["attempts"] = o.current.number
     if isinstance(d.action, ResumeAttempt):
         status["startTime"] = format_time(o.now)  # restarts the deadline's clock, as a resumed Job does
+    if o.scraped and d.phase == Phase.RUNNING and o.scraped.get("progress"):
+        status["progress"] = _progress(o, o.scraped["progress"])
+    elif d.phase != Phase.RUNNING and status.get("progress"):
+        status["progress"] = {k: v for k, v in status["progress"].items() if k != "lastStepTime"}
     if o.scraped and d.phase == Phase.RUNNING:
-        status["progress"] = o.scraped.get("progress") or status.get("progress")
         status["parameters"] = o.scraped.get("parameters") or status.get("parameters")
         status["metrics"] = {**status.get("metrics", {}), **(o.scraped.get("metrics") or {})}
     if d.summary:
         settled = status_from_summary(d.summary).wire()
-        for key in ("progress", "parameters", "checkpoint", "output", "outputs"):
+        for key in ("progress", "parameters", "checkpoint", "output", "outputs", "evaluation"):
             if key in settled:
                 status[key] = settled[key]
         status["metrics"] = {**status.get("metrics", {}), **settled.get("metrics", {})}
     if d.phase.value in TERMINAL:
         status.setdefault("completionTime", format_time(o.now))
+    status["usage"] = next_usage(o, status.get("completionTime"))
     status.update(phase=d.phase.value, conditions=_conditions(o, d), observedGeneration=o.generation)
     return {k: v for k, v in status.items() if v not in (None, {})}
 
@@ -97,5 +117,23 @@ def status_from_summary(summary: dict[str, Any]) -> FineTuneJobStatus:
         "outputs": summary.get("outputs") or None,
         "startTime": summary.get("startTime"),
         "completionTime": summary.get("completionTime") if summary.get("phase") != "Interrupted" else None,
+        "evaluation": _evaluation(summary.get("evaluation")),
+        # The run's own work; in a cluster status.usage (usage.py) sums it over the attempts with their resources.
+        "usage": summary.get("usage"),
     }
     return FineTuneJobStatus.model_validate({k: v for k, v in fields.items() if v is not None and v != {}})
+
+
+def _evaluation(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The trainer's evaluation block with its headline (the printer column): the first gate's metric, else the
+    first metric that is not a loss."""
+    if not evaluation:
+        return None
+    gates = evaluation.get("gates") or []
+    metrics = evaluation.get("metrics") or {}
+    if gates:
+        headline = f"{gates[0]['metric']}={gates[0]['value']:.4g}"
+    else:
+        name = next((k for k in metrics if k != "evalLoss"), next(iter(metrics), None))
+        headline = f"{name}={metrics[name]:.4g}" if name else None
+    return {**evaluation, "headline": headline}

@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from finetune_operator.api import CheckpointStatus, OutputStatus, Parameters, ProducedOutput, Progress
+from finetune_operator.api import (CheckpointStatus, EvaluationStatus, OutputStatus, Parameters, ProducedOutput,
+                                   Progress, WorkDone)
 
 # The phases a summary can report ("Interrupted": a retryable stop, the FineTuneJob is not over).
 PHASES = ("Succeeded", "Failed", "Interrupted")
@@ -26,6 +27,7 @@ REASON_LIMIT = 128
 MESSAGE_LIMIT = 4096
 _MODELS: dict[str, type[BaseModel]] = {
     "progress": Progress, "parameters": Parameters, "checkpoint": CheckpointStatus, "output": OutputStatus,
+    "evaluation": EvaluationStatus, "usage": WorkDone,
 }
 
 

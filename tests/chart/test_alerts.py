@@ -56,10 +56,10 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(promtool: Path, tmp_path
 
 
 def test_alerts_follow_their_values(promtool: Path, tmp_path: Path) -> None:
-    spec = rule_groups(ALL_ON)  # stalledFor 20m, FineTuneJobFailed turned off
+    spec = rule_groups(ALL_ON)  # operator.stalledAfterSeconds 1200, FineTuneJobFailed turned off
     rules = {r["alert"]: r for g in spec["groups"] for r in g["rules"]}
     assert set(rules) == set(ALERTS) - {"FineTuneJobFailed"}
-    assert "offset 20m" in rules["FineTuneJobStalled"]["expr"]
+    assert "offset 1200s" in rules["FineTuneJobStalled"]["expr"]
     assert 'up{job="fto-all-on", namespace="finetune-system"}' in rules["FineTuneOperatorDown"]["expr"]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
     promtool_run(promtool, "check", "rules", "rules.yaml", cwd=tmp_path)

@@ -143,6 +143,14 @@ def test_deployment_env_is_what_the_operator_reads(all_on: list[dict[str, Any]])
     assert (settings.metrics_port, settings.health_port, settings.trainer_metrics_port) == (9180, 9181, 9190)
     assert settings.poll_interval == 5.0 and settings.termination_grace_seconds == 600
     assert settings.workers == 24
+    # One threshold for the Stalled condition and the FineTuneJobStalled alert; the price table as the operator
+    # reads it.
+    assert settings.stalled_after_seconds == 1200.0
+    from finetune_operator.pricing import parse_prices
+
+    prices = parse_prices(settings.prices)
+    assert prices.currency == "EUR" and prices.for_selector({"gpu": "h100"}).gpu_hour == 9.8
+    assert prices.for_selector({}).gpu_hour == 2.5
 
 
 def test_all_on_pod_settings(all_on: list[dict[str, Any]]) -> None:
@@ -456,6 +464,7 @@ def test_every_dashboard_metric_is_exported() -> None:
                  "finetune_trainer_gpu_memory_peak_bytes", "finetune_trainer_mfu_ratio", "finetune_operator_jobs",
                  "finetune_operator_attempts_total", "finetune_operator_retries_total",
                  "finetune_operator_reconcile_total", "finetune_operator_build_info",
+                 "finetune_operator_requested_gpu_seconds_total", "finetune_operator_estimated_cost_total",
                  "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"):
         assert name in used, f"no panel shows {name}"
 

@@ -45,6 +45,8 @@ def test_every_dashboard_query_on_a_scraped_trainer_and_operator(tmp_path: Path)
     server, _ = start_http_server(operator_port, addr="127.0.0.1", registry=REGISTRY)
     metrics.namespace_seen("ml")
     metrics.ATTEMPTS.labels("ml").inc()
+    metrics.count_usage("ml", None, {"gpuHours": 0.5, "cpuCoreHours": 2.0, "memoryGibHours": 4.0,
+                                     "estimatedCost": {"amount": 1.25, "currency": "EUR"}})  # a status write
     metrics.FINETUNEJOBS.observe("ml/scraped", "Running")
     stop = threading.Event()
 

@@ -8,12 +8,17 @@ or as ``cluster.operator_process`` from elsewhere (``tests`` is on pytest's pyth
 KWOK hooks (tools/k8s/kwok/stages.yaml), set through spec.podMetadata or by patching a pod:
   label finetune.io/fake-fail=true + annotations finetune.io/fake-exit-code / fake-termination-message: fail
   label finetune.io/fake-run=forever: stay Running until the label goes (then complete) or the pod is deleted
+Through the pod's status instead (what a kubelet would write; KWOK leaves a run-forever pod's status alone):
+  Env.finish_pod: the trainer exits 0 with a termination message (KWOK's completion stage writes none)
+  Env.serve_metrics_from: the pod's IP becomes one on this machine, so the operator's progress scrape reads a
+  trainer Telemetry endpoint a test serves there
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -55,9 +60,11 @@ def free_port() -> int:
 class Operator:
     """`python -m finetune_operator.runner` as a child process, stoppable and restartable."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, poll_interval: float = 1):
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, poll_interval: float = 1,
+                 settings: dict[str, str] | None = None):
         self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
         self.poll_interval = poll_interval
+        self.settings = settings or {}  # FINETUNE_* variables (settings.py) beyond the flags below
         self.health_port, self.metrics_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -67,7 +74,8 @@ class Operator:
                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
         with self.log.open("a") as out:
             out.write(f"\n==== start {time.strftime('%X')}\n")
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                         env={**os.environ, **self.settings})
         deadline = time.monotonic() + 30
         while not self.healthy():
             assert self.proc.poll() is None, f"operator exited: {self.log.read_text()[-3000:]}"
@@ -186,6 +194,32 @@ class Env:
     def complete_pod(self, pod: dict) -> None:
         self.patch_pod(pod, labels={FAKE_RUN: None})
 
+    def _patch_status(self, pod: dict, patch: list[dict]) -> None:
+        self.cp.kubectl("patch", "pod", pod["metadata"]["name"], "-n", self.ns, "--subresource=status",
+                        "--type=json", "-p", json.dumps(patch))
+
+    def finish_pod(self, pod: dict, message: str) -> None:
+        """The running (run-forever) trainer exits 0 leaving ``message`` as its termination message, as the kubelet
+        reports it: phase Succeeded, not Ready, the container terminated since it started."""
+        current = self.cp.kubectl_json("get", "pod", pod["metadata"]["name"], "-n", self.ns)
+        started = current["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conditions = [{**c, "status": "False"} if c["type"] in ("Ready", "ContainersReady") else c
+                      for c in current["status"]["conditions"]]
+        self._patch_status(pod, [
+            {"op": "replace", "path": "/status/phase", "value": "Succeeded"},
+            {"op": "replace", "path": "/status/conditions", "value": conditions},
+            {"op": "replace", "path": "/status/containerStatuses/0/ready", "value": False},
+            {"op": "replace", "path": "/status/containerStatuses/0/state", "value": {"terminated": {
+                "exitCode": 0, "reason": "Completed", "message": message, "startedAt": started,
+                "finishedAt": now}}},
+        ])
+
+    def serve_metrics_from(self, pod: dict, ip: str = "127.0.0.1") -> None:
+        """Give the running pod an IP of this machine: the operator reads rank 0's /metrics there."""
+        self._patch_status(pod, [{"op": "replace", "path": "/status/podIP", "value": ip},
+                                 {"op": "replace", "path": "/status/podIPs", "value": [{"ip": ip}]}])
+
 
 def release_manifests(cp: ControlPlane, release: str, system_ns: str, namespace: str) -> str:
     """The chart's RBAC for a per-namespace install watching ``namespace`` (what `helm install` would create).
@@ -205,7 +239,8 @@ def install_crd(cp: ControlPlane) -> None:
 
 @contextlib.contextmanager
 def operator_env(cp: ControlPlane, tmp: Path, *, namespace_labels: dict[str, str] | None = None,
-                 poll_interval: float = 1, prefix: str = "fto") -> Iterator[Env]:
+                 poll_interval: float = 1, prefix: str = "fto",
+                 settings: dict[str, str] | None = None) -> Iterator[Env]:
     """A fresh namespace (Pod Security "restricted" unless ``namespace_labels`` says otherwise) with a claim
     ``ckpt``, a Secret ``hf-token``, the chart's RBAC for it, and the operator running as the chart's
     ServiceAccount; everything is deleted afterwards."""
@@ -233,7 +268,8 @@ def operator_env(cp: ControlPlane, tmp: Path, *, namespace_labels: dict[str, str
              "stringData": {"HF_TOKEN": "not-a-real-token"}},
         ])
         kubeconfig = cp.mint_kubeconfig(system_ns, service_account, tmp / "operator.kubeconfig")
-        operator = Operator(kubeconfig, namespace, tmp / "operator.log", poll_interval=poll_interval)
+        operator = Operator(kubeconfig, namespace, tmp / "operator.log", poll_interval=poll_interval,
+                            settings=settings)
         operator.start()
         yield Env(cp, namespace, operator, system_ns=system_ns, release=release, service_account=service_account,
                   kubeconfig=kubeconfig)

@@ -85,7 +85,7 @@ def test_job_runs_to_success_with_the_expected_pod(env: Env) -> None:
     assert all(e["source"]["component"] == "finetune-operator" for e in env.events("hello"))
     # Kopf's bookkeeping is in finetune.io/ annotations, not in status.
     assert set(status) <= {"phase", "conditions", "attempts", "startTime", "completionTime", "observedGeneration",
-                           "progress", "metrics", "parameters", "checkpoint", "output"}
+                           "progress", "metrics", "parameters", "checkpoint", "output", "usage"}
     assert any(k.startswith("finetune.io/") for k in ftj["metadata"]["annotations"])
     assert not ftj["metadata"].get("finalizers")  # deletable while the operator is down or uninstalled
     assert "finetune_operator_attempts_total" in env.operator.metrics()

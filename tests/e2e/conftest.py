@@ -166,6 +166,7 @@ def _write_volume(root: Path) -> None:
                                 num_labels=2, hidden_size=256, intermediate_size=1024, num_attention_heads=4)
     tiny_models.write_sentiment_csv(root / "data" / "reviews" / "train.csv", n=64)
     tiny_models.write_sentiment_csv(root / "data" / "reviews" / "validation.csv", n=16, seed=1)
+    tiny_models.write_sentiment_csv(root / "data" / "reviews" / "test.csv", n=16, seed=4)  # spec.evaluation.split
     tiny_models.write_sentiment_csv(root / "data" / "big" / "train.csv", n=1600, seed=2)
     tiny_models.write_sentiment_csv(root / "data" / "big" / "validation.csv", n=16, seed=3)
     (root / "out").mkdir(exist_ok=True)

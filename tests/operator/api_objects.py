@@ -73,14 +73,16 @@ def pod(owner: str = "mrpc", attempt: int = 1, index: int = 0, phase: str = "Run
               "qosClass": "Burstable", "conditions": conditions,
               "containerStatuses": [{"name": "trainer", "image": "img", "imageID": "sha", "ready": ready,
                                      "restartCount": 0, "started": True, "containerID": "c://1",
-                                     "state": state or {"running": {"startedAt": heartbeat}}}]}
+                                     "state": state or {"running": {"startedAt": "2025-01-01T11:59:00Z"}}}]}
     if reason:
         status.update(reason=reason, message=f"The node was low on resource: memory. ({reason})")
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": _meta(name, owner, attempt, rv, uid, annotations={
             "batch.kubernetes.io/job-completion-index": str(index), "kubectl.kubernetes.io/default-container": "t"}),
-        "spec": {"containers": [{"name": "trainer", "image": "img", "env": [{"name": "A", "value": "b"}] * 10}],
+        "spec": {"containers": [{"name": "trainer", "image": "img", "env": [{"name": "A", "value": "b"}] * 10,
+                                 "resources": {"requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"},
+                                               "limits": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}}}],
                  "nodeName": "kwok-node-0"},
         "status": status,
     }

@@ -40,8 +40,8 @@ def test_cel_rules_carry_field_names():
     rules = [(p, r) for p, n in walk(root_schema()) for r in n.get("x-kubernetes-validations", [])]
     assert len(rules) >= 8
     for path, rule in rules:
-        assert rule["message"].startswith("spec.") or rule["message"].startswith(("strategy.", "dataset.",
-                                                                                  "resources.")), (path, rule)
+        prefixes = ("spec.", "strategy.", "dataset.", "resources.", "evaluation.")
+        assert rule["message"].startswith(prefixes), (path, rule)
 
 
 def test_immutable_fields_and_printer_columns():

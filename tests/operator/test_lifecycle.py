@@ -214,7 +214,7 @@ def test_running_gang_with_progress_from_the_trainer():
     o, d, status = run(resource, [job(1, parallelism=2)], pods, scraped=scraped)
     assert (d.phase.value, d.reason) == ("Running", "TrainerRunning")
     assert "2/2" in d.message
-    assert status["progress"] == scraped["progress"]
+    assert status["progress"] == {**scraped["progress"], "lastStepTime": "2025-01-01T12:00:00Z"}  # first seen now
     assert status["metrics"] == {"evalLoss": 0.9, "trainLoss": 0.7}
     assert cond(status, "Running")["status"] == "True"
     _, d, _ = run(resource, [job(1, parallelism=2)], pods[:1])

@@ -47,3 +47,14 @@ def test_status_lists_the_outputs_even_when_the_push_failed():
     done = status_from_summary(read_summary({"phase": "Succeeded", "output": {"location": "pvc://models/x/model"},
                                              "outputs": [model, artifact]})).wire()
     assert done["outputs"] == [model, artifact]
+
+
+def test_the_evaluation_and_usage_parts_are_checked_like_the_others():
+    evaluation = {"split": "test", "finalModel": "best", "step": 12, "metrics": {"evalF1": 0.9}, "passed": True,
+                  "gates": [{"metric": "eval_f1", "value": 0.9, "gate": ">= 0.8", "passed": True, "min": 0.8}]}
+    read = read_summary({"phase": "Succeeded", "evaluation": evaluation, "usage": {"samples": 10, "tokens": 99}})
+    assert read["evaluation"] == evaluation and read["usage"] == {"samples": 10, "tokens": 99}
+    # JSON has no infinity: a status patch carrying one would be refused, so the block is dropped, not the summary.
+    broken = {**evaluation, "metrics": {"evalPerplexity": float("inf")}}
+    read = read_summary({"phase": "Succeeded", "evaluation": broken, "usage": {"samples": -1}})
+    assert "evaluation" not in read and "usage" not in read and read["phase"] == "Succeeded"

@@ -109,7 +109,9 @@ def test_summary_schema_and_metric_names():
     report.record_metrics({"eval_f1": 0.5, "eval_exact_match": 1.0, "train_loss": 0.25})
     summary = report.as_dict(None)
     assert list(summary) == ["phase", "reason", "message", "field", "exitCode", "startTime", "completionTime",
-                             "progress", "metrics", "parameters", "checkpoint", "output", "metricsUrl", "downloadBytes"]
+                             "progress", "metrics", "parameters", "checkpoint", "output", "outputs", "metricsUrl",
+                             "downloadBytes", "usage"]
+    assert summary["usage"] == {"samples": 0, "tokens": 0}  # no MFU without a known GPU; no evaluation block unasked
     assert summary["metrics"] == {"evalF1": 0.5, "evalExactMatch": 1.0, "trainLoss": 0.25}
     assert summary["phase"] == "Succeeded" and summary["exitCode"] == 0
     assert metric_key("samples_per_second") == "samplesPerSecond"
@@ -163,3 +165,18 @@ def test_status_metrics_of_a_real_seq2seq_run_hold_only_training_metrics(tmp_pat
     metrics = parse_trainer_metrics(page)["metrics"]
     assert {"trainLoss", "learningRate", "evalLoss", "evalBleu", "evalChrf"} <= set(metrics)
     assert set(metrics) <= {"trainLoss", "learningRate", "evalLoss", "evalBleu", "evalChrf", "evalRougeL"}, metrics
+
+
+def test_the_termination_message_keeps_the_gates_verdicts_when_it_must_shrink():
+    from finetune_trainer.summary import TERMINATION_LIMIT, termination_message
+
+    report = Report(output_location="/out")
+    report.record_metrics({f"eval_metric_{i}": 0.5 for i in range(200)})
+    report.evaluation = {"split": "test", "finalModel": "last", "step": 3, "passed": False,
+                         "metrics": {f"evalMetric{i}": 0.5 for i in range(200)},
+                         "gates": [{"metric": "eval_metric_7", "value": 0.5, "gate": ">= 0.9", "passed": False,
+                                    "min": 0.9}]}
+    message = termination_message(report.as_dict(None))
+    assert len(message.encode()) <= TERMINATION_LIMIT
+    evaluation = json.loads(message)["evaluation"]
+    assert evaluation["metrics"] == {"evalMetric7": 0.5} and evaluation["gates"][0]["passed"] is False

@@ -93,16 +93,26 @@ def latest(output: Path) -> Checkpoint | None:
                    if (m := _STEP_DIR.match(d.name)) and d.is_dir() and (d / COMPLETE).is_file())
     if not steps:
         return None
-    step, path = steps[-1]
+    return _open(*steps[-1])
+
+
+def at_step(output: Path, step: int) -> Checkpoint | None:
+    """The complete checkpoint of ``step`` (evaluation.finalModel best), or None."""
+    path = directory(output) / f"step-{step}"
+    return _open(step, path) if (path / COMPLETE).is_file() else None
+
+
+def _open(step: int, path: Path) -> Checkpoint:
     return Checkpoint(path, step, json.loads((path / STATE).read_text()),
                       json.loads((path / TRAINABLE_SET).read_text()))
 
 
 def save(output: Path, step: int, rt: Runtime, *, weights: dict[str, torch.Tensor], optimizer_state: dict,
-         state: dict, trainable_set: dict, config: dict, keep: int) -> Path | None:
+         state: dict, trainable_set: dict, config: dict, keep: int, protect: int | None = None) -> Path | None:
     """Write the checkpoint of ``step``; every rank calls it. The main rank makes the staging directory, each rank
     adds its generators, the main rank writes the rest and commits. Returns the committed directory on the main
-    rank, None on the others. ``weights`` and ``optimizer_state`` are gathered by every rank beforehand (FSDP)."""
+    rank, None on the others. ``weights`` and ``optimizer_state`` are gathered by every rank beforehand (FSDP).
+    ``protect``: a step whose checkpoint survives pruning (the best one, for evaluation.finalModel best)."""
     staging = _staging_path(output, step)
     if rt.is_main:
         staging_dir(output, step)
@@ -111,7 +121,7 @@ def save(output: Path, step: int, rt: Runtime, *, weights: dict[str, torch.Tenso
     if rt.is_main:
         save_main(staging, weights, optimizer_state, state, trainable_set, config)
     rt.barrier()
-    final = commit(output, staging, step, keep) if rt.is_main else None
+    final = commit(output, staging, step, keep, protect) if rt.is_main else None
     rt.barrier()
     return final
 
@@ -152,8 +162,9 @@ def save_main(staging: Path, weights: dict[str, torch.Tensor], optimizer_state: 
     _write(staging / CONFIG, lambda f: f.write(json.dumps(config, indent=1).encode()))
 
 
-def commit(output: Path, staging: Path, step: int, keep: int) -> Path:
-    """Mark the staged checkpoint complete, move it into place atomically, and drop all but the newest ``keep``."""
+def commit(output: Path, staging: Path, step: int, keep: int, protect: int | None = None) -> Path:
+    """Mark the staged checkpoint complete, move it into place atomically, and drop all but the newest ``keep``
+    (and ``protect``)."""
     root = directory(output)
     final = root / f"step-{step}"
     try:
@@ -166,16 +177,16 @@ def commit(output: Path, staging: Path, step: int, keep: int) -> Path:
             os.rename(final, aside)
         os.rename(staging, final)
         _fsync_dir(root)
-        _prune(root, keep)
+        _prune(root, keep, protect)
     except OSError as exc:
         raise StorageError(f"output.location: cannot write checkpoint {final}: {exc}", field="output.location") from exc
     return final
 
 
-def _prune(root: Path, keep: int) -> None:
+def _prune(root: Path, keep: int, protect: int | None = None) -> None:
     complete = sorted((int(m.group(1)), d) for d in root.iterdir()
                       if (m := _STEP_DIR.match(d.name)) and (d / COMPLETE).is_file())
-    doomed = [d for _, d in complete[:-keep]]
+    doomed = [d for step, d in complete[:-keep] if step != protect]
     doomed += [d for d in root.iterdir() if _LEFTOVER.match(d.name)]
     doomed += [d for d in root.iterdir() if _STEP_DIR.match(d.name) and not (d / COMPLETE).is_file()]
     for d in doomed:

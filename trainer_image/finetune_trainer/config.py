@@ -107,8 +107,33 @@ def _dataset_rules() -> list[Rule]:
     ]
 
 
+def _gate_rules() -> list[Rule]:
+    return [
+        Rule(
+            cel="has(self.min) || has(self.max)",
+            message="evaluation.gates: each gate needs min or max (or both), the bound its metric must meet",
+            check=lambda g: g.min is not None or g.max is not None,
+            field="min",
+        ),
+    ]
+
+
+def _evaluation_rules() -> list[Rule]:
+    return [
+        Rule(
+            cel="self.finalModel != 'best' || has(self.metric)",
+            message="evaluation.metric is required when evaluation.finalModel is best (the eval metric that picks "
+                    "the best checkpoint, e.g. eval_f1)",
+            check=lambda e: e.final_model != "best" or e.metric is not None,
+            field="metric",
+        ),
+    ]
+
+
 STRATEGY_RULES = _strategy_rules()
 DATASET_RULES = _dataset_rules()
+GATE_RULES = _gate_rules()
+EVALUATION_RULES = _evaluation_rules()
 
 
 class RuleViolation(ValueError):
@@ -362,6 +387,65 @@ class PushSpec(ApiModel):
         return v
 
 
+# An eval metric as the tasks name it (tasks/base.py TaskAdapter.higher_is_better): eval_f1, eval_exact_match, ...
+EVAL_METRIC_PATTERN = r"^eval_[A-Za-z0-9_]+$"
+
+
+class FinalModel(str, enum.Enum):
+    LAST = "last"  # the weights of the last step
+    BEST = "best"  # the checkpoint with the best evaluation.metric (HF's load_best_model_at_end)
+
+
+class Gate(ApiModel):
+    """A bound the final model's evaluation must meet; a job whose model misses one fails with reason GateFailed."""
+
+    model_config = ConfigDict(json_schema_extra=rules_schema(GATE_RULES))
+
+    metric: str = Field(pattern=EVAL_METRIC_PATTERN, max_length=64,
+                        description="Eval metric the task reports, e.g. eval_accuracy, eval_f1, eval_perplexity.")
+    min: float | None = Field(None, description="The metric must be at least this.")
+    max: float | None = Field(None, description="The metric must be at most this (e.g. eval_perplexity, eval_loss).")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Gate:
+        enforce(self, GATE_RULES)
+        return self
+
+    def describe(self) -> str:
+        """The bound as people write it: ">= 0.85", "<= 12", ">= 0.8, <= 0.99"."""
+        return ", ".join(f"{op} {bound:g}" for op, bound in ((">=", self.min), ("<=", self.max)) if bound is not None)
+
+
+class EvaluationSpec(ApiModel):
+    """The final model's evaluation after training, and the gates it must pass (docs/evaluation.md)."""
+
+    model_config = ConfigDict(json_schema_extra=rules_schema(EVALUATION_RULES))
+
+    split: str | None = Field(
+        None, min_length=1, max_length=253,
+        description="Split (or file stem) of dataset.source the final model is evaluated on, e.g. test; held out "
+                    "from training and from checkpoint selection. Unset: the eval split.",
+    )
+    final_model: FinalModel = Field(
+        FinalModel.LAST, description="Which weights become the final model: last (the last step) or best (the "
+        "checkpoint with the best evaluation.metric, kept whatever output.keepCheckpoints says).",
+    )
+    metric: str | None = Field(
+        None, pattern=EVAL_METRIC_PATTERN, max_length=64,
+        description="finalModel best: the eval metric that ranks checkpoints, compared in the direction the task "
+                    "declares (higher accuracy/F1/BLEU, lower loss/perplexity), e.g. eval_f1.",
+    )
+    gates: list[Gate] | None = Field(
+        None, max_length=16, description="Bounds the final model's metrics must meet; the first one missed fails "
+        "the job (reason GateFailed), and nothing is published after it.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> EvaluationSpec:
+        enforce(self, EVALUATION_RULES)
+        return self
+
+
 class OutputSpec(ApiModel):
     location: str | None = Field(
         None, max_length=1024, pattern=LOCATION_PATTERN,
@@ -428,6 +512,7 @@ class TrainerConfig(ApiModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     storage: StorageSpec | None = Field(None, description="Object storage of s3:// locations.")
+    evaluation: EvaluationSpec | None = Field(None, description="Evaluate the final model and gate the job on it.")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus port (0 picks a free one).")
 
     @field_validator("output")

@@ -56,6 +56,20 @@ def load_raw(spec: DatasetSpec, seed: int) -> RawSplits:
     return RawSplits(train=train, eval=eval_split)
 
 
+def load_split(spec: DatasetSpec, name: str, field: str) -> Any:
+    """One more named split of the source (evaluation.split), checked like train and eval."""
+    import datasets
+
+    datasets.disable_caching()
+    splits = _find_splits(spec)
+    if name not in splits:
+        raise DataError(f'{field} "{name}" is not in {spec.source}; it has {sorted(splits)}', field=field)
+    split = splits[name]()
+    if len(split) == 0:
+        raise DataError(f'{field}: split "{name}" of {spec.source} is empty', field=field)
+    return split
+
+
 def _eval_split_name(spec: DatasetSpec, splits: dict) -> str | None:
     if spec.eval is not None:
         if spec.eval not in splits:

@@ -78,3 +78,10 @@ class RegistryUnavailable(RetryableError):
     """The registry could not be reached or failed (5xx, 429); the next attempt pushes again, without training."""
 
     reason = "RegistryUnavailable"
+
+
+class GateFailed(PermanentError):
+    """The final model missed a bound of spec.evaluation.gates: training worked, the model is not good enough, and
+    a retry would train the same model again."""
+
+    reason = "GateFailed"

@@ -109,6 +109,7 @@ class Progress:
         t.add(t.samples, meter.samples - self._counted[0])
         t.add(t.tokens, meter.tokens - self._counted[1])
         self._counted = (meter.samples, meter.tokens)
+        self.report.samples, self.report.tokens = meter.samples, meter.tokens
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{meter.lr:.2e}", refresh=False)
@@ -123,11 +124,14 @@ class Progress:
             t.set(t.gpu_memory_peak_bytes, torch.cuda.max_memory_allocated(self.device))
             peak = peak_flops(torch.cuda.get_device_name(self.device))
             if peak:
-                flops = 6 * self.report.total * window["tokens_per_second"] / self.world_size
-                t.set(t.mfu_ratio, flops / peak)
+                t.set(t.mfu_ratio, self._mfu(window["tokens_per_second"], peak))
+                self.report.mfu = self._mfu(meter.tokens_per_second, peak)  # the run's average
         (log.debug if self._bar is not None else log.info)(
             "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s %.0f tokens/s", step, self.total_steps,
             epoch, window["loss"], meter.lr, window["samples_per_second"], window["tokens_per_second"])
+
+    def _mfu(self, tokens_per_second: float, peak: float) -> float:
+        return 6 * self.report.total * tokens_per_second / self.world_size / peak
 
     def evaluated(self, step: int, metrics: dict[str, float], seconds: float) -> None:
         self.report.record_metrics(metrics)

@@ -8,7 +8,11 @@ Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kube
      "metrics": {"trainLoss", "evalLoss", "evalAccuracy", ..., "samplesPerSecond", "tokensPerSecond"},
      "parameters": {"trainable", "total"}, "checkpoint": {"location", "step"} | null,
      "output": {"location"}, "outputs": [{"kind": "model" | "oci", "uri", "digest"}], "metricsUrl",
-     "downloadBytes": {"model", "dataset", "checkpoint"}}  # bytes this run fetched from s3:// (0: cache hit)
+     "downloadBytes": {"model", "dataset", "checkpoint"},  # bytes this run fetched from s3:// (0: cache hit)
+     "usage": {"samples", "tokens", "mfu"},   # this run's (attempt's) training work; mfu where the GPU is known
+     "evaluation": {"split", "finalModel", "step", "metrics",
+                    "gates": [{"metric", "value", "gate", "passed", "min", "max"}], "passed"} | absent}
+                    # spec.evaluation's verdict on the final model (gates.py)
 
 ``outputs`` lists what the run produced, each with a digest: the model at ``<output>/model`` (export.tree_digest)
 and, with ``output.push``, the artifact in the registry (``oci://registry/repo:tag@sha256:...``, the manifest's
@@ -43,7 +47,7 @@ def metric_key(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-RUN_STATE = ("step", "total_steps", "epoch", "metrics", "trainable", "total", "checkpoint")
+RUN_STATE = ("step", "total_steps", "epoch", "metrics", "trainable", "total", "checkpoint", "evaluation")
 
 
 @dataclass
@@ -61,6 +65,10 @@ class Report:
     checkpoint: dict[str, Any] | None = None
     model_location: str | None = None
     metrics_url: str | None = None
+    samples: int = 0  # training examples and real tokens this run processed (all ranks)
+    tokens: int = 0
+    mfu: float | None = None  # model FLOP utilisation averaged over this run's steps, where the GPU's peak is known
+    evaluation: dict[str, Any] | None = None
     downloads: dict[str, int] = field(default_factory=dict)  # bytes fetched from object storage, by what for
     outputs: list[dict[str, str]] = field(default_factory=list)
 
@@ -93,6 +101,9 @@ class Report:
             "outputs": self.outputs,
             "metricsUrl": self.metrics_url,
             "downloadBytes": dict(self.downloads),
+            "usage": {k: v for k, v in (("samples", self.samples), ("tokens", self.tokens),
+                                        ("mfu", None if self.mfu is None else round(self.mfu, 4))) if v is not None},
+            **({"evaluation": self.evaluation} if self.evaluation is not None else {}),
         }
 
 
@@ -123,6 +134,10 @@ def termination_message(summary: dict[str, Any]) -> str:
     text = json.dumps(trimmed, separators=(",", ":"))
     if len(text.encode()) > TERMINATION_LIMIT:
         trimmed["metrics"] = {k: v for k, v in trimmed["metrics"].items() if k in ("trainLoss", "evalLoss")}
+        if trimmed.get("evaluation"):  # the gates' verdicts stay; the other evaluated metrics are in summary.json
+            gated = {metric_key(g["metric"]) for g in trimmed["evaluation"]["gates"]}
+            trimmed["evaluation"] = {**trimmed["evaluation"], "metrics": {
+                k: v for k, v in trimmed["evaluation"]["metrics"].items() if k in gated}}
         text = json.dumps(trimmed, separators=(",", ":"))
     return text[:TERMINATION_LIMIT]
 

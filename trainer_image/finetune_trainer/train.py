@@ -3,9 +3,12 @@
 ``run(config)`` → ``Recipe.setup`` (pre-flight: data and columns, model, layer selection, strategy; then placement,
 batches, optimizer, resume from the newest complete checkpoint) → ``Recipe.train`` (epochs of length-grouped
 batches; gradient accumulation, clipping, learning-rate schedule; evaluation, early stopping, checkpoints; a
-NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) → ``Recipe.save_model`` (the model
-and its export record) → ``Recipe.push`` (``output.push``) → summary. An attempt that finds this config's export
-record skips straight to the push, so a failed push is retried without training.
+NaN/inf guard; SIGTERM/SIGINT stop at the next step boundary with a checkpoint) → ``Recipe.final_model`` (the
+last or the best checkpoint's weights, spec.evaluation) → ``Recipe.evaluate_final`` → ``Recipe.save_model`` (the
+model and its export record) → ``gates.enforce`` → ``Recipe.push`` (``output.push``) → summary. Anything that
+publishes the model goes after ``gates.enforce``: a model that misses a gate is saved for inspection and published
+nowhere. An attempt that finds this config's export record skips straight to the gates and the push, so a failed
+push is retried without training.
 
 The recipe only sequences; each step's details live in the module that owns them: tasks/ (data to features,
 evaluation), strategies.py (what trains), optim.py (optimizer, schedule, the gradient step), runtime.py (device,
@@ -29,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from finetune_trainer import (batching, cache, checkpoints, data, export, locations, mirror, models, optim, push,
-                              runtime, summary)
+from finetune_trainer import (batching, cache, checkpoints, data, export, gates, locations, mirror, models, optim,
+                              push, runtime, summary)
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.errors import (DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory, StorageError,
-                                     TrainerError)
+from finetune_trainer.errors import (ConfigError, DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory,
+                                     StorageError, TrainerError)
 from finetune_trainer.layers import resolve_layout
 from finetune_trainer.objectstore import Store, is_s3, store_for
 from finetune_trainer.progress import Progress, Throughput
@@ -69,8 +72,11 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
         if not recipe.reuse_export():  # an earlier attempt exported this config's model: only the push is left
             recipe.setup()
             recipe.train()
+            recipe.final_model()
+            recipe.evaluate_final()
             recipe.save_model()
-        # Evaluation gates (issue 16) go here: nothing is pushed unless the model passed them.
+        if report.evaluation is not None:  # this attempt's verdict, or the one kept in the export record
+            gates.enforce(report.evaluation)
         recipe.push()
     except TrainerError as exc:
         error = exc
@@ -112,6 +118,8 @@ class TrainState:
     stopped_early: bool = False
     last_eval_step: int = -1
     last_save_step: int = -1
+    best_model_metric: float | None = None  # evaluation.finalModel best: the best evaluation.metric so far
+    best_model_step: int = -1  # and the step of its checkpoint
 
 
 class Recipe:
@@ -152,6 +160,9 @@ class Recipe:
         self.tokenizer = models.load_tokenizer(model_spec)
         raw = data.load_raw(self._fetched(cfg.dataset, "dataset.source", DataError), training.seed)
         self.data = self.task.prepare(raw, self.tokenizer, cfg.dataset)
+        gates.check_metric_names(cfg.evaluation, self.task.higher_is_better, cfg.task)
+        self.test_data = gates.prepare_split(cfg, self.task, self.tokenizer, raw)
+        self.keeps_best = gates.keeps_best(cfg.evaluation)
         # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
         # without a device sync per micro-batch.
         self.train_lengths = list(self.data.train["length"])
@@ -195,6 +206,10 @@ class Recipe:
 
     def _wrap(self) -> torch.nn.Module:
         fsdp = runtime.wants_fsdp(self.model, self.rt)
+        if fsdp and self.keeps_best:
+            raise ConfigError("evaluation.finalModel best is not supported when the model is sharded (FSDP); use "
+                              "last, or more GPUs per node so the model fits without sharding",
+                              field="evaluation.finalModel")
         if fsdp:
             self.strategy.check_shardable(self.config.output.merge_adapter)
         return runtime.wrap(self.model, self.rt, {type(b.module) for b in self.layout.blocks}, fsdp)
@@ -227,7 +242,8 @@ class Recipe:
                 if (training.eval_every and state.step % training.eval_every == 0) or (
                         epoch_done and not training.eval_every):
                     state.stopped_early = self.evaluate()
-                if (training.save_every and state.step % training.save_every == 0) or epoch_done:
+                best_unsaved = state.best_model_step == state.step  # its weights must be on disk to come back
+                if (training.save_every and state.step % training.save_every == 0) or epoch_done or best_unsaved:
                     self.save_checkpoint()
                 if state.step >= self.total_steps or state.stopped_early:
                     break
@@ -293,14 +309,21 @@ class Recipe:
         if self.data.eval is None:
             return False
         started = time.perf_counter()
-        with self.rt.autocast():
-            metrics = self.task.evaluate(self.wrapped, self.data, self.tokenizer, self.training.batch_size,
-                                         self.rt.device)
-        runtime.reshard(self.wrapped)
+        metrics = self._measure(self.data)
         self._train_mode()
         self.progress.evaluated(state.step, metrics, time.perf_counter() - started)
+        if self.keeps_best:
+            metric = self.config.evaluation.metric
+            if gates.improves(metrics[metric], state.best_model_metric, self.task.higher_is_better[metric]):
+                state.best_model_metric, state.best_model_step = metrics[metric], state.step
         return early_stop(self.training.early_stopping, metrics, self.task.higher_is_better, state,
                           self.config.task)
+
+    def _measure(self, data) -> dict[str, float]:
+        with self.rt.autocast():
+            metrics = self.task.evaluate(self.wrapped, data, self.tokenizer, self.training.batch_size, self.rt.device)
+        runtime.reshard(self.wrapped)
+        return metrics
 
     # ---------------------------------------------------------------- save
     def save_checkpoint(self) -> None:
@@ -315,12 +338,36 @@ class Recipe:
             self.output, state.step, self.rt, weights=runtime.trainable_weights(self.model),
             optimizer_state=runtime.optimizer_state(self.wrapped, self.optimizer), state=trainer_state,
             trainable_set=self.strategy.trainable_set(), config=self.config.wire(),
-            keep=self.config.output.keep_checkpoints)
+            keep=self.config.output.keep_checkpoints,
+            protect=state.best_model_step if self.keeps_best else None)
         location = locations.user_location(final, self.config.output.location) if final is not None else None
         if final is not None and is_s3(self.config.output.location):
             mirror.upload_checkpoint(self.store, self.config.output.location, final,
                                      self.config.output.keep_checkpoints)
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
+
+    # ---------------------------------------------------------------- the final model
+    def final_model(self) -> None:
+        """evaluation.finalModel best: bring back the weights of the best checkpoint (every rank loads them)."""
+        step = self.state.best_model_step
+        if self.keeps_best and step not in (-1, self.state.step):
+            gates.restore_best(self.output, step, self.model, self.strategy.trainable_names(), self.config)
+
+    def evaluate_final(self) -> dict | None:
+        """spec.evaluation: the final model on evaluation.split (or the eval split); the block goes to the summary."""
+        spec = self.config.evaluation
+        if spec is None:
+            return None
+        evaluated = self.test_data or self.data
+        if evaluated.eval is None:
+            return None
+        metrics = self._measure(evaluated)
+        split = spec.split or self.config.dataset.eval or "eval"
+        step = self.state.best_model_step if self.keeps_best and self.state.best_model_step >= 0 else self.state.step
+        self.report.evaluation = gates.verdicts(spec, metrics, split, step)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        log.info("final model (step %d) on the %s split: %s", step, split, shown)
+        return self.report.evaluation
 
     def save_model(self) -> None:
         """The final model in ``<output>/model`` (export.py decides its form), then rank 0's export record."""
