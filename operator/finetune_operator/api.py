@@ -20,6 +20,7 @@ from finetune_trainer.config import (
     OutputSpec,
     StrategySpec,
     Task,
+    TrackingSpec,
     TrainingSpec,
 )
 
@@ -99,6 +100,29 @@ class PodMetadata(ApiModel):
     annotations: dict[str, str] | None = Field(None, description="Extra annotations on trainer pods.")
 
 
+class NotifyFormat(str, enum.Enum):
+    CLOUDEVENTS = "cloudevents"
+    SLACK = "slack"
+
+
+class NotifySink(ApiModel):
+    url: str = Field(
+        min_length=1, max_length=2048, pattern=r"^https?://[^\s/]+\S*$",
+        description="HTTP(S) endpoint that receives a POST for every transition of the job (phase changes, retries, "
+                    "and every other transition that posts a Kubernetes Event).",
+    )
+    format: NotifyFormat = Field(
+        NotifyFormat.CLOUDEVENTS, description="cloudevents (a CloudEvent in structured mode, JSON) or slack "
+                                              "(a Slack-compatible incoming-webhook message).",
+    )
+
+
+class NotifySpec(ApiModel):
+    """Where the operator tells about this job, in addition to the sinks the cluster admin set in the chart."""
+
+    sinks: list[NotifySink] = Field(min_length=1, max_length=8, description="Endpoints notified of transitions.")
+
+
 class FineTuneJobSpec(ApiModel):
     model: ModelSpec = Field(json_schema_extra={
         "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "spec.model is immutable"}]})
@@ -116,6 +140,10 @@ class FineTuneJobSpec(ApiModel):
     )
     image: str | None = Field(None, max_length=1024, description="Trainer image (default: the operator's setting).")
     pod_metadata: PodMetadata | None = Field(None, description="Labels and annotations added to trainer pods.")
+    notify: NotifySpec | None = Field(None, description="Notification sinks of this job (docs/notifications.md).")
+    tracking: TrackingSpec | None = Field(
+        None, description="Experiment tracking (docs/tracking.md); unset: TensorBoard event files in the output.",
+    )
 
 
 class Phase(str, enum.Enum):
@@ -163,6 +191,15 @@ class OutputStatus(ApiModel):
     location: str
 
 
+class TrackingStatus(ApiModel):
+    """Where the run's tracking data is, as the trainer reported it."""
+
+    mlflow_run_id: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                                      description="The MLflow run (every attempt of the job logs to the same run).")
+    mlflow_experiment_id: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    tensorboard: str | None = Field(None, max_length=1024, description="Location of the TensorBoard event files.")
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     conditions: list[Condition] | None = Field(None, json_schema_extra={
@@ -178,6 +215,7 @@ class FineTuneJobStatus(ApiModel):
     parameters: Parameters | None = None
     checkpoint: CheckpointStatus | None = None
     output: OutputStatus | None = None
+    tracking: TrackingStatus | None = None
 
 
 class ObjectMeta(ApiModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from finetune_operator.api import FineTuneJob
-from finetune_trainer.config import TrainerConfig
+from finetune_trainer.config import TrackingSpec, TrainerConfig
 from finetune_trainer.locations import PVC_SCHEME, REMOTE_SCHEMES
 
 
@@ -52,6 +52,7 @@ def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
         strategy=spec.strategy,
         training=spec.training,
         output=spec.output.model_copy(update={"location": place.output(ftj)}),
+        tracking=spec.tracking or TrackingSpec(),
         metrics_port=place.metrics_port,
     )
 

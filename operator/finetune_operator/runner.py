@@ -18,6 +18,7 @@ import kopf
 from finetune_operator import handlers, logs, metrics
 from finetune_operator.children import Children
 from finetune_operator.kube import Kube
+from finetune_operator.notify.sinks import SinkConfigError
 from finetune_operator.poller import CONCURRENCY, Poller
 from finetune_operator.reconciler import Reconciler
 from finetune_operator.scrape import Scraper
@@ -81,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     handlers.register(registry)
     metrics.serve(settings.metrics_port)
     children = Children()
-    reconciler = Reconciler(kube, settings, scraper, children)
+    try:
+        reconciler = Reconciler(kube, settings, scraper, children)
+    except (SinkConfigError, OSError) as error:  # the admin's sinks or the signing key's file
+        build_parser().error(f"notifications: {error}")
     memo = kopf.Memo(reconciler=reconciler, children=children, poller=Poller(reconciler, settings.poll_interval))
     memo.passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers)
     scope = f"namespaces {', '.join(settings.namespaces)}" if settings.namespaces else "all namespaces"

@@ -15,6 +15,7 @@ from importlib.metadata import version
 from typing import Any
 
 ENV_PREFIX = "FINETUNE_"
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,15 @@ class Settings:
     # SIGTERM to SIGKILL: the trainer saves a checkpoint in this time, so it must cover one checkpoint write.
     termination_grace_seconds: int = 300
     run_as_user: int = 1000  # the trainer image's non-root user
+    # Notifications (docs/notifications.md): the admin's sinks as a JSON list of {url, format}; the file holding the
+    # HMAC key (mounted from a Secret); whether spec.notify is honoured; per-sink queue, tries and timeouts.
+    notify_sinks: str = ""
+    notify_signing_key_file: str = ""
+    notify_job_sinks: bool = True
+    notify_queue_size: int = 1000
+    notify_max_tries: int = 8
+    notify_first_backoff: float = 1.0
+    notify_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -56,6 +66,10 @@ def _parse(kind: Any, raw: str) -> Any:
     # Annotations are strings here (from __future__ import annotations).
     if kind == "tuple[str, ...]":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "bool":
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"{raw!r} is not a boolean (true or false)")
+        return _BOOLEANS[raw.strip().lower()]
     if kind == "int":
         return int(raw)
     if kind == "float":
