@@ -20,6 +20,8 @@ _TRUE_IN = {"Ready": Phase.SUCCEEDED, "Running": Phase.RUNNING, "Succeeded": Pha
             "Failed": Phase.FAILED, "Suspended": Phase.SUSPENDED}
 # The summary's phases map onto the FineTuneJob's phases; "Interrupted" is a retryable stop: the job is not over.
 _PHASES = {"Succeeded": Phase.SUCCEEDED, "Failed": Phase.FAILED, "Interrupted": Phase.RUNNING}
+# Set from an attempt's summary when experiment tracking missed something (the trainer trained on regardless).
+TRACKING_DEGRADED = "TrackingDegraded"
 
 
 def _conditions(o: Observed, d: Decision) -> list[dict[str, Any]]:
@@ -41,6 +43,25 @@ def _conditions(o: Observed, d: Decision) -> list[dict[str, Any]]:
     return conditions
 
 
+def _tracking_condition(o: Observed, d: Decision) -> list[dict[str, Any]]:
+    """TrackingDegraded: True from a summary saying tracking missed something, False once a later attempt's summary
+    says nothing was missed; else as it was (absent for a job whose tracking never failed)."""
+    previous = next((c.wire() for c in o.status.conditions or [] if c.type == TRACKING_DEGRADED), None)
+    tracking = (d.summary or {}).get("tracking")
+    if tracking is None or (previous is None and "degraded" not in tracking):
+        return [previous] if previous else []
+    degraded = tracking.get("degraded")
+    status = "True" if degraded else "False"
+    unchanged = previous is not None and previous["status"] == status
+    return [{
+        "type": TRACKING_DEGRADED, "status": status,
+        "reason": "TrackingServerUnavailable" if degraded else "TrackingComplete",
+        "message": degraded or "every tracking update of the last attempt was logged",
+        "lastTransitionTime": previous["lastTransitionTime"] if unchanged else format_time(o.now),
+        "observedGeneration": o.generation,
+    }]
+
+
 def next_status(o: Observed, d: Decision) -> dict[str, Any]:
     """The whole status after this decision, in wire form (camelCase)."""
     status = o.status.wire()
@@ -57,13 +78,14 @@ def next_status(o: Observed, d: Decision) -> dict[str, Any]:
         status["metrics"] = {**status.get("metrics", {}), **(o.scraped.get("metrics") or {})}
     if d.summary:
         settled = status_from_summary(d.summary).wire()
-        for key in ("progress", "parameters", "checkpoint", "output"):
+        for key in ("progress", "parameters", "checkpoint", "output", "tracking"):
             if key in settled:
                 status[key] = settled[key]
         status["metrics"] = {**status.get("metrics", {}), **settled.get("metrics", {})}
     if d.phase.value in TERMINAL:
         status.setdefault("completionTime", format_time(o.now))
-    status.update(phase=d.phase.value, conditions=_conditions(o, d), observedGeneration=o.generation)
+    status.update(phase=d.phase.value, conditions=_conditions(o, d) + _tracking_condition(o, d),
+                  observedGeneration=o.generation)
     return {k: v for k, v in status.items() if v not in (None, {})}
 
 
@@ -93,5 +115,6 @@ def status_from_summary(summary: dict[str, Any]) -> FineTuneJobStatus:
         "output": summary.get("output") if summary.get("phase") == "Succeeded" else None,
         "startTime": summary.get("startTime"),
         "completionTime": summary.get("completionTime") if summary.get("phase") != "Interrupted" else None,
+        "tracking": {k: v for k, v in (summary.get("tracking") or {}).items() if k != "degraded"} or None,
     }
     return FineTuneJobStatus.model_validate({k: v for k, v in fields.items() if v is not None and v != {}})

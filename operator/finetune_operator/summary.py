@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from finetune_operator.api import CheckpointStatus, OutputStatus, Parameters, Progress
+from finetune_operator.api import CheckpointStatus, OutputStatus, Parameters, Progress, TrackingStatus
 
 # The phases a summary can report ("Interrupted": a retryable stop, the FineTuneJob is not over).
 PHASES = ("Succeeded", "Failed", "Interrupted")
@@ -59,7 +59,23 @@ def read_summary(raw: dict[str, Any]) -> dict[str, Any]:
     for key in ("startTime", "completionTime"):
         if isinstance(raw.get(key), str) and _is_time(raw[key]):
             out[key] = raw[key]
+    tracking = _tracking(raw.get("tracking"))
+    if tracking:
+        out["tracking"] = tracking
     return out
+
+
+def _tracking(raw: Any) -> dict[str, Any] | None:
+    """Where the run's tracking data is (status.tracking) and, under ``degraded``, what tracking missed."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        out = TrackingStatus.model_validate({k: v for k, v in raw.items() if k != "degraded"}).wire()
+    except ValidationError:
+        out = {}
+    if isinstance(raw.get("degraded"), str) and raw["degraded"]:
+        out["degraded"] = raw["degraded"][:MESSAGE_LIMIT]
+    return out or None
 
 
 def _is_time(value: str) -> bool:

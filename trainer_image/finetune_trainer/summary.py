@@ -7,7 +7,8 @@ Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kube
      "startTime", "completionTime", "progress": {"step", "totalSteps", "epoch"},
      "metrics": {"trainLoss", "evalLoss", "evalAccuracy", ..., "samplesPerSecond", "tokensPerSecond"},
      "parameters": {"trainable", "total"}, "checkpoint": {"location", "step"} | null,
-     "output": {"location"}, "metricsUrl"}
+     "output": {"location"}, "metricsUrl",
+     "tracking": {"mlflowRunId", "mlflowExperimentId", "tensorboard", "degraded"} | null}
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def metric_key(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+def outcome(error: TrainerError | None) -> str:
+    """The summary's phase for a run that ended with ``error``."""
+    if error is None:
+        return "Succeeded"
+    return "Interrupted" if isinstance(error, Interrupted) else "Failed"
+
+
 @dataclass
 class Report:
     """What the run has to say about itself so far; ``as_dict`` renders the summary."""
@@ -53,15 +61,16 @@ class Report:
     checkpoint: dict[str, Any] | None = None
     model_location: str | None = None
     metrics_url: str | None = None
+    tracking: dict[str, Any] | None = None  # tracking.Tracking.finish
 
     def record_metrics(self, values: dict[str, float]) -> None:
         self.metrics.update({metric_key(k): float(v) for k, v in values.items()})
 
     def as_dict(self, error: TrainerError | None) -> dict[str, Any]:
+        phase = outcome(error)
         if error is None:
-            phase, reason, message, field_name, code = "Succeeded", None, None, None, EXIT_SUCCESS
+            reason, message, field_name, code = None, None, None, EXIT_SUCCESS
         else:
-            phase = "Interrupted" if isinstance(error, Interrupted) else "Failed"
             reason, message, field_name, code = error.reason, str(error), error.field, error.exit_code
         return {
             "phase": phase, "reason": reason, "message": message, "field": field_name, "exitCode": code,
@@ -72,6 +81,7 @@ class Report:
             "checkpoint": self.checkpoint,
             "output": {"location": self.model_location or self.output_location},
             "metricsUrl": self.metrics_url,
+            "tracking": self.tracking,
         }
 
 
@@ -97,6 +107,9 @@ def termination_message(summary: dict[str, Any]) -> str:
         excess = len(text.encode()) - TERMINATION_LIMIT + 16
         trimmed["message"] = trimmed["message"][: max(80, len(trimmed["message"]) - excess)] + "..."
     text = json.dumps(trimmed, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_LIMIT and (trimmed.get("tracking") or {}).get("degraded"):
+        trimmed["tracking"] = {**trimmed["tracking"], "degraded": trimmed["tracking"]["degraded"][:200]}
+        text = json.dumps(trimmed, separators=(",", ":"))
     if len(text.encode()) > TERMINATION_LIMIT:
         trimmed["metrics"] = {k: v for k, v in trimmed["metrics"].items() if k in ("trainLoss", "evalLoss")}
         text = json.dumps(trimmed, separators=(",", ":"))
