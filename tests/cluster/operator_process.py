@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -55,9 +56,11 @@ def free_port() -> int:
 class Operator:
     """`python -m finetune_operator.runner` as a child process, stoppable and restartable."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, poll_interval: float = 1):
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, poll_interval: float = 1,
+                 env: dict[str, str] | None = None):
         self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
         self.poll_interval = poll_interval
+        self.env = env  # FINETUNE_* settings beside the flags (e.g. notifications)
         self.health_port, self.metrics_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -67,7 +70,8 @@ class Operator:
                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
         with self.log.open("a") as out:
             out.write(f"\n==== start {time.strftime('%X')}\n")
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                         env={**os.environ, **(self.env or {})})
         deadline = time.monotonic() + 30
         while not self.healthy():
             assert self.proc.poll() is None, f"operator exited: {self.log.read_text()[-3000:]}"
@@ -202,10 +206,11 @@ def install_crd(cp: ControlPlane) -> None:
 
 @contextlib.contextmanager
 def operator_env(cp: ControlPlane, tmp: Path, *, namespace_labels: dict[str, str] | None = None,
-                 poll_interval: float = 1, prefix: str = "fto") -> Iterator[Env]:
+                 poll_interval: float = 1, prefix: str = "fto",
+                 operator_settings: dict[str, str] | None = None) -> Iterator[Env]:
     """A fresh namespace (Pod Security "restricted" unless ``namespace_labels`` says otherwise) with a claim
     ``ckpt``, a Secret ``hf-token``, the chart's RBAC for it, and the operator running as the chart's
-    ServiceAccount; everything is deleted afterwards."""
+    ServiceAccount (``operator_settings``: FINETUNE_* variables of its process); everything is deleted afterwards."""
     if not (cp.bin_dir / "helm").exists():
         pytest.skip(f"helm is not built in {cp.bin_dir} (tools/k8s/build.sh)")
     install_crd(cp)
@@ -230,7 +235,8 @@ def operator_env(cp: ControlPlane, tmp: Path, *, namespace_labels: dict[str, str
              "stringData": {"HF_TOKEN": "not-a-real-token"}},
         ])
         kubeconfig = cp.mint_kubeconfig(system_ns, service_account, tmp / "operator.kubeconfig")
-        operator = Operator(kubeconfig, namespace, tmp / "operator.log", poll_interval=poll_interval)
+        operator = Operator(kubeconfig, namespace, tmp / "operator.log", poll_interval=poll_interval,
+                            env=operator_settings)
         operator.start()
         yield Env(cp, namespace, operator, system_ns=system_ns, release=release, service_account=service_account,
                   kubeconfig=kubeconfig)

@@ -5,7 +5,9 @@ other sinks nor grows memory, the signature verifies, and both encoders produce 
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 from cloudevents.core.bindings import http as ce_http
@@ -261,3 +263,13 @@ def test_the_spec_refuses_a_sink_that_is_not_http():
         NotifySpec.model_validate({"sinks": [{"url": "file:///etc/passwd"}]})
     with pytest.raises(ValidationError, match="format"):
         NotifySpec.model_validate({"sinks": [{"url": "http://x", "format": "teams"}]})
+
+
+def test_the_verification_example_in_the_docs_verifies_a_signed_notification():
+    page = (Path(__file__).resolve().parents[2] / "docs" / "notifications.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", page, re.S)
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - the page's own example
+    body = cloudevent(notice()).body
+    assert namespace["verified"](KEY, body, signature(KEY, body))
+    assert not namespace["verified"](KEY, body + b" ", signature(KEY, body))

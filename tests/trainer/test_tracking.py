@@ -164,3 +164,20 @@ def test_only_rank_0_tracks_and_secrets_are_not_params(job, tmp_path):
     assert quiet.finish("Succeeded", None) is None and not (tmp_path / "out").exists()
     params = spec_params(config)
     assert "dataset.secretRef.name" not in params and params["training.batchSize"] == "8"
+
+
+def test_the_example_manifest_trains_tracked_in_mlflow(mlflow_uri, tmp_path):
+    from finetune_operator.manifest import load_finetunejob
+    from finetune_operator.places import OnThisMachine, trainer_config
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "tracking-mlflow.yaml"
+    ftj = load_finetunejob(example)
+    config = trainer_config(ftj, OnThisMachine(example.parent, output_override=str(tmp_path / "out")))
+    mlflow = config.tracking.mlflow.model_copy(update={"tracking_uri": mlflow_uri})  # the fixture's, not :5000
+    config = config.model_copy(update={
+        "tracking": config.tracking.model_copy(update={"mlflow": mlflow}),
+        "training": config.training.model_copy(update={"max_steps": 4, "eval_every": 4})})
+    summary = run(config)
+    mlrun = MlflowClient(tracking_uri=mlflow_uri).get_run(summary["tracking"]["mlflowRunId"])
+    assert mlrun.info.status == "FINISHED" and mlrun.info.run_name == "quickstart-tracked"
+    assert {"train_loss", "eval_loss", "eval_accuracy"} <= set(mlrun.data.metrics)
