@@ -19,24 +19,25 @@ from pathlib import Path
 START_TIMEOUT = 180
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 @contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    """Start ``mlflow server`` and yield its URI; the server is stopped (and its log shown on failure) after."""
+def mlflow_server(folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """Start ``mlflow server`` on ``host`` (the plane's bridge, 10.245.0.1, for trainer pods of the e2e tests) and
+    yield its URI; the server is stopped (and its log shown on failure) after."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     assert mlflow, "the mlflow command is missing: install the dev extra (pip install -e '.[dev]')"
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
+    port = _free_port(host)
+    uri = f"http://{host}:{port}"
     log = folder / "mlflow-server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [mlflow, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-             "--default-artifact-root", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--default-artifact-root", str(folder / "artifacts"), "--host", host, "--port", str(port),
              "--workers", "1"], stdout=out, stderr=subprocess.STDOUT, cwd=folder)
     try:
         deadline = time.monotonic() + START_TIMEOUT

@@ -109,7 +109,7 @@ def test_summary_schema_and_metric_names():
     report.record_metrics({"eval_f1": 0.5, "eval_exact_match": 1.0, "train_loss": 0.25})
     summary = report.as_dict(None)
     assert list(summary) == ["phase", "reason", "message", "field", "exitCode", "startTime", "completionTime",
-                             "progress", "metrics", "parameters", "checkpoint", "output", "metricsUrl"]
+                             "progress", "metrics", "parameters", "checkpoint", "output", "metricsUrl", "tracking"]
     assert summary["metrics"] == {"evalF1": 0.5, "evalExactMatch": 1.0, "trainLoss": 0.25}
     assert summary["phase"] == "Succeeded" and summary["exitCode"] == 0
     assert metric_key("samples_per_second") == "samplesPerSecond"
