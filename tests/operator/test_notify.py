@@ -273,3 +273,14 @@ def test_the_verification_example_in_the_docs_verifies_a_signed_notification():
     body = cloudevent(notice()).body
     assert namespace["verified"](KEY, body, signature(KEY, body))
     assert not namespace["verified"](KEY, body + b" ", signature(KEY, body))
+
+
+def test_sinks_with_work_at_once_are_bounded():
+    dropped_before = counter("dropped")
+    with Receiver(hang=True) as stuck:
+        notifier = Notifier(Policy(max_sinks=2, timeout=2.0, max_tries=1), None, GiveUps())
+        for n in range(3):  # three sinks (the same server under three paths), one more than allowed
+            notifier.submit(notice(), (Sink(f"{stuck.url}&sink={n}", "cloudevents", CLUSTER),))
+        stuck.wait(2, delivered=False)
+        assert counter("dropped") - dropped_before == 1
+        notifier.stop()

@@ -69,13 +69,18 @@ class Tracking:
                 self._problem(f"TensorBoard: {type(error).__name__}: {error}")
         if spec.mlflow is not None:
             flush = float(os.environ.get(FLUSH_ENV, "30"))
-            self.mlflow = MlflowRun(spec.mlflow, cfg.name, self.output / TRACKING_DIR, flush_seconds=flush)
-            self.mlflow.start(spec_params(cfg), {
-                "finetune.job": cfg.name, "finetune.task": str(cfg.task),
-                "finetune.base_model": f"{cfg.model.source}@{cfg.model.revision}",
-                "finetune.dataset": cfg.dataset.source, "finetune.strategy": str(cfg.strategy.type),
-            })
-            self.mlflow.log_dataset(f"{cfg.name}-train", cfg.dataset.source, "train")
+            mlflow = MlflowRun(spec.mlflow, cfg.name, self.output / TRACKING_DIR, flush_seconds=flush)
+            try:
+                mlflow.start(spec_params(cfg), {
+                    "finetune.job": cfg.name, "finetune.task": str(cfg.task),
+                    "finetune.base_model": f"{cfg.model.source}@{cfg.model.revision}",
+                    "finetune.dataset": cfg.dataset.source, "finetune.strategy": str(cfg.strategy.type),
+                })
+                mlflow.log_dataset(f"{cfg.name}-train", cfg.dataset.source, "train")
+            except ImportError as error:  # a custom image without mlflow-skinny
+                self._problem(f"MLflow: the trainer image lacks its client (pip install mlflow-skinny): {error}")
+                return
+            self.mlflow = mlflow
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """Metrics at a log step or an evaluation, named as the trainer names them (train_loss, eval_f1, ...)."""
@@ -95,7 +100,10 @@ class Tracking:
             return None
         part: dict[str, Any] = {}
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except Exception as error:  # noqa: BLE001 - the run's own outcome matters more
+                self._problem(f"TensorBoard: {type(error).__name__}: {error}")
             part["tensorboard"] = locations.user_location(self.output / TENSORBOARD_DIR, self.config.output.location)
         if self.mlflow is not None:
             status = {"Succeeded": "FINISHED", "Interrupted": "KILLED"}.get(outcome, "FAILED")

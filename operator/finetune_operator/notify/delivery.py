@@ -8,7 +8,8 @@ exists while it has work and ends when the queue is empty. Per sink, notices go 
   up to ``max_tries``; any other 4xx cannot get better by retrying. Either way, giving up calls ``on_give_up``
   (the reconciler posts a NotificationFailed Event) and counts ``result="failed"``.
 - the queue is bounded: when a dead sink's backlog is full the oldest waiting notice is dropped and counted
-  (``result="dropped"``), so memory stays bounded however long a sink is down.
+  (``result="dropped"``), so memory stays bounded however long a sink is down; so is the number of sinks with
+  work at once (``max_sinks``, a thread each), which jobs' own sinks could otherwise grow.
 - at least once: a notice is retried until a 2xx or the bound, with the same ``Idempotency-Key``/CloudEvent id
   each time; receivers drop duplicates by it. Queues are in memory, so what waits when the operator stops is lost.
 """
@@ -43,6 +44,7 @@ class Policy:
     first_backoff: float = 1.0  # seconds before the second try; doubles per try
     max_backoff: float = 60.0
     timeout: float = 5.0  # seconds for one HTTP request, connecting included
+    max_sinks: int = 256  # sinks with work at once (a thread each); a notice for one more is dropped
 
     def backoff(self, tries: int) -> float:
         return min(self.max_backoff, self.first_backoff * 2 ** (tries - 1))
@@ -91,6 +93,11 @@ class Notifier:
         for sink in sinks:
             with self._lock:
                 queue = self._queues.get(sink)
+                if queue is None and len(self._queues) >= self.policy.max_sinks:
+                    metrics.NOTIFICATIONS.labels(notice.namespace, "dropped").inc()
+                    log.warning("%s: %d sinks are busy already, dropped notification %s of %s/%s", sink.display,
+                                len(self._queues), notice.id, notice.namespace, notice.name)
+                    continue
                 if queue is None:
                     queue = self._queues[sink] = deque()
                     threading.Thread(target=self._work, args=(sink, queue), daemon=True,
