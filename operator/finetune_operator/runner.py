@@ -71,7 +71,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except ValueError as error:  # a FINETUNE_* variable that does not parse; the message names it
+        build_parser().error(str(error))
     if settings.workers < 1:
         build_parser().error("--workers (FINETUNE_WORKERS) must be at least 1")
     # A connection for every thread that may call the API at once: Kopf's handler threads and the event passes'

@@ -55,7 +55,10 @@ class Settings:
         for field in dataclasses.fields(cls):
             raw = env.get(ENV_PREFIX + field.name.upper())
             if raw is not None and raw != "":
-                values[field.name] = _parse(field.type, raw)
+                try:
+                    values[field.name] = _parse(field.type, raw)
+                except ValueError as error:
+                    raise ValueError(f"{ENV_PREFIX}{field.name.upper()}: {error}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "namespaces" in values:
             values["namespaces"] = tuple(values["namespaces"])

@@ -284,3 +284,10 @@ def test_sinks_with_work_at_once_are_bounded():
         stuck.wait(2, delivered=False)
         assert counter("dropped") - dropped_before == 1
         notifier.stop()
+
+
+def test_notification_settings_parse_from_the_environment_and_a_bad_one_names_its_variable():
+    settings = Settings.from_env({"FINETUNE_NOTIFY_JOB_SINKS": "false", "FINETUNE_NOTIFY_TIMEOUT": "2.5"})
+    assert settings.notify_job_sinks is False and settings.notify_timeout == 2.5
+    with pytest.raises(ValueError, match="FINETUNE_NOTIFY_JOB_SINKS: 'maybe' is not a boolean"):
+        Settings.from_env({"FINETUNE_NOTIFY_JOB_SINKS": "maybe"})
