@@ -11,6 +11,7 @@ in ``<output>/tracking/mlflow-run.json`` and a restarted attempt reopens it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -51,6 +52,9 @@ class MlflowRun:
 
     # ---------------------------------------------------------------- called by the training loop
     def start(self, params: dict[str, str], tags: dict[str, str]) -> None:
+        """Queue the run's params and tags and start the thread; ImportError when MLflow's client is missing."""
+        if importlib.util.find_spec("mlflow") is None:
+            raise ImportError("No module named 'mlflow'")
         for key, value in CLIENT_ENV.items():
             os.environ.setdefault(key, value)
         self._put(lambda client, run: client.set_tag(run, "finetune.attempt_started", str(int(time.time()))))
@@ -174,29 +178,36 @@ def _create_experiment(client: Any, name: str) -> str:
         return experiment.experiment_id
 
 
+# Operations import MLflow when they run, on the thread: importing it takes seconds that training need not wait.
 def _params(params: dict[str, str]) -> Operation:
-    from mlflow.entities import Param
+    def op(client: Any, run: str) -> None:
+        from mlflow.entities import Param
 
-    return lambda client, run: client.log_batch(run, params=[Param(k, v[:6000]) for k, v in params.items()])
+        client.log_batch(run, params=[Param(k, v[:6000]) for k, v in params.items()])
+    return op
 
 
 def _tags(tags: dict[str, str]) -> Operation:
-    from mlflow.entities import RunTag
+    def op(client: Any, run: str) -> None:
+        from mlflow.entities import RunTag
 
-    return lambda client, run: client.log_batch(run, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.log_batch(run, tags=[RunTag(k, v) for k, v in tags.items()])
+    return op
 
 
 def _metrics(step: int, stamp: int, values: dict[str, float]) -> Operation:
-    from mlflow.entities import Metric
+    def op(client: Any, run: str) -> None:
+        from mlflow.entities import Metric
 
-    return lambda client, run: client.log_batch(run, metrics=[Metric(k, float(v), stamp, step)
-                                                              for k, v in values.items()])
+        client.log_batch(run, metrics=[Metric(k, float(v), stamp, step) for k, v in values.items()])
+    return op
 
 
 def _dataset(name: str, source: str, context: str) -> Operation:
-    from mlflow.entities import Dataset, DatasetInput, InputTag
+    def op(client: Any, run: str) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    dataset = Dataset(name=name, digest=digest, source_type="finetune", source=json.dumps({"uri": source}))
-    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
-    return lambda client, run: client.log_inputs(run, datasets=inputs)
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        dataset = Dataset(name=name, digest=digest, source_type="finetune", source=json.dumps({"uri": source}))
+        client.log_inputs(run, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+    return op
