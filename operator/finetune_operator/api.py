@@ -25,6 +25,7 @@ from finetune_trainer.config import (
     StorageSpec,
     StrategySpec,
     Task,
+    TrackingSpec,
     TrainingSpec,
 )
 
@@ -85,6 +86,29 @@ class PodMetadata(ApiModel):
     annotations: dict[str, str] | None = Field(None, description="Extra annotations on trainer pods.")
 
 
+class NotifyFormat(str, enum.Enum):
+    CLOUDEVENTS = "cloudevents"
+    SLACK = "slack"
+
+
+class NotifySink(ApiModel):
+    url: str = Field(
+        min_length=1, max_length=2048, pattern=r"^https?://[^\s/]+\S*$",
+        description="HTTP(S) endpoint that receives a POST for every transition of the job (phase changes, retries, "
+                    "and every other transition that posts a Kubernetes Event).",
+    )
+    format: NotifyFormat = Field(
+        NotifyFormat.CLOUDEVENTS, description="cloudevents (a CloudEvent in structured mode, JSON) or slack "
+                                              "(a Slack-compatible incoming-webhook message).",
+    )
+
+
+class NotifySpec(ApiModel):
+    """Where the operator tells about this job, in addition to the sinks the cluster admin set in the chart."""
+
+    sinks: list[NotifySink] = Field(min_length=1, max_length=8, description="Endpoints notified of transitions.")
+
+
 class FineTuneJobSpec(ApiModel):
     """What to fine-tune, on what data, how, with which resources, and where the result goes."""
 
@@ -121,6 +145,10 @@ class FineTuneJobSpec(ApiModel):
     pod: PodOverrides | None = Field(
         None, description="Settings added to the trainer pods: env, serviceAccountName, volumes and mounts, "
                           "affinity, tolerations, imagePullSecrets (docs/pod-overrides.md).")
+    notify: NotifySpec | None = Field(None, description="Notification sinks of this job (docs/notifications.md).")
+    tracking: TrackingSpec | None = Field(
+        None, description="Experiment tracking (docs/tracking.md); unset: TensorBoard event files in the output.",
+    )
 
 
 class Phase(str, enum.Enum):
@@ -260,6 +288,16 @@ class UsageStatus(ResourceHours, WorkDone):
     attempts: list[AttemptUsage] | None = Field(None, max_length=128, description="Each attempt's own usage.")
 
 
+class TrackingStatus(ApiModel):
+    """Where the run's tracking data is, as the trainer reported it."""
+
+    mlflow_run_id: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                                      description="The MLflow run (every attempt of the job logs to the same run).")
+    mlflow_experiment_id: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                                              description="The MLflow experiment the run is in.")
+    tensorboard: str | None = Field(None, max_length=1024, description="Location of the TensorBoard event files.")
+
+
 class FineTuneJobStatus(ApiModel):
     """What the operator observed: written by the operator only."""
 
@@ -287,6 +325,8 @@ class FineTuneJobStatus(ApiModel):
                                                 "verdicts (spec.evaluation).")
     usage: UsageStatus | None = Field(None, description="What the job used over every attempt, and its estimated "
                                       "cost.")
+    tracking: TrackingStatus | None = Field(None, description="Where the run is tracked (MLflow run id, TensorBoard "
+                                            "event files) and whether tracking degraded.")
 
 
 class ObjectMeta(ApiModel):

@@ -19,6 +19,8 @@ from finetune_operator.observed import Observed
 SOURCE = "finetune-operator"
 # Event messages are for people; a long trainer message is cut here (the full text is in the condition).
 MAX_MESSAGE = 1024
+# A sink did not get a notification (notify/delivery.py gave up); not a transition of the job.
+NOTIFICATION_FAILED = "NotificationFailed"
 WARNING_REASONS = frozenset({RETRYING, UNSCHEDULABLE, IMAGE_PULL_FAILED, CONTAINER_CANNOT_START, STALLED})
 
 

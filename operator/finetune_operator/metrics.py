@@ -45,6 +45,20 @@ REQUESTED = {
 ESTIMATED_COST = Counter(
     "finetune_operator_estimated_cost_total", "status.usage.estimatedCost of FineTuneJobs (the chart's price table), "
     "by namespace and currency.", ["namespace", "currency"])
+NOTIFICATIONS = Counter(
+    "finetune_operator_notifications_total",
+    "Notifications of FineTuneJob transitions by namespace and result: delivered (a 2xx), failed (given up after "
+    "retries, or refused with a 4xx), dropped (the oldest waiting one, when a sink's queue was full).",
+    ["namespace", "result"])
+NOTIFICATION_RETRIES = Counter(
+    "finetune_operator_notification_retries_total", "Delivery tries after a notification's first, by namespace.",
+    ["namespace"])
+NOTIFICATION_SECONDS = Histogram(
+    "finetune_operator_notification_delivery_seconds",
+    "From a transition to its sink's 2xx answer, retries included.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800))
+NOTIFICATIONS_QUEUED = Gauge(
+    "finetune_operator_notifications_queued", "Notifications waiting for delivery, all sinks (bounded per sink).")
 BUILD_INFO = Gauge(
     "finetune_operator_build_info", "Always 1; the labels say which operator build runs.", ["version", "python"])
 
@@ -66,6 +80,9 @@ def namespace_seen(namespace: str) -> None:
     RECONCILES.labels(namespace, "error")
     ATTEMPTS.labels(namespace)
     RETRIES.labels(namespace)
+    for result in ("delivered", "failed", "dropped"):
+        NOTIFICATIONS.labels(namespace, result)
+    NOTIFICATION_RETRIES.labels(namespace)
     for counter, _ in REQUESTED.values():
         counter.labels(namespace)
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from finetune_operator.api import FineTuneJob
 from finetune_operator.names import SCRATCH_OUTPUT  # scratch space of the pod: does not survive the attempt
-from finetune_trainer.config import S3Spec, StorageSpec, TrainerConfig
+from finetune_trainer.config import S3Spec, StorageSpec, TrackingSpec, TrainerConfig
 from finetune_trainer.locations import PVC_SCHEME, REMOTE_SCHEMES, S3_SCHEME
 
 
@@ -54,6 +54,7 @@ def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
         output=spec.output.model_copy(update={"location": place.output(ftj)}),
         storage=place.storage(ftj),
         evaluation=spec.evaluation,
+        tracking=spec.tracking or TrackingSpec(),
         metrics_port=place.metrics_port,
     )
 

@@ -21,11 +21,14 @@ from datetime import datetime, timezone
 from finetune_operator import metrics
 from finetune_operator.api import Phase
 from finetune_operator.children import Children, behind
-from finetune_operator.events import build_event, transition_event
+from finetune_operator.events import NOTIFICATION_FAILED, build_event, transition_event
 from finetune_operator.kube import Invalid, Kube, NotFound, merge_patch
 from finetune_operator.lifecycle import (INVALID_SPEC, TERMINAL, CreateAttempt, Decision, DeleteFineTuneJob,
                                          ResumeAttempt, SuspendAttempt, decide)
 from finetune_operator.names import attempt_name
+from finetune_operator.notify.notice import Notice, build_notice
+from finetune_operator.notify.routing import Notifications
+from finetune_operator.notify.sinks import Sink
 from finetune_operator.observed import Observed, Policy, attempt_number, observe
 from finetune_operator.pricing import parse_prices
 from finetune_operator.render import build_attempt
@@ -49,6 +52,7 @@ class Reconciler:
         self.host = socket.gethostname()  # the Events' source
         # A store never synced answers nothing: every pass LISTs, as before there was one.
         self.children = children if children is not None else Children()
+        self.notifications = Notifications.from_settings(settings, self.notification_failed)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -113,8 +117,19 @@ class Reconciler:
         event = transition_event(observed, decision)
         if event:
             log.info("%s/%s: %s (%s): %s", namespace, name, decision.phase.value, decision.reason, decision.message)
+            # Queued before the Event is posted: a failed POST fails the pass, and the next pass sees no transition.
+            self.notifications.transition(ftj, build_notice(ftj, status, event, now))
             self.kube.post_event(build_event(ftj, *event, now=now, host=self.host))
         return decision
+
+    def notification_failed(self, notice: Notice, sink: Sink, tries: int, error: str) -> None:
+        """A Warning Event on the FineTuneJob: a sink did not get one of its notices (called by the Notifier)."""
+        ftj = {"metadata": {"name": notice.name, "namespace": notice.namespace, "uid": notice.uid,
+                            "resourceVersion": notice.resource_version}}
+        message = (f"the notification of {notice.phase} ({notice.reason}) to {sink.display} was given up after "
+                   f"{tries} tries: {error} (id {notice.id})")
+        self.kube.post_event(build_event(ftj, "Warning", NOTIFICATION_FAILED, message, now=self.clock(),
+                                         host=self.host))
 
     def _children(self, ftj: dict) -> tuple[list[dict], list[dict]]:
         namespace, name = ftj["metadata"]["namespace"], ftj["metadata"]["name"]

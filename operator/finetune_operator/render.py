@@ -217,7 +217,9 @@ def _s3_defaults(settings: Settings) -> S3Spec:
 
 
 def _secret_refs(ftj: FineTuneJob) -> list[dict[str, Any]]:
-    names = [ref.name for ref in (ftj.spec.model.secret_ref, ftj.spec.dataset.secret_ref) if ref]
+    mlflow = ftj.spec.tracking.mlflow if ftj.spec.tracking else None
+    refs = (ftj.spec.model.secret_ref, ftj.spec.dataset.secret_ref, mlflow.secret_ref if mlflow else None)
+    names = [ref.name for ref in refs if ref]
     return [{"secretRef": {"name": name}} for name in dict.fromkeys(names)]
 
 

@@ -18,6 +18,7 @@ import kopf
 from finetune_operator import handlers, logs, metrics
 from finetune_operator.children import Children
 from finetune_operator.kube import Kube
+from finetune_operator.notify.sinks import SinkConfigError
 from finetune_operator.poller import CONCURRENCY, Poller
 from finetune_operator.pricing import parse_prices
 from finetune_operator.reconciler import Reconciler
@@ -71,7 +72,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except ValueError as error:  # a FINETUNE_* variable that does not parse; the message names it
+        build_parser().error(str(error))
     if settings.workers < 1:
         build_parser().error("--workers (FINETUNE_WORKERS) must be at least 1")
     try:
@@ -86,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     handlers.register(registry)
     metrics.serve(settings.metrics_port)
     children = Children()
-    reconciler = Reconciler(kube, settings, scraper, children)
+    try:
+        reconciler = Reconciler(kube, settings, scraper, children)
+    except (SinkConfigError, OSError) as error:  # the admin's sinks or the signing key's file
+        build_parser().error(f"notifications: {error}")
     memo = kopf.Memo(reconciler=reconciler, children=children, poller=Poller(reconciler, settings.poll_interval))
     memo.passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers)
     scope = f"namespaces {', '.join(settings.namespaces)}" if settings.namespaces else "all namespaces"

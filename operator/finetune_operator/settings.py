@@ -17,6 +17,7 @@ from typing import Any
 from finetune_operator.names import DEFAULT_PVC_ROOT
 
 ENV_PREFIX = "FINETUNE_"
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class Settings:
     # FineTuneJobStalled reads the same value (operator.stalledAfterSeconds). 0 turns the condition off.
     stalled_after_seconds: float = 900.0
     prices: str = ""  # the price table as JSON (pricing.py; chart value pricing), for status.usage.estimatedCost
+    # Notifications (docs/notifications.md): the admin's sinks as a JSON list of {url, format}; the file holding the
+    # HMAC key (mounted from a Secret); whether spec.notify is honoured; per-sink queue, tries and timeouts.
+    notify_sinks: str = ""
+    notify_signing_key_file: str = ""
+    notify_job_sinks: bool = True
+    notify_queue_size: int = 1000
+    notify_max_tries: int = 8
+    notify_first_backoff: float = 1.0
+    notify_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -57,7 +67,10 @@ class Settings:
         for field in dataclasses.fields(cls):
             raw = env.get(ENV_PREFIX + field.name.upper())
             if raw is not None and raw != "":
-                values[field.name] = _parse(field.type, raw)
+                try:
+                    values[field.name] = _parse(field.type, raw)
+                except ValueError as error:
+                    raise ValueError(f"{ENV_PREFIX}{field.name.upper()}: {error}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "namespaces" in values:
             values["namespaces"] = tuple(values["namespaces"])
@@ -68,6 +81,10 @@ def _parse(kind: Any, raw: str) -> Any:
     # Annotations are strings here (from __future__ import annotations).
     if kind == "tuple[str, ...]":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "bool":
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"{raw!r} is not a boolean (true or false)")
+        return _BOOLEANS[raw.strip().lower()]
     if kind == "int":
         return int(raw)
     if kind == "float":

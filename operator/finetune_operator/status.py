@@ -24,9 +24,12 @@ _TRUE_IN = {"Ready": Phase.SUCCEEDED, "Running": Phase.RUNNING, "Succeeded": Pha
             "Failed": Phase.FAILED, "Suspended": Phase.SUSPENDED}
 # The summary's phases map onto the FineTuneJob's phases; "Interrupted" is a retryable stop: the job is not over.
 _PHASES = {"Succeeded": Phase.SUCCEEDED, "Failed": Phase.FAILED, "Interrupted": Phase.RUNNING}
+# Set from an attempt's summary when experiment tracking missed something (the trainer trained on regardless).
+TRACKING_DEGRADED = "TrackingDegraded"
 
 
 def _conditions(o: Observed, d: Decision) -> list[dict[str, Any]]:
+    """Every condition after this decision: the phase's, the decision's own, TrackingDegraded, and the others kept."""
     previous = {c.type: c for c in o.status.conditions or []}
     now = format_time(o.now)
 
@@ -46,6 +49,7 @@ def _conditions(o: Observed, d: Decision) -> list[dict[str, Any]]:
         conditions.append(condition(STALLED, "False", d.reason, d.message))  # not running: nothing to stall
     for c in d.conditions:
         conditions.append(condition(c.type, "True" if c.status else "False", c.reason, c.message))
+    conditions += _tracking_condition(o, d)
     # Conditions this decision does not speak about keep their value (EvaluationPassed of a finished job).
     kept = set(CONDITION_TYPES) | {c["type"] for c in conditions}
     conditions += [c.wire() for t, c in previous.items() if t not in kept]
@@ -57,6 +61,25 @@ def _progress(o: Observed, scraped: dict[str, Any]) -> dict[str, Any]:
     recorded = o.status.progress
     moved = recorded is None or recorded.step != scraped.get("step") or not recorded.last_step_time
     return {**scraped, "lastStepTime": format_time(o.now) if moved else recorded.last_step_time}
+
+
+def _tracking_condition(o: Observed, d: Decision) -> list[dict[str, Any]]:
+    """TrackingDegraded: True from a summary saying tracking missed something, False once a later attempt's summary
+    says nothing was missed; else as it was (absent for a job whose tracking never failed)."""
+    previous = next((c.wire() for c in o.status.conditions or [] if c.type == TRACKING_DEGRADED), None)
+    tracking = (d.summary or {}).get("tracking")
+    if tracking is None or (previous is None and "degraded" not in tracking):
+        return [previous] if previous else []
+    degraded = tracking.get("degraded")
+    status = "True" if degraded else "False"
+    unchanged = previous is not None and previous["status"] == status
+    return [{
+        "type": TRACKING_DEGRADED, "status": status,
+        "reason": "TrackingServerUnavailable" if degraded else "TrackingComplete",
+        "message": degraded or "every tracking update of the last attempt was logged",
+        "lastTransitionTime": previous["lastTransitionTime"] if unchanged else format_time(o.now),
+        "observedGeneration": o.generation,
+    }]
 
 
 def next_status(o: Observed, d: Decision) -> dict[str, Any]:
@@ -78,14 +101,15 @@ def next_status(o: Observed, d: Decision) -> dict[str, Any]:
         status["metrics"] = {**status.get("metrics", {}), **(o.scraped.get("metrics") or {})}
     if d.summary:
         settled = status_from_summary(d.summary).wire()
-        for key in ("progress", "parameters", "checkpoint", "output", "outputs", "evaluation"):
+        for key in ("progress", "parameters", "checkpoint", "output", "outputs", "evaluation", "tracking"):
             if key in settled:
                 status[key] = settled[key]
         status["metrics"] = {**status.get("metrics", {}), **settled.get("metrics", {})}
     if d.phase.value in TERMINAL:
         status.setdefault("completionTime", format_time(o.now))
     status["usage"] = next_usage(o, status.get("completionTime"))
-    status.update(phase=d.phase.value, conditions=_conditions(o, d), observedGeneration=o.generation)
+    status.update(phase=d.phase.value, conditions=_conditions(o, d),
+                  observedGeneration=o.generation)
     return {k: v for k, v in status.items() if v not in (None, {})}
 
 
@@ -120,6 +144,7 @@ def status_from_summary(summary: dict[str, Any]) -> FineTuneJobStatus:
         "evaluation": _evaluation(summary.get("evaluation")),
         # The run's own work; in a cluster status.usage (usage.py) sums it over the attempts with their resources.
         "usage": summary.get("usage"),
+        "tracking": {k: v for k, v in (summary.get("tracking") or {}).items() if k != "degraded"} or None,
     }
     return FineTuneJobStatus.model_validate({k: v for k, v in fields.items() if v is not None and v != {}})
 

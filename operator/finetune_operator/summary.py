@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from finetune_operator.api import (CheckpointStatus, EvaluationStatus, OutputStatus, Parameters, ProducedOutput,
-                                   Progress, WorkDone)
+                                   Progress, TrackingStatus, WorkDone)
 
 # The phases a summary can report ("Interrupted": a retryable stop, the FineTuneJob is not over).
 PHASES = ("Succeeded", "Failed", "Interrupted")
@@ -63,6 +63,9 @@ def read_summary(raw: dict[str, Any]) -> dict[str, Any]:
     for key in ("startTime", "completionTime"):
         if isinstance(raw.get(key), str) and _is_time(raw[key]):
             out[key] = raw[key]
+    tracking = _tracking(raw.get("tracking"))
+    if tracking:
+        out["tracking"] = tracking
     return out
 
 
@@ -71,6 +74,19 @@ def _output(raw: Any) -> dict[str, Any] | None:
         return ProducedOutput.model_validate(raw).wire()
     except ValidationError:
         return None
+
+
+def _tracking(raw: Any) -> dict[str, Any] | None:
+    """Where the run's tracking data is (status.tracking) and, under ``degraded``, what tracking missed."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        out = TrackingStatus.model_validate({k: v for k, v in raw.items() if k != "degraded"}).wire()
+    except ValidationError:
+        out = {}
+    if isinstance(raw.get("degraded"), str) and raw["degraded"]:
+        out["degraded"] = raw["degraded"][:MESSAGE_LIMIT]
+    return out or None
 
 
 def _is_time(value: str) -> bool:

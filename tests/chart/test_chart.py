@@ -151,6 +151,16 @@ def test_deployment_env_is_what_the_operator_reads(all_on: list[dict[str, Any]])
     prices = parse_prices(settings.prices)
     assert prices.currency == "EUR" and prices.for_selector({"gpu": "h100"}).gpu_hour == 9.8
     assert prices.for_selector({}).gpu_hour == 2.5
+    assert json.loads(settings.notify_sinks) == [{"url": "https://events.example/finetune"}, {
+        "url": "https://hooks.slack.example/services/T0/B0/x", "format": "slack"}]
+    assert settings.notify_signing_key_file == "/etc/finetune/notify/signing-key"
+    assert (settings.notify_job_sinks, settings.notify_queue_size, settings.notify_max_tries,
+            settings.notify_timeout) == (False, 200, 5, 2.5)
+    [container] = one(all_on, "Deployment")["spec"]["template"]["spec"]["containers"]
+    pod = one(all_on, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "notify-signing-key", "mountPath": "/etc/finetune/notify", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "notify-signing-key", "secret": {"secretName": "finetune-notify", "items": [
+        {"key": "hmac", "path": "signing-key"}]}} in pod["volumes"]
 
 
 def test_all_on_pod_settings(all_on: list[dict[str, Any]]) -> None:

@@ -243,7 +243,7 @@ def operator_env(cp: ControlPlane, tmp: Path, *, namespace_labels: dict[str, str
                  settings: dict[str, str] | None = None) -> Iterator[Env]:
     """A fresh namespace (Pod Security "restricted" unless ``namespace_labels`` says otherwise) with a claim
     ``ckpt``, a Secret ``hf-token``, the chart's RBAC for it, and the operator running as the chart's
-    ServiceAccount; everything is deleted afterwards."""
+    ServiceAccount (``settings``: FINETUNE_* variables of its process); everything is deleted afterwards."""
     if not (cp.bin_dir / "helm").exists():
         pytest.skip(f"helm is not built in {cp.bin_dir} (tools/k8s/build.sh)")
     install_crd(cp)

@@ -306,3 +306,5 @@ def test_contract_rendered_pod_trains_a_tiny_model_and_its_summary_becomes_the_s
     assert status["progress"]["percent"] == 100.0 and status["progress"]["step"] == status["progress"]["totalSteps"]
     assert "trainLoss" in status["metrics"]
     assert 0 < status["parameters"]["trainable"] < status["parameters"]["total"]
+    assert status["tracking"] == {"tensorboard": "pvc://ckpt/contract/tensorboard"}  # the default tracking
+    assert any((volumes / "ckpt" / "contract" / "tensorboard").glob("events.out.tfevents.*"))

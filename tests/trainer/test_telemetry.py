@@ -110,7 +110,7 @@ def test_summary_schema_and_metric_names():
     summary = report.as_dict(None)
     assert list(summary) == ["phase", "reason", "message", "field", "exitCode", "startTime", "completionTime",
                              "progress", "metrics", "parameters", "checkpoint", "output", "outputs", "metricsUrl",
-                             "downloadBytes", "usage"]
+                             "downloadBytes", "usage", "tracking"]
     assert summary["usage"] == {"samples": 0, "tokens": 0}  # no MFU without a known GPU; no evaluation block unasked
     assert summary["metrics"] == {"evalF1": 0.5, "evalExactMatch": 1.0, "trainLoss": 0.25}
     assert summary["phase"] == "Succeeded" and summary["exitCode"] == 0

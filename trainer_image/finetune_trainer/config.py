@@ -500,6 +500,31 @@ class StorageSpec(ApiModel):
     s3: S3Spec | None = Field(None, description="The S3 server of s3:// locations.")
 
 
+class MlflowSpec(ApiModel):
+    """An MLflow tracking server the trainer logs its run to (rank 0 only)."""
+
+    tracking_uri: str = Field(
+        min_length=1, max_length=2048, pattern=r"^(https?://[^\s/]+|file:)\S*$",
+        description='MLflow tracking server, e.g. "http://mlflow.mlflow:5000" ("file:" a local store).',
+    )
+    experiment: str | None = Field(
+        None, min_length=1, max_length=500,
+        description="Experiment the run is logged in, created when absent (default: the FineTuneJob's name).",
+    )
+    secret_ref: SecretRef | None = Field(
+        None, description="Secret whose keys become the trainer's environment: MLFLOW_TRACKING_USERNAME and "
+                          "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN.",
+    )
+
+
+class TrackingSpec(ApiModel):
+    """Experiment tracking. A tracking server that is down never fails training: the run carries on, the trainer
+    retries, and the FineTuneJob gets a TrackingDegraded condition."""
+
+    mlflow: MlflowSpec | None = Field(None, description="Log params, metrics, the final model URI and lineage to MLflow.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to <output>/tensorboard.")
+
+
 class TrainerConfig(ApiModel):
     """Everything the trainer needs; the operator writes it into the pod's ConfigMap, `finetune run` builds it
     from the same FineTuneJob."""
@@ -513,6 +538,7 @@ class TrainerConfig(ApiModel):
     output: OutputSpec = Field(default_factory=OutputSpec)
     storage: StorageSpec | None = Field(None, description="Object storage of s3:// locations.")
     evaluation: EvaluationSpec | None = Field(None, description="Evaluate the final model and gate the job on it.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus port (0 picks a free one).")
 
     @field_validator("output")

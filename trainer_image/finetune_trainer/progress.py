@@ -1,5 +1,6 @@
 """What a run says about itself while it trains, in one place: its steps, evaluations and checkpoints go to the
-Prometheus gauges (telemetry.py), the summary (summary.Report), the progress bar of `finetune run` and the log.
+Prometheus gauges (telemetry.py), the summary (summary.Report), experiment tracking (tracking.py, rank 0), the
+progress bar of `finetune run` and the log.
 
 Throughput counts real tokens, never padding. Prometheus gets counters of samples and tokens, updated every step,
 whose ``rate()`` is wall-clock throughput; the summary's samplesPerSecond/tokensPerSecond and the log are measured
@@ -16,6 +17,7 @@ import torch
 
 from finetune_trainer.summary import Report
 from finetune_trainer.telemetry import Telemetry, peak_flops
+from finetune_trainer.tracking import Tracking
 
 log = logging.getLogger("finetune_trainer")
 
@@ -73,8 +75,8 @@ class Progress:
     """Reports each optimizer step; metrics every ``log_every`` steps and at the last one."""
 
     def __init__(self, name: str, telemetry: Telemetry, report: Report, device: torch.device, world_size: int,
-                 log_every: int, bar: bool):
-        self.name, self.telemetry, self.report = name, telemetry, report
+                 log_every: int, bar: bool, tracking: Tracking | None = None):
+        self.name, self.telemetry, self.report, self.tracking = name, telemetry, report, tracking
         self.device, self.world_size, self.log_every = device, world_size, log_every
         self.meter = Throughput()
         self.total_steps = 0
@@ -90,6 +92,8 @@ class Progress:
         t.set(t.trainable_parameters, trainable)
         t.set(t.total_parameters, total)
         t.set(t.total_steps, total_steps)
+        if self.tracking is not None:
+            self.tracking.start(step)
 
     def open_bar(self, step: int) -> None:
         """The progress bar of `finetune run`, when asked for, from ``step`` on."""
@@ -120,6 +124,10 @@ class Progress:
                                     "tokens_per_second": meter.tokens_per_second})
         t.set(t.train_loss, window["loss"])
         t.set(t.learning_rate, meter.lr)
+        if self.tracking is not None:
+            self.tracking.log(step, {"train_loss": window["loss"], "learning_rate": meter.lr,
+                                     "samples_per_second": window["samples_per_second"],
+                                     "tokens_per_second": window["tokens_per_second"]})
         if self.device.type == "cuda":
             t.set(t.gpu_memory_peak_bytes, torch.cuda.max_memory_allocated(self.device))
             peak = peak_flops(torch.cuda.get_device_name(self.device))
@@ -136,6 +144,8 @@ class Progress:
     def evaluated(self, step: int, metrics: dict[str, float], seconds: float) -> None:
         self.report.record_metrics(metrics)
         self.telemetry.record_eval(metrics)
+        if self.tracking is not None:
+            self.tracking.log(step, metrics)
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         log.info("eval at step %d (epoch %.2f): %s (%.1fs)", step, self.report.epoch, shown, seconds)
 

@@ -11,8 +11,9 @@ Written at exit, success or not, to ``<output>/summary.json`` and, inside a Kube
      "downloadBytes": {"model", "dataset", "checkpoint"},  # bytes this run fetched from s3:// (0: cache hit)
      "usage": {"samples", "tokens", "mfu"},   # this run's (attempt's) training work; mfu where the GPU is known
      "evaluation": {"split", "finalModel", "step", "metrics",
-                    "gates": [{"metric", "value", "gate", "passed", "min", "max"}], "passed"} | absent}
+                    "gates": [{"metric", "value", "gate", "passed", "min", "max"}], "passed"} | absent,
                     # spec.evaluation's verdict on the final model (gates.py)
+     "tracking": {"mlflowRunId", "mlflowExperimentId", "tensorboard", "degraded"} | null}
 
 ``outputs`` lists what the run produced, each with a digest: the model at ``<output>/model`` (export.tree_digest)
 and, with ``output.push``, the artifact in the registry (``oci://registry/repo:tag@sha256:...``, the manifest's
@@ -50,6 +51,13 @@ def metric_key(name: str) -> str:
 RUN_STATE = ("step", "total_steps", "epoch", "metrics", "trainable", "total", "checkpoint", "evaluation")
 
 
+def outcome(error: TrainerError | None) -> str:
+    """The summary's phase for a run that ended with ``error``."""
+    if error is None:
+        return "Succeeded"
+    return "Interrupted" if isinstance(error, Interrupted) else "Failed"
+
+
 @dataclass
 class Report:
     """What the run has to say about itself so far; ``as_dict`` renders the summary."""
@@ -80,15 +88,16 @@ class Report:
         for key in RUN_STATE:
             if key in state:
                 setattr(self, key, state[key])
+    tracking: dict[str, Any] | None = None  # tracking.Tracking.finish
 
     def record_metrics(self, values: dict[str, float]) -> None:
         self.metrics.update({metric_key(k): float(v) for k, v in values.items()})
 
     def as_dict(self, error: TrainerError | None) -> dict[str, Any]:
+        phase = outcome(error)
         if error is None:
-            phase, reason, message, field_name, code = "Succeeded", None, None, None, EXIT_SUCCESS
+            reason, message, field_name, code = None, None, None, EXIT_SUCCESS
         else:
-            phase = "Interrupted" if isinstance(error, Interrupted) else "Failed"
             reason, message, field_name, code = error.reason, str(error), error.field, error.exit_code
         return {
             "phase": phase, "reason": reason, "message": message, "field": field_name, "exitCode": code,
@@ -104,6 +113,7 @@ class Report:
             "usage": {k: v for k, v in (("samples", self.samples), ("tokens", self.tokens),
                                         ("mfu", None if self.mfu is None else round(self.mfu, 4))) if v is not None},
             **({"evaluation": self.evaluation} if self.evaluation is not None else {}),
+            "tracking": self.tracking,
         }
 
 
@@ -132,6 +142,9 @@ def termination_message(summary: dict[str, Any]) -> str:
         excess = len(text.encode()) - TERMINATION_LIMIT + 16
         trimmed["message"] = trimmed["message"][: max(80, len(trimmed["message"]) - excess)] + "..."
     text = json.dumps(trimmed, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_LIMIT and (trimmed.get("tracking") or {}).get("degraded"):
+        trimmed["tracking"] = {**trimmed["tracking"], "degraded": trimmed["tracking"]["degraded"][:200]}
+        text = json.dumps(trimmed, separators=(",", ":"))
     if len(text.encode()) > TERMINATION_LIMIT:
         trimmed["metrics"] = {k: v for k, v in trimmed["metrics"].items() if k in ("trainLoss", "evalLoss")}
         if trimmed.get("evaluation"):  # the gates' verdicts stay; the other evaluated metrics are in summary.json

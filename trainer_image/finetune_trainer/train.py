@@ -44,6 +44,7 @@ from finetune_trainer.stopping import StopSignal, early_stop
 from finetune_trainer.strategies import build_strategy
 from finetune_trainer.tasks.base import get_task
 from finetune_trainer.telemetry import Telemetry
+from finetune_trainer.tracking import Tracking
 
 log = logging.getLogger("finetune_trainer")
 
@@ -58,6 +59,7 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
     telemetry = Telemetry(config.name)
     stop = StopSignal()
     rt: runtime.Runtime | None = None
+    tracking: Tracking | None = None
     error: TrainerError | None = None
     store: Store | None = None
     try:
@@ -68,7 +70,8 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
         else:
             log.setLevel(logging.WARNING)  # one rank's log lines are enough
         stop.install()
-        recipe = Recipe(config, output, rt, telemetry, report, stop, progress_bar, store)
+        tracking = Tracking(config, output, main=rt.is_main)
+        recipe = Recipe(config, output, rt, telemetry, report, stop, progress_bar, store, tracking)
         if not recipe.reuse_export():  # an earlier attempt exported this config's model: only the push is left
             recipe.setup()
             recipe.train()
@@ -93,6 +96,8 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
     finally:
         stop.uninstall()
         telemetry.stop()
+        if tracking is not None:
+            report.tracking = tracking.finish(summary.outcome(error), report.model_location)
         result = report.as_dict(error)
         if rt is None or rt.is_main:
             summary.write(result, output)
@@ -126,7 +131,8 @@ class Recipe:
     """One run: ``setup`` (pre-flight, then resume), ``train`` (the loop), ``save_model``; see the module docstring."""
 
     def __init__(self, config: TrainerConfig, output: Path, rt: runtime.Runtime, telemetry: Telemetry,
-                 report: summary.Report, stop: StopSignal, progress_bar: bool, store: Store | None = None):
+                 report: summary.Report, stop: StopSignal, progress_bar: bool, store: Store | None = None,
+                 tracking: Tracking | None = None):
         self.config = config
         self.store = store  # the S3 client when a location is s3://
         self.telemetry = telemetry
@@ -136,7 +142,7 @@ class Recipe:
         self.report = report
         self.stop = stop
         self.progress = Progress(config.name, telemetry, report, rt.device, rt.world_size, config.training.log_every,
-                                 bar=progress_bar and rt.is_main)
+                                 bar=progress_bar and rt.is_main, tracking=tracking)
         self.state = TrainState()
         self.exported: export.Exported | None = None  # rank 0's export record, once the model is exported
 
