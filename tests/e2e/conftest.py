@@ -29,7 +29,8 @@ if str(TESTS) not in sys.path:  # pyproject's pythonpath does this under pytest;
 
 # The session-scoped plane fixture of tests/cluster, shared (a plane that is up is reused, never restarted).
 from cluster.conftest import CLUSTER_SH, ControlPlane, _truthy, control_plane, wait_for  # noqa: E402,F401
-from helm_chart import CHART  # noqa: E402
+from helm_chart import CHART, require_tool  # noqa: E402
+from prometheus_live import Prometheus, bin_dir, pod_monitor_jobs, service_monitor_jobs  # noqa: E402
 
 REPO = TESTS.parent
 IMAGES_SH = REPO / "tools" / "images" / "build.sh"
@@ -240,3 +241,25 @@ def cluster(control_plane: ControlPlane, real_node: str, images: Images,
         cp.kubectl("delete", "namespace", ns, system_ns, "--wait=true", "--timeout=120s", check=False)
         cp.kubectl("delete", "pv", f"{ns}-{CLAIM}", "--ignore-not-found", check=False)
         shutil.rmtree(volume, ignore_errors=True)
+
+
+def chart_prometheus(cluster: Cluster, workdir: Path, rule_for: str = "5m") -> Prometheus:
+    """Prometheus scraping the release as its chart's ServiceMonitor and PodMonitor say (1 s intervals), with the
+    chart's PrometheusRule (alerts holding ``rule_for`` before they fire), for the release's values as installed."""
+    binary = require_tool(bin_dir() / "prometheus", "tools/prometheus/build.sh")
+    cp = cluster.cp
+    helm = [str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig)]
+    values = yaml.safe_load(subprocess.run([*helm, "get", "values", RELEASE, "-n", cluster.system_ns, "-o", "yaml"],
+                                           capture_output=True, text=True, check=True).stdout)
+    values["monitoring"] = {"serviceMonitor": {"enabled": True, "interval": "1s", "scrapeTimeout": "1s"},
+                            "podMonitor": {"enabled": True, "interval": "1s", "scrapeTimeout": "1s"},
+                            "prometheusRule": {"enabled": True, "for": rule_for}}
+    (workdir / "values.yaml").write_text(yaml.safe_dump(values))
+    rendered = subprocess.run([*helm, "template", RELEASE, str(CHART), "-n", cluster.system_ns,
+                               "--values", str(workdir / "values.yaml")], capture_output=True, text=True, check=True)
+    objects = {o["kind"]: o for o in yaml.safe_load_all(rendered.stdout) if o}
+    jobs = [*service_monitor_jobs(objects["ServiceMonitor"], cp.kubeconfig),
+            *pod_monitor_jobs(objects["PodMonitor"], cp.kubeconfig)]
+    server = Prometheus(binary, workdir, jobs, rule_groups=objects["PrometheusRule"]["spec"])
+    server.rules = objects["PrometheusRule"]["spec"]["groups"][0]["rules"]  # type: ignore[attr-defined]
+    return server

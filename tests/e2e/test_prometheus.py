@@ -9,16 +9,13 @@ runs and over its run once it has finished; only the GPU panels (a CPU job, no d
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Iterator
 
 import pytest
-import yaml
-from helm_chart import CHART, require_tool
 
-from e2e.conftest import ON_REAL_NODE, RELEASE, Cluster
-from prometheus_live import Prometheus, bin_dir, check_dashboard, pod_monitor_jobs, service_monitor_jobs
+from e2e.conftest import ON_REAL_NODE, Cluster, chart_prometheus
+from prometheus_live import Prometheus, check_dashboard
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -29,23 +26,7 @@ TRAINING_METRICS = {"trainLoss", "evalLoss", "learningRate", "evalAccuracy", "ev
 
 @pytest.fixture(scope="module")
 def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    binary = require_tool(bin_dir() / "prometheus", "tools/prometheus/build.sh")
-    cp = cluster.cp
-    helm = [str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig)]
-    values = yaml.safe_load(subprocess.run([*helm, "get", "values", RELEASE, "-n", cluster.system_ns, "-o", "yaml"],
-                                           capture_output=True, text=True, check=True).stdout)
-    values["monitoring"] = {"serviceMonitor": {"enabled": True, "interval": "1s", "scrapeTimeout": "1s"},
-                            "podMonitor": {"enabled": True, "interval": "1s", "scrapeTimeout": "1s"},
-                            "prometheusRule": {"enabled": True}}
-    workdir = tmp_path_factory.mktemp("prometheus")
-    (workdir / "values.yaml").write_text(yaml.safe_dump(values))
-    rendered = subprocess.run([*helm, "template", RELEASE, str(CHART), "-n", cluster.system_ns,
-                               "--values", str(workdir / "values.yaml")], capture_output=True, text=True, check=True)
-    objects = {o["kind"]: o for o in yaml.safe_load_all(rendered.stdout) if o}
-    jobs = [*service_monitor_jobs(objects["ServiceMonitor"], cp.kubeconfig),
-            *pod_monitor_jobs(objects["PodMonitor"], cp.kubeconfig)]
-    server = Prometheus(binary, workdir, jobs, rule_groups=objects["PrometheusRule"]["spec"])
-    server.rules = objects["PrometheusRule"]["spec"]["groups"][0]["rules"]  # type: ignore[attr-defined]
+    server = chart_prometheus(cluster, tmp_path_factory.mktemp("prometheus"))
     try:
         yield server
     finally:

@@ -4,7 +4,7 @@
 # export tests need: `crane registry serve --address HOST:PORT` is go-containerregistry's OCI distribution server
 # (the cmd/registry server with a listen address of its own, which cmd/registry lacks: it binds every interface),
 # and `crane manifest`/`crane blob` are an independent client that reads back what the trainer pushed.
-# Like tools/prometheus/build.sh: only what is missing is built, and the last line printed is the bin dir.
+# Only what is missing is built, and the last line printed is the bin dir (tools/go-tool.sh).
 #
 # Usage: build.sh                 build what is missing; the last line printed is the bin dir
 #        build.sh --print-bin-dir print the bin dir and exit (builds nothing)
@@ -13,27 +13,20 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 . "$here/versions.env"
+# shellcheck source=../go-tool.sh
+. "$here/../go-tool.sh"
 
 cache="${FTO_REGISTRY_CACHE:-$HOME/.cache/finetune-operator/registry}"
 bin="$cache/${GGCR_MODULE_VERSION}/bin"
-
-case "${1:-}" in
-  --print-bin-dir) echo "$bin"; exit 0 ;;
-  --check) [[ -x "$bin/crane" ]] || { echo "missing: $bin/crane" >&2; exit 1; }; exit 0 ;;
-  "") ;;
-  *) echo "usage: $0 [--print-bin-dir|--check]" >&2; exit 2 ;;
-esac
+go_tool_args "${1:-}" "$bin" "$bin/crane"
 
 if [[ ! -x "$bin/crane" ]]; then
-  command -v go >/dev/null || { echo "build.sh: 'go' not found in PATH" >&2; exit 1; }
-  mkdir -p "$bin"
-  tmp="$(mktemp -d "$bin/.build.XXXXXX")"
-  trap 'rm -rf "$tmp"' EXIT
+  go_tool_workdir "$bin"
   t=$SECONDS
   echo "build.sh: go install crane (go-containerregistry ${GGCR_MODULE_VERSION})" >&2
-  CGO_ENABLED=0 GOBIN="$tmp" go install -trimpath -ldflags="-s -w" \
+  CGO_ENABLED=0 GOBIN="$GO_TOOL_TMP" go install -trimpath -ldflags="-s -w" \
     "github.com/google/go-containerregistry/cmd/crane@${GGCR_MODULE_VERSION}"
-  mv "$tmp/crane" "$bin/crane"
+  mv "$GO_TOOL_TMP/crane" "$bin/crane"
   echo "build.sh: built crane in $((SECONDS - t))s" >&2
 fi
 echo "$bin"
