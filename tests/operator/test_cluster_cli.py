@@ -1,4 +1,4 @@
-"""`finetune wait`'s decisions and exit codes (cluster_cli.py) without a cluster; tests/cluster/test_cluster_cli.py
+"""`finetune wait`'s decisions and exit codes (cluster_cli.py) without a cluster; tests/cluster/test_cli_on_cluster.py
 runs every command against the real API server."""
 
 from __future__ import annotations
