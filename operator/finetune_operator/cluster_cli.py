@@ -119,10 +119,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
             key = source.key()
             if key in done:
                 continue
+            follow = args.follow and source.attempt == sources[-1].attempt
+            if follow and source.phase == "Pending" and status.get("phase") not in jobview.TERMINAL_PHASES:
+                continue  # its container has not started: headed and followed once it has
             if key not in headed:
                 print(source.header(args.name), flush=True)
                 headed.add(key)
-            follow = args.follow and source.attempt == sources[-1].attempt
             if follow and source.pod is None and status.get("phase") not in jobview.TERMINAL_PHASES:
                 continue  # a new attempt whose pods the Job controller has yet to create
             if source.pod and not _print_log(session, source, follow):
