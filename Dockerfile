@@ -25,9 +25,9 @@ WORKDIR /src
 # layer holding torch is rebuilt when the dependencies change, not on every code change.
 COPY pyproject.toml LICENSE ./
 COPY tools/install.sh tools/install.sh
-RUN mkdir -p operator/finetune_operator trainer_image/finetune_trainer/tasks \
-    && touch README.md operator/finetune_operator/__init__.py trainer_image/finetune_trainer/__init__.py \
-        trainer_image/finetune_trainer/tasks/__init__.py
+RUN mkdir -p operator/finetune_operator/notify trainer_image/finetune_trainer/tasks \
+    && touch README.md operator/finetune_operator/__init__.py operator/finetune_operator/notify/__init__.py \
+        trainer_image/finetune_trainer/__init__.py trainer_image/finetune_trainer/tasks/__init__.py
 
 FROM base AS operator
 RUN --mount=type=cache,id=pip,target=/root/.cache/pip,sharing=locked \

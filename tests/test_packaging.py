@@ -34,6 +34,16 @@ def test_building_the_package_warns_about_nothing_and_ships_the_license(tmp_path
     assert warnings == [], "\n".join(warnings)
     [wheel] = (tmp_path / "dist").glob("finetune_operator-*.whl")
     with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
         metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in archive.namelist())
     assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
+    # Every package of the source tree is in the wheel (pyproject.toml lists them, and the Dockerfile's dependency
+    # layer makes a stand-in for each): a subpackage left out installs fine and fails at import in the image.
+    packages = {str(init.parent.relative_to(tmp_path / folder)).replace("/", ".")
+                for folder in ("operator", "trainer_image") for init in (tmp_path / folder).rglob("__init__.py")}
+    shipped = {n.rpartition("/")[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
+    assert packages <= shipped, f"not in the wheel: {sorted(packages - shipped)}"
+    stand_ins = re.search(r"RUN mkdir -p (.*?)\n\n", (REPO / "Dockerfile").read_text(), re.S).group(1)
+    missing = [p for p in packages if f"{p.replace('.', '/')}/__init__.py" not in stand_ins]
+    assert missing == [], f"the Dockerfile's dependency layer has no stand-in for {missing}"
