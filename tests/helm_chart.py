@@ -19,16 +19,20 @@ ALL_ON = REPO / "tests" / "chart" / "values-all-on.yaml"
 RELEASE, NAMESPACE = "fto", "finetune-system"  # fixed, so rendered names are stable (golden files)
 
 
+def tool_bin_dir(tool: str, env_var: str) -> Path:
+    """The folder tools/<tool>/build.sh builds into (it prints it and builds nothing), or the folder ``env_var``
+    names instead."""
+    env_bin = os.environ.get(env_var)
+    if env_bin:
+        return Path(env_bin)
+    build = REPO / "tools" / tool / "build.sh"
+    return Path(subprocess.run([str(build), "--print-bin-dir"], capture_output=True, text=True,
+                               check=True).stdout.strip())
+
+
 def helm_binary() -> Path:
     """tools/k8s's helm; skip the test when it is not built, unless FTO_REQUIRE_CLUSTER says it must be."""
-    env_bin = os.environ.get("FTO_K8S_BIN")
-    if env_bin:
-        bin_dir = Path(env_bin)
-    else:
-        build = REPO / "tools" / "k8s" / "build.sh"
-        bin_dir = Path(subprocess.run([str(build), "--print-bin-dir"], capture_output=True, text=True,
-                                      check=True).stdout.strip())
-    return require_tool(bin_dir / "helm", "tools/k8s/build.sh")
+    return require_tool(tool_bin_dir("k8s", "FTO_K8S_BIN") / "helm", "tools/k8s/build.sh")
 
 
 def require_tool(path: Path, build: str) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from helm_chart import tool_bin_dir
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,12 +27,7 @@ DASHBOARD = REPO / "charts" / "finetune-operator" / "dashboards" / "finetune.jso
 
 def bin_dir() -> Path:
     """Where tools/prometheus/build.sh puts prometheus and promtool (FTO_PROMETHEUS_BIN overrides it)."""
-    env_bin = os.environ.get("FTO_PROMETHEUS_BIN")
-    if env_bin:
-        return Path(env_bin)
-    build = REPO / "tools" / "prometheus" / "build.sh"
-    return Path(subprocess.run([str(build), "--print-bin-dir"], capture_output=True, text=True,
-                               check=True).stdout.strip())
+    return tool_bin_dir("prometheus", "FTO_PROMETHEUS_BIN")
 
 
 def _label(name: str) -> str:

@@ -25,21 +25,14 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from helm_chart import require_tool
+from helm_chart import require_tool, tool_bin_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def crane_binary() -> Path:
     """tools/registry/build.sh's crane (FTO_REGISTRY_BIN overrides the folder); skips or fails as require_tool."""
-    env_bin = os.environ.get("FTO_REGISTRY_BIN")
-    if env_bin:
-        bin_dir = Path(env_bin)
-    else:
-        build = REPO / "tools" / "registry" / "build.sh"
-        bin_dir = Path(subprocess.run([str(build), "--print-bin-dir"], capture_output=True, text=True,
-                                      check=True).stdout.strip())
-    return require_tool(bin_dir / "crane", "tools/registry/build.sh")
+    return require_tool(tool_bin_dir("registry", "FTO_REGISTRY_BIN") / "crane", "tools/registry/build.sh")
 
 
 def listen_address() -> str:

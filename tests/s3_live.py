@@ -18,20 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helm_chart import tool_bin_dir
 
-REPO = Path(__file__).resolve().parents[1]
-BUILD = REPO / "tools" / "seaweedfs" / "build.sh"
 ACCESS_KEY = "fto-test-access"
 SECRET_KEY = "fto-test-secret-key"
 REGION = "us-east-1"
 
 
 def weed_binary() -> Path:
-    env_bin = os.environ.get("FTO_SEAWEEDFS_BIN")
-    if env_bin:
-        return Path(env_bin) / "weed"
-    out = subprocess.run([str(BUILD), "--print-bin-dir"], capture_output=True, text=True, check=True).stdout
-    return Path(out.strip()) / "weed"
+    """tools/seaweedfs/build.sh's weed (FTO_SEAWEEDFS_BIN names another folder); not checked: callers require it."""
+    return tool_bin_dir("seaweedfs", "FTO_SEAWEEDFS_BIN") / "weed"
 
 
 def free_port(host: str) -> int:

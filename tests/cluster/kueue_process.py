@@ -39,13 +39,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
-from cluster.operator_process import REPO, free_port  # importable from tests/e2e as well
-from helm_chart import require_tool
+from cluster.operator_process import free_port  # importable from tests/e2e as well
+from helm_chart import require_tool, tool_bin_dir
 
 if TYPE_CHECKING:
     from conftest import ControlPlane
 
-BUILD = REPO / "tools" / "kueue" / "build.sh"
 KUEUE_NAMESPACE_LABEL = "fto-tests/kueue"  # namespaces whose Jobs go through this Kueue's webhooks
 WEBHOOK_CONFIG = "fto-kueue"  # both webhook configurations; a session that died leaves them to the next one
 KUEUE_NAMESPACE = "kueue-system"  # Kueue's own namespace (its Configuration's namespace)
@@ -54,8 +53,7 @@ LOCK_TIMEOUT = 600  # seconds to wait for another session's Kueue tests to finis
 
 def kueue_binary() -> Path:
     """tools/kueue/build.sh's kueue; skipped when not built, a failure under FTO_REQUIRE_CLUSTER=1."""
-    bin_dir = Path(subprocess.run([str(BUILD), "--print-bin-dir"], capture_output=True, text=True,
-                                  check=True).stdout.strip())
+    bin_dir = tool_bin_dir("kueue", "FTO_KUEUE_BIN")
     binary = require_tool(bin_dir / "kueue", "tools/kueue/build.sh")
     require_tool(bin_dir.parent / "crds" / "kueue.x-k8s.io_workloads.yaml", "tools/kueue/build.sh")
     return binary
