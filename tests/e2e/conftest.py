@@ -228,13 +228,16 @@ def cluster(control_plane: ControlPlane, real_node: str, images: Images,
                               "--values", str(values_file), "--wait", "--timeout", "5m"],
                              capture_output=True, text=True, timeout=400)
     env = Cluster(cp=cp, system_ns=system_ns, ns=ns, volume=volume)
-    if install.returncode != 0:
-        pods = cp.kubectl("get", "pods", "-n", system_ns, "-o", "wide", check=False).stdout
-        described = cp.kubectl("describe", "pods", "-n", system_ns, check=False).stdout
-        pytest.fail(f"helm install failed:\n{install.stderr[-3000:]}\n{pods}\n{described[-4000:]}", pytrace=False)
     try:
+        if install.returncode != 0:
+            pods = cp.kubectl("get", "pods", "-n", system_ns, "-o", "wide", check=False).stdout
+            described = cp.kubectl("describe", "pods", "-n", system_ns, check=False).stdout
+            logs = cp.kubectl("logs", "-n", system_ns, f"deployment/{RELEASE}-finetune-operator", "--tail=30",
+                              check=False).stdout
+            pytest.fail(f"helm install failed:\n{install.stderr[-3000:]}\n{pods}\n{described[-4000:]}\n{logs}",
+                        pytrace=False)
         yield env
-    finally:
+    finally:  # a failed install too: its cluster-scoped objects would block the next session's release
         subprocess.run([*helm, "uninstall", RELEASE, "--namespace", system_ns, "--wait", "--timeout", "2m"],
                        capture_output=True, text=True, timeout=180)
         cp.kubectl("delete", "finetunejobs", "--all", "-n", ns, "--wait=true", "--timeout=120s", check=False)
