@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from finetune_operator.runner import build_parser, settings_from
+from finetune_operator.runner import build_parser, elector_from, settings_from
 
 
 def _settings(argv, monkeypatch, **env):
@@ -41,3 +43,32 @@ def test_flags_override_environment(monkeypatch):
 def test_namespace_and_all_namespaces_exclude_each_other():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["-n", "a", "-A"])
+
+
+def test_leader_election_is_off_unless_the_flag_or_the_environment_turns_it_on(monkeypatch):
+    monkeypatch.delenv("FINETUNE_LEADER_ELECTION", raising=False)
+    assert _settings([], monkeypatch).leader_election is False
+    assert _settings(["--leader-election"], monkeypatch).leader_election is True
+    on = _settings([], monkeypatch, FINETUNE_LEADER_ELECTION="true", FINETUNE_LEADER_ELECTION_NAME="rel-op",
+                   FINETUNE_LEADER_ELECTION_NAMESPACE="ops", FINETUNE_LEADER_ELECTION_IDENTITY="pod-1")
+    assert (on.leader_election, on.leader_election_name, on.leader_election_namespace,
+            on.leader_election_identity) == (True, "rel-op", "ops", "pod-1")
+    assert (on.lease_duration_seconds, on.lease_renew_deadline_seconds, on.lease_retry_period_seconds) == (10, 7, 2)
+
+
+def test_the_elector_takes_the_settings_and_refuses_timings_out_of_order(monkeypatch):
+    settings = _settings(["--leader-election"], monkeypatch, FINETUNE_LEADER_ELECTION_NAMESPACE="ops",
+                         FINETUNE_LEADER_ELECTION_IDENTITY="pod-1")
+    elector = elector_from(settings, kube=None, kubeconfig=None)
+    assert (elector.namespace, elector.name, elector.identity) == ("ops", "finetune-operator", "pod-1")
+    assert elector_from(_settings([], monkeypatch, FINETUNE_LEADER_ELECTION="false"), None, None) is None
+    slow = _settings(["--leader-election"], monkeypatch, FINETUNE_LEASE_RENEW_DEADLINE_SECONDS="12")
+    with pytest.raises(ValueError, match="FINETUNE_LEASE_DURATION_SECONDS.*renew deadline \\(12\\)"):
+        elector_from(slow, None, None)
+
+
+def test_a_default_identity_differs_between_processes_on_one_host(monkeypatch):
+    monkeypatch.delenv("FINETUNE_LEADER_ELECTION_IDENTITY", raising=False)
+    elector = elector_from(_settings(["--leader-election"], monkeypatch, FINETUNE_LEADER_ELECTION_NAMESPACE="x"),
+                           None, None)
+    assert elector.identity.endswith(f"_{os.getpid()}")
