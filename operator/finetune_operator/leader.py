@@ -37,7 +37,7 @@ class Timing:
     lease_duration + retry_period: the holder renewed at most a retry period before it died, and a standby reads
     the Lease every retry period."""
 
-    lease_duration: float
+    lease_duration: int  # whole seconds: the Lease's leaseDurationSeconds
     renew_deadline: float
     retry_period: float
 

@@ -165,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_kopf(registry, settings, memo, probes)
     finally:
-        if elector is not None:  # Kopf has stopped: nothing of this process writes any more
-            elector.release()
+        if elector is not None:
+            if threads := getattr(memo, "handler_threads", None):  # the last passes Kopf started (handlers.configure)
+                threads.shutdown(wait=True)
+            elector.release()  # nothing of this process writes any more
 
 
 def run_kopf(registry: kopf.OperatorRegistry, settings: Settings, memo: kopf.Memo, probes: health.Probes) -> int:

@@ -65,7 +65,7 @@ class Settings:
     leader_election_namespace: str = ""
     leader_election_name: str = "finetune-operator"
     leader_election_identity: str = ""
-    lease_duration_seconds: float = 10.0
+    lease_duration_seconds: int = 10  # whole seconds, as the Lease stores it
     lease_renew_deadline_seconds: float = 7.0
     lease_retry_period_seconds: float = 2.0
 
