@@ -103,10 +103,6 @@ class Elector:
         self._stop = threading.Event()
         self._renewing: threading.Thread | None = None
 
-    @property
-    def leading(self) -> bool:
-        return self._lease is not None
-
     def try_lead(self, timeout: float = REQUEST_TIMEOUT[1]) -> bool:
         """One round: read the Lease (a holder renews what it wrote), take or renew it if it may; True if it holds."""
         sent = self._clock()
@@ -116,7 +112,10 @@ class Elector:
                 written = self.kube.create_if_absent(self._new_lease())
             else:
                 expires_at = self._observer.see(lease.get("spec") or {}, sent)
-                self.holder = (lease.get("spec") or {}).get("holderIdentity") or ""
+                holder = (lease.get("spec") or {}).get("holderIdentity") or ""
+                if holder not in (self.holder, self.identity):
+                    log.info("leader election: Lease %s/%s is held by %s", self.namespace, self.name, holder or "nobody")
+                self.holder = holder
                 spec = claim(lease.get("spec"), self.identity, expires_at, sent, micro_time(),
                              self.timing.lease_duration)
                 if spec is None:
