@@ -49,8 +49,9 @@ def test_failover_of_the_leading_pod_and_a_rolling_upgrade_while_a_job_trains(cl
 
     # `helm upgrade` with a changed pod template: a rolling update of both pods while the trainer still trains.
     helm = [str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig)]
+    rolled = f"podAnnotations.finetune\\.io/rolled={int(time.time())}"
     subprocess.run([*helm, "upgrade", RELEASE, str(CHART), "-n", cluster.system_ns, "--reuse-values",
-                    "--set-string", f"podAnnotations.finetune\\.io/rolled={int(time.time())}", "--wait", "--timeout", "3m"],
+                    "--set-string", rolled, "--wait", "--timeout", "3m"],
                    capture_output=True, text=True, check=True, timeout=240)
     assert cluster.status(JOB).get("phase") in ("Running", "Succeeded")
     assert _holder(cluster) in _operator_pods(cluster)  # one of the new pods leads
