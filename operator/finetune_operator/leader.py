@@ -114,7 +114,8 @@ class Elector:
                 expires_at = self._observer.see(lease.get("spec") or {}, sent)
                 holder = (lease.get("spec") or {}).get("holderIdentity") or ""
                 if holder not in (self.holder, self.identity):
-                    log.info("leader election: Lease %s/%s is held by %s", self.namespace, self.name, holder or "nobody")
+                    log.info("leader election: Lease %s/%s is held by %s", self.namespace, self.name,
+                             holder or "nobody")
                 self.holder = holder
                 spec = claim(lease.get("spec"), self.identity, expires_at, sent, micro_time(),
                              self.timing.lease_duration)
