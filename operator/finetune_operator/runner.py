@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers.register(registry)
     metrics.serve(settings.metrics_port)
     probes = health.Probes(health.loopback_endpoint(), lambda: elector.holder if elector else "")
+    probes.leading = elector is None  # without leader election, liveness is Kopf's from the start
     health.serve(settings.health_port, probes)
     children = Children()
     try:

@@ -72,3 +72,60 @@ def test_a_default_identity_differs_between_processes_on_one_host(monkeypatch):
     elector = elector_from(_settings(["--leader-election"], monkeypatch, FINETUNE_LEADER_ELECTION_NAMESPACE="x"),
                            None, None)
     assert elector.identity.endswith(f"_{os.getpid()}")
+
+
+def test_a_standby_that_cannot_reach_the_api_stays_alive_not_ready_and_stops_on_sigterm(tmp_path):
+    """The process as the chart runs it, against an API server that does not answer (nothing listens on port 1):
+    it stands by, its probes say so, and SIGTERM ends it cleanly. (Leading is tests/cluster/test_failover.py.)"""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    import yaml
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
+        "clusters": [{"name": "dead", "cluster": {"server": "http://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}]}))
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = {**os.environ, "FINETUNE_LEADER_ELECTION_NAMESPACE": "ops", "FINETUNE_LEASE_RETRY_PERIOD_SECONDS": "0.5"}
+    proc = subprocess.Popen([sys.executable, "-m", "finetune_operator.runner", "--kubeconfig", str(kubeconfig),
+                             "--leader-election", "--metrics-port", str(ports[0]), "--health-port", str(ports[1])],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def probe(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}{path}", timeout=2) as answer:
+                return answer.status, answer.read().decode().strip()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode().strip()
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert probe("/healthz") == (200, "standing by")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.2)
+        assert probe("/readyz") == (503, "standby; the leader is not elected yet")
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/metrics", timeout=2) as answer:
+            assert "finetune_operator_leader 0.0" in answer.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = proc.stdout.read()
+    assert "stands by for Lease ops/finetune-operator" in log and "cannot read or write Lease" in log, log
