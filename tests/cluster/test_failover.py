@@ -238,9 +238,12 @@ def test_failover_after_kill_9_of_the_leader_while_50_jobs_run(replicas: tuple[E
     env, (leader, standby) = replicas
     assert _holder(env) == "operator-1" and not standby.leads()
     names = _apply_jobs(env, "kill")
-    # Killed mid-way: some jobs run, others are still being created.
-    running = env.cp.wait_for(lambda: (pods := _running_pods(env)) and len(pods) >= 15 and pods, timeout=120,
-                              interval=0.3, what="15 trainers running")
+    # Killed while all 50 trainers run. (Killed in the middle of a pass, a leader can lose the Event of the transition
+    # that pass wrote to status: Events are best effort, RELIABILITY.md; the rolling restart below changes hands
+    # while jobs are still being created.)
+    env.cp.wait_for(lambda: set(_phases(env).values()) == {"Running"}, timeout=180, interval=1,
+                    what=f"all {JOBS} jobs Running")
+    running = _running_pods(env)
     killed = time.monotonic()
     leader.kill()
     # Transitions while no one leads: a few trainers finish (from a thread, so the takeover is timed meanwhile).
@@ -248,8 +251,8 @@ def test_failover_after_kill_9_of_the_leader_while_50_jobs_run(replicas: tuple[E
     finishing.start()
     new_leader, seconds = _takeover([standby], killed)
     finishing.join()
-    print(f"\nfailover after kill -9: operator-2 leads {seconds:.1f} s after the leader died "
-          f"({sum(p is not None for p in _phases(env).values())} of {JOBS} jobs had a phase then)")
+    print(f"\nfailover after kill -9: operator-2 leads {seconds:.1f} s after the leader died, {JOBS} trainers "
+          f"running, 5 of them finishing meanwhile")
     assert seconds <= TAKEOVER_LIMIT, seconds
     assert _holder(env) == "operator-2"
     _finish_all(env, names)
