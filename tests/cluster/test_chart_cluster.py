@@ -230,7 +230,8 @@ def test_helm_install_grants_enough_to_run_an_example_job(control_plane: Control
 
         pod_spec = deployment["spec"]["template"]["spec"]
         # The one variable from the downward API, the Lease holder's identity, is the pod's name.
-        env = {e["name"]: e["value"] if "value" in e else f"{release}-process" for e in pod_spec["containers"][0]["env"]}
+        env = {e["name"]: f"{release}-process" if "valueFrom" in e else e.get("value", "")
+               for e in pod_spec["containers"][0]["env"]}
         assert env["FINETUNE_NAMESPACES"] == jobs_ns and env["FINETUNE_LEADER_ELECTION"] == "true"
         kubeconfig = cp.mint_kubeconfig(system_ns, pod_spec["serviceAccountName"], tmp_path / "operator.kubeconfig")
         operator = OperatorProcess(env, kubeconfig, tmp_path / "operator.log")
