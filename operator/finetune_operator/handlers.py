@@ -82,6 +82,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.error_backoffs = EndlessBackoff()
     # Passes mostly wait on the API server; Kopf's default pool, min(32, CPUs + 4) threads, queued them (§5).
     settings.execution.max_workers = memo.reconciler.settings.workers
+    # Kopf leaves its handler threads running when it stops; the runner waits for them before it releases the
+    # leader election's Lease, so that no pass of this process writes once a standby may lead.
+    memo.handler_threads = settings.execution.executor
     # Only our children reach the operator: the API server filters the Jobs and pods watches by label. (The
     # handlers below need no label filter of their own, and so also see a child that lost its label leave.)
     settings.watching.label_selectors[JOBS] = CHILD_SELECTOR

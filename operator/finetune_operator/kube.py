@@ -26,6 +26,7 @@ from finetune_operator.names import CHILD_SELECTOR, LABEL_FINETUNEJOB
 log = logging.getLogger(__name__)
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
+LEASE_API = "coordination.k8s.io/v1"  # leader election's Lease (leader.py)
 # (connect, read) seconds: a hung apiserver must not hold a reconcile thread for long.
 REQUEST_TIMEOUT = (5, 30)
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -38,6 +39,7 @@ _COLLECTIONS = {
     ("v1", "Pod"): "/api/v1/namespaces/{namespace}/pods",
     ("v1", "Event"): "/api/v1/namespaces/{namespace}/events",
     ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{namespace}/jobs",
+    (LEASE_API, "Lease"): f"/apis/{LEASE_API}/namespaces/{{namespace}}/leases",
     (API_VERSION, KIND): f"/apis/{API_VERSION}/namespaces/{{namespace}}/{PLURAL}",
 }
 
@@ -182,8 +184,9 @@ class Kube:
             raise Unavailable(0, f"cannot reach the API server: {error}") from None
 
     def _request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
-                 content_type: str = "application/json") -> dict[str, Any]:
-        response = self._call(method, path, body, query, content_type)
+                 content_type: str = "application/json",
+                 timeout: tuple[float, float | None] = REQUEST_TIMEOUT) -> dict[str, Any]:
+        response = self._call(method, path, body, query, content_type, timeout=timeout)
         try:
             response.read()
         except urllib3.exceptions.HTTPError as error:
@@ -292,6 +295,21 @@ class Kube:
             raise Unavailable(0, f"the log stream broke: {error}") from None
         finally:
             response.response.release_conn()
+
+    # ------------------------------------------------------------------------------------------ leases
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The leader election's Lease (leader.py); None if there is none yet (create it with create_if_absent)."""
+        try:
+            return self._request("GET", f"{collection_path(LEASE_API, 'Lease', namespace)}/{name}")
+        except NotFound:
+            return None
+
+    def replace_lease(self, lease: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """PUT ``lease`` as read and changed: Conflict if anyone wrote it since. ``timeout`` bounds the call."""
+        meta = lease["metadata"]
+        return self._request("PUT", f"{collection_path(LEASE_API, 'Lease', meta['namespace'])}/"
+                                    f"{meta['name']}", lease, timeout=(min(REQUEST_TIMEOUT[0], timeout), timeout))
 
     # ------------------------------------------------------------------------------------------ events
 

@@ -59,6 +59,9 @@ NOTIFICATION_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800))
 NOTIFICATIONS_QUEUED = Gauge(
     "finetune_operator_notifications_queued", "Notifications waiting for delivery, all sinks (bounded per sink).")
+LEADER = Gauge(
+    "finetune_operator_leader", "1 while this replica holds the leader election's Lease and reconciles (always, "
+    "without leader election); 0 while it stands by.")
 BUILD_INFO = Gauge(
     "finetune_operator_build_info", "Always 1; the labels say which operator build runs.", ["version", "python"])
 

@@ -1,7 +1,10 @@
 """`finetune operator`: run the Kopf operator until SIGTERM/SIGINT.
 
-Standalone (no Kopf peering): one replica per set of namespaces, which the Helm chart's Deployment guarantees.
-Serves Prometheus metrics on --metrics-port and Kopf's liveness probe on --health-port (/healthz).
+Kopf runs standalone (no Kopf peering). With --leader-election (the chart's default) replicas share one Lease
+(leader.py): a standby waits for it, only the holder runs Kopf and with it every handler, the poller and the work
+queue, a holder that cannot renew exits at once (the Deployment restarts it), and one stopped by SIGTERM releases
+the Lease after Kopf stopped. Without it, one replica per set of namespaces, as the process is started.
+Serves Prometheus metrics on --metrics-port and the probes on --health-port (/healthz, /readyz: health.py).
 """
 
 from __future__ import annotations
@@ -10,14 +13,18 @@ import argparse
 import functools
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 
 import kopf
 
-from finetune_operator import handlers, logs, metrics
+from finetune_operator import handlers, health, logs, metrics
 from finetune_operator.children import Children
-from finetune_operator.kube import Kube
+from finetune_operator.kube import Kube, default_namespace
+from finetune_operator.leader import Elector, Timing
 from finetune_operator.notify.sinks import SinkConfigError
 from finetune_operator.poller import CONCURRENCY, Poller
 from finetune_operator.pricing import parse_prices
@@ -45,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trainer-image", help="default trainer image (a job's spec.image overrides it)")
     parser.add_argument("--gpu-resource", help="extended resource name of GPUs (default nvidia.com/gpu)")
     parser.add_argument("--metrics-port", type=int, help="operator metrics port (default 8080)")
-    parser.add_argument("--health-port", type=int, help="liveness endpoint port, /healthz (default 8081)")
+    parser.add_argument("--health-port", type=int,
+                        help="probes port: /healthz (liveness), /readyz (200 on the leader) (default 8081)")
+    parser.add_argument("--leader-election", action="store_const", const=True,
+                        help="stand by until this process holds the Lease FINETUNE_LEADER_ELECTION_NAME in "
+                             "FINETUNE_LEADER_ELECTION_NAMESPACE; only the holder reconciles (default: off)")
     parser.add_argument("--poll-interval", type=float,
                         help="seconds between progress polls of a running job (default 15)")
     parser.add_argument("--workers", type=int,
@@ -66,7 +77,47 @@ def settings_from(args: argparse.Namespace) -> Settings:
         health_port=args.health_port,
         poll_interval=args.poll_interval,
         workers=args.workers,
+        leader_election=args.leader_election,
     )
+
+
+def elector_from(settings: Settings, kube: Kube, kubeconfig: str | None) -> Elector | None:
+    """The Lease candidate the settings ask for (None: no leader election)."""
+    if not settings.leader_election:
+        return None
+    try:
+        timing = Timing(settings.lease_duration_seconds, settings.lease_renew_deadline_seconds,
+                        settings.lease_retry_period_seconds)
+    except ValueError as error:
+        raise ValueError("FINETUNE_LEASE_DURATION_SECONDS, FINETUNE_LEASE_RENEW_DEADLINE_SECONDS, "
+                         f"FINETUNE_LEASE_RETRY_PERIOD_SECONDS: {error}") from None
+    return Elector(kube, settings.leader_election_namespace or default_namespace(kubeconfig),
+                   settings.leader_election_name,
+                   settings.leader_election_identity or f"{socket.gethostname()}_{os.getpid()}", timing)
+
+
+def stand_by(elector: Elector) -> bool:
+    """Wait for the Lease; False if SIGTERM or SIGINT came first."""
+    stopping = threading.Event()
+    handlers_before = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        led = elector.campaign(stopping)
+    finally:
+        for sig, handler in handlers_before.items():
+            signal.signal(sig, handler)
+    if led and stopping.is_set():  # the signal came with the Lease
+        elector.release()
+        return False
+    return led
+
+
+def lease_lost(why: str) -> None:
+    """Crash-only: exit now, without Kopf's graceful stop (whose passes would still write), and let the Deployment
+    restart the container as a standby. The renew deadline leaves the Lease's last seconds for this."""
+    log.critical("leader election: %s; exiting so that two leaders never act at once", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,10 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     # A connection for every thread that may call the API at once: Kopf's handler threads and the event passes'
     # (settings.workers each), the poller's, the sync loop's.
     kube = Kube.connect(args.kubeconfig, pool_size=2 * settings.workers + CONCURRENCY + 1)
+    try:
+        elector = elector_from(settings, kube, args.kubeconfig)
+    except ValueError as error:  # lease timings out of order
+        build_parser().error(str(error))
     scraper = Scraper(settings.trainer_metrics_port, settings.scrape_timeout, min_interval=settings.poll_interval)
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
     metrics.serve(settings.metrics_port)
+    probes = health.Probes(health.loopback_endpoint(), lambda: elector.holder if elector else "")
+    probes.leading = elector is None  # without leader election, liveness is Kopf's from the start
+    health.serve(settings.health_port, probes)
     children = Children()
     try:
         reconciler = Reconciler(kube, settings, scraper, children)
@@ -99,16 +157,35 @@ def main(argv: list[str] | None = None) -> int:
     scope = f"namespaces {', '.join(settings.namespaces)}" if settings.namespaces else "all namespaces"
     log.info("watching FineTuneJobs in %s; trainer image %s; metrics on :%d",
              scope, settings.trainer_image, settings.metrics_port)
+    if elector is not None:
+        if not stand_by(elector):
+            return 0
+        elector.keep_leading(lease_lost)
+    probes.leading = True
+    metrics.LEADER.set(1)
+    try:
+        return run_kopf(registry, settings, memo, probes)
+    finally:
+        if elector is not None:
+            if threads := getattr(memo, "handler_threads", None):  # the last passes Kopf started (handlers.configure)
+                threads.shutdown(wait=True)
+            elector.release()  # nothing of this process writes any more
+
+
+def run_kopf(registry: kopf.OperatorRegistry, settings: Settings, memo: kopf.Memo, probes: health.Probes) -> int:
+    """Kopf until SIGTERM/SIGINT, its watches started again whenever they stop."""
     delay = 1.0
     while True:
         started = time.monotonic()
+        probes.kopf_ready = threading.Event()
         try:
             kopf.run(
                 registry=registry,
                 standalone=True,
                 clusterwide=not settings.namespaces,
                 namespaces=settings.namespaces,
-                liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+                liveness_endpoint=probes.kopf_endpoint,
+                ready_flag=probes.kopf_ready,
                 memo=memo,
             )
             return 0  # stopped by SIGTERM/SIGINT

@@ -27,7 +27,7 @@ class Settings:
     image_pull_policy: str = "IfNotPresent"
     gpu_resource: str = "nvidia.com/gpu"  # for jobs that do not name spec.resources.gpuResource
     metrics_port: int = 8080  # the operator's own Prometheus endpoint
-    health_port: int = 8081  # the operator's liveness endpoint (/healthz)
+    health_port: int = 8081  # the operator's probes: /healthz (liveness), /readyz (leads; health.py)
     poll_interval: float = 15.0  # seconds between progress polls of a running job (bounds the scrape rate)
     # Reconcile passes at once: threads for Kopf's FineTuneJob handlers (its executor), and as many for the passes
     # children's events queue (workqueue.py); the API client keeps a connection for each. A pass mostly waits on the
@@ -59,6 +59,15 @@ class Settings:
     notify_max_tries: int = 8
     notify_first_backoff: float = 1.0
     notify_timeout: float = 5.0
+    # Leader election on a Lease (leader.py; the chart turns it on): only the holder reconciles, others stand by.
+    # "" namespace: the pod's (else the kubeconfig context's); "" identity: <hostname>_<pid> (the chart: pod name).
+    leader_election: bool = False
+    leader_election_namespace: str = ""
+    leader_election_name: str = "finetune-operator"
+    leader_election_identity: str = ""
+    lease_duration_seconds: int = 10  # whole seconds, as the Lease stores it
+    lease_renew_deadline_seconds: float = 7.0
+    lease_retry_period_seconds: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:

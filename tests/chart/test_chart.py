@@ -24,6 +24,7 @@ GOLDEN = REPO / "tests" / "golden" / "chart"
 DASHBOARD = CHART / "dashboards" / "finetune.json"
 CRD = REPO / "crds" / "finetune.io_finetunejobs.yaml"
 FULLNAME = f"{RELEASE}-finetune-operator"
+LEASE_ROLE = f"{FULLNAME}-leader-election"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_default_objects(default: list[dict[str, Any]]) -> None:
     kinds = sorted(o["kind"] for o in default)
     assert kinds == sorted(["ServiceAccount", "ConfigMap", "CustomResourceDefinition", "ClusterRole", "ClusterRole",
                             "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Service",
-                            "Deployment", "Job"])
+                            "Deployment", "Job", "PodDisruptionBudget", "Role", "RoleBinding"])
     # Monitors are opt-in (they need the monitoring.coreos.com CRDs); every namespaced object names its namespace.
     for obj in default:
         if obj["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
@@ -88,7 +89,7 @@ def test_default_objects(default: list[dict[str, Any]]) -> None:
 
 def _env(deployment: dict[str, Any]) -> dict[str, str]:
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}  # valueFrom: test_leader_election
 
 
 def assert_restricted(pod_spec: dict[str, Any]) -> None:
@@ -109,7 +110,9 @@ def assert_restricted(pod_spec: dict[str, Any]) -> None:
 def test_deployment(default: list[dict[str, Any]]) -> None:
     deployment = one(default, "Deployment", FULLNAME)
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}  # standalone Kopf: never two
+    # Two replicas, one leading (leader election): a new pod comes up before an old one stops.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == one(default, "ServiceAccount")["metadata"]["name"] == FULLNAME
     assert_restricted(pod)
@@ -217,7 +220,7 @@ def _operator_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, 
 def test_rbac_cluster_wide(default: list[dict[str, Any]]) -> None:
     roles = {r["metadata"]["name"]: _verbs(r) for r in _operator_roles(default, "ClusterRole")}
     assert roles == {FULLNAME: OPERATOR_RULES, f"{FULLNAME}-discovery": CRD_READ}
-    assert not find(default, "Role") and not find(default, "RoleBinding")
+    assert [r["metadata"]["name"] for r in find(default, "Role") + find(default, "RoleBinding")] == [LEASE_ROLE] * 2
     for binding in find(default, "ClusterRoleBinding"):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
@@ -226,12 +229,62 @@ def test_rbac_cluster_wide(default: list[dict[str, Any]]) -> None:
 def test_rbac_per_namespace(all_on: list[dict[str, Any]]) -> None:
     [discovery] = _operator_roles(all_on, "ClusterRole")  # nothing about FineTuneJobs is granted cluster-wide
     assert _verbs(discovery) == {**CRD_READ, ("", "namespaces"): {"list", "watch"}}
-    roles = find(all_on, "Role")
+    roles = [r for r in find(all_on, "Role") if r["metadata"]["name"] != "fto-all-on-leader-election"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team-a", "ml-team-b"]
     assert all(_verbs(r) == OPERATOR_RULES for r in roles)
     for binding in find(all_on, "RoleBinding"):
+        if binding["metadata"]["name"] == "fto-all-on-leader-election":
+            continue
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fto-all-on"}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fto-operator", "namespace": NAMESPACE}]
+
+
+def test_leader_election(default: list[dict[str, Any]], all_on: list[dict[str, Any]]) -> None:
+    """One Lease per release, named after it, in its namespace; the RBAC for exactly that Lease; a PodDisruptionBudget
+    and preferred spreading across nodes (docs/cluster.md, "High availability")."""
+    from finetune_operator.settings import Settings
+
+    deployment = one(default, "Deployment", FULLNAME)
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert {"name": "FINETUNE_LEADER_ELECTION_IDENTITY",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]  # the pod's name
+    settings = Settings.from_env(_env(deployment))
+    assert settings.leader_election and settings.leader_election_name == FULLNAME
+    assert settings.leader_election_namespace == NAMESPACE
+    assert (settings.lease_duration_seconds, settings.lease_renew_deadline_seconds,
+            settings.lease_retry_period_seconds) == (10, 7, 2)
+    all_on_settings = Settings.from_env(_env(one(all_on, "Deployment")))
+    assert (all_on_settings.lease_duration_seconds, all_on_settings.lease_renew_deadline_seconds,
+            all_on_settings.lease_retry_period_seconds) == (20, 15, 4)
+    assert one(all_on, "Deployment")["spec"]["replicas"] == 3
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    pdb = one(default, "PodDisruptionBudget", FULLNAME)
+    assert pdb["spec"] == {"minAvailable": 1, "selector": deployment["spec"]["selector"]}
+    role = one(default, "Role", LEASE_ROLE)
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [FULLNAME],
+         "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]
+    binding = one(default, "RoleBinding", LEASE_ROLE)
+    assert binding["roleRef"]["name"] == LEASE_ROLE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+
+
+def test_without_leader_election_one_pod_is_recreated() -> None:
+    objects = render(sets=("leaderElection.enabled=false", "replicas=1"))
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in deployment["spec"]["template"]["spec"]
+    assert not find(objects, "PodDisruptionBudget") and not find(objects, "Role")
+    assert not [name for name in _env(deployment) if "LEADER" in name or "LEASE" in name]
+    two = helm("template", "x", str(CHART), "--set", "leaderElection.enabled=false", check=False)
+    assert two.returncode != 0 and "replicas: more than 1 operator pod needs leaderElection.enabled=true" in two.stderr
+    slow = helm("template", "x", str(CHART), "--set", "leaderElection.renewDeadlineSeconds=10", check=False)
+    assert slow.returncode != 0
+    assert "leaseDurationSeconds > renewDeadlineSeconds > retryPeriodSeconds" in slow.stderr
 
 
 def test_rbac_and_service_account_can_be_left_to_the_admin() -> None:
@@ -261,14 +314,17 @@ def test_aggregated_cluster_roles_for_view_edit_and_admin(default: list[dict[str
 
 def test_watch_list_defaults_to_the_release_namespace() -> None:
     objects = render(sets=("rbac.clusterWide=false",))
-    assert [r["metadata"]["namespace"] for r in find(objects, "Role")] == [NAMESPACE]
+    assert [(r["metadata"]["name"], r["metadata"]["namespace"]) for r in find(objects, "Role")] == [
+        (LEASE_ROLE, NAMESPACE), (FULLNAME, NAMESPACE)]
     assert _env(one(objects, "Deployment"))["FINETUNE_NAMESPACES"] == NAMESPACE
 
 
 # ------------------------------------------------------------------------------------------ values schema
 
 BAD_VALUES = [  # (values file, what the error must name)
-    ("replicas: 2\n", "additional properties 'replicas' not allowed"),
+    ("replica: 2\n", "additional properties 'replica' not allowed"),
+    ("replicas: 0\n", "'/replicas': minimum"),
+    ("leaderElection:\n  leaseSeconds: 15\n", "'/leaderElection': additional properties 'leaseSeconds'"),
     ("monitoring:\n  serviceMonitor:\n    enable: true\n", "'/monitoring/serviceMonitor': additional properties 'enable'"),
     ("operator:\n  metricsPort: '8080'\n", "'/operator/metricsPort': got string, want integer"),
     ("operator:\n  logLevel: LOUD\n", "'/operator/logLevel'"),

@@ -48,9 +48,9 @@ def test_renders_as_a_subchart_with_global_values(tmp_path: Path) -> None:
     assert deployment["metadata"]["name"] == "platform-finetune-operator"
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FINETUNE_NAMESPACES"] == "ml-team-a" and env["FINETUNE_LOG_LEVEL"] == "DEBUG"  # the parent's values
-    assert [r["metadata"]["namespace"] for r in find(objects, "Role")] == ["ml-team-a"]
+    assert [r["metadata"]["namespace"] for r in find(objects, "Role")] == ["infra", "ml-team-a"]  # Lease, jobs
     assert one(objects, "CustomResourceDefinition")["metadata"]["name"] == "finetunejobs.finetune.io"
     # A parent's values for this chart are still checked against its schema.
-    (parent / "bad.yaml").write_text(yaml.safe_dump({"finetune-operator": {"replicas": 2}}))
+    (parent / "bad.yaml").write_text(yaml.safe_dump({"finetune-operator": {"replica": 2}}))
     bad = helm("template", "platform", str(parent), "--values", str(parent / "bad.yaml"), check=False)
-    assert bad.returncode != 0 and "additional properties 'replicas' not allowed" in bad.stderr
+    assert bad.returncode != 0 and "additional properties 'replica' not allowed" in bad.stderr

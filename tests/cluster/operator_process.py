@@ -83,13 +83,20 @@ class Operator:
             time.sleep(0.2)
 
     def healthy(self) -> bool:
+        return self._probe("/healthz")
+
+    _healthy = healthy
+
+    def leads(self) -> bool:
+        """/readyz: this process holds the Lease and Kopf runs (always the case without leader election)."""
+        return self._probe("/readyz")
+
+    def _probe(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
-
-    _healthy = healthy
 
     @property
     def alive(self) -> bool:
@@ -100,6 +107,12 @@ class Operator:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+    def another(self, identity: str, log: Path) -> Operator:
+        """A second process like this one (same identity on the API, same settings) but for the Lease holder's
+        identity: a replica of the same release."""
+        settings = {**self.settings, "FINETUNE_LEADER_ELECTION_IDENTITY": identity}
+        return Operator(self.kubeconfig, self.namespace, log, self.poll_interval, settings)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -240,10 +253,12 @@ def install_crd(cp: ControlPlane) -> None:
 @contextlib.contextmanager
 def operator_env(cp: ControlPlane, tmp: Path, *, namespace_labels: dict[str, str] | None = None,
                  poll_interval: float = 1, prefix: str = "fto",
-                 settings: dict[str, str] | None = None) -> Iterator[Env]:
+                 settings: dict[str, str] | None = None, leader_election: bool = False) -> Iterator[Env]:
     """A fresh namespace (Pod Security "restricted" unless ``namespace_labels`` says otherwise) with a claim
     ``ckpt``, a Secret ``hf-token``, the chart's RBAC for it, and the operator running as the chart's
-    ServiceAccount (``settings``: FINETUNE_* variables of its process); everything is deleted afterwards."""
+    ServiceAccount (``settings``: FINETUNE_* variables of its process); everything is deleted afterwards.
+    ``leader_election``: on, for the chart's Lease in the release's namespace, as identity ``operator-1``
+    (``env.operator.another`` makes a second replica)."""
     if not (cp.bin_dir / "helm").exists():
         pytest.skip(f"helm is not built in {cp.bin_dir} (tools/k8s/build.sh)")
     install_crd(cp)
@@ -268,6 +283,11 @@ def operator_env(cp: ControlPlane, tmp: Path, *, namespace_labels: dict[str, str
              "stringData": {"HF_TOKEN": "not-a-real-token"}},
         ])
         kubeconfig = cp.mint_kubeconfig(system_ns, service_account, tmp / "operator.kubeconfig")
+        if leader_election:  # what the chart's Deployment sets (its pod name is the identity)
+            settings = {**(settings or {}), "FINETUNE_LEADER_ELECTION": "true",
+                        "FINETUNE_LEADER_ELECTION_NAMESPACE": system_ns,
+                        "FINETUNE_LEADER_ELECTION_NAME": service_account,
+                        "FINETUNE_LEADER_ELECTION_IDENTITY": "operator-1"}
         operator = Operator(kubeconfig, namespace, tmp / "operator.log", poll_interval=poll_interval,
                             settings=settings)
         operator.start()

@@ -223,14 +223,16 @@ def test_helm_install_grants_enough_to_run_an_example_job(control_plane: Control
         # the `helm test` Job was too; KWOK completes its pod without running the check itself.
         selector = f"app.kubernetes.io/instance={release}"
         [deployment] = cp.kubectl_json("get", "deployments", "-n", system_ns, "-l", selector)["items"]
-        assert deployment["status"].get("availableReplicas") == 1
+        assert deployment["status"].get("availableReplicas") == 2  # a leader and a standby
         tested = helm("test", release, "--namespace", system_ns, "--timeout", "90s", env=cp.env)
         assert "Phase:          Succeeded" in tested.stdout, tested.stdout
         cp.kubectl("get", "configmap", f"{release}-finetune-operator-dashboard", "-n", system_ns)
 
         pod_spec = deployment["spec"]["template"]["spec"]
-        env = {e["name"]: e["value"] for e in pod_spec["containers"][0]["env"]}
-        assert env["FINETUNE_NAMESPACES"] == jobs_ns
+        # The one variable from the downward API, the Lease holder's identity, is the pod's name.
+        env = {e["name"]: f"{release}-process" if "valueFrom" in e else e.get("value", "")
+               for e in pod_spec["containers"][0]["env"]}
+        assert env["FINETUNE_NAMESPACES"] == jobs_ns and env["FINETUNE_LEADER_ELECTION"] == "true"
         kubeconfig = cp.mint_kubeconfig(system_ns, pod_spec["serviceAccountName"], tmp_path / "operator.kubeconfig")
         operator = OperatorProcess(env, kubeconfig, tmp_path / "operator.log")
 
@@ -254,6 +256,9 @@ def test_helm_install_grants_enough_to_run_an_example_job(control_plane: Control
         assert name in table and "Succeeded" in table
         log = operator.log.read_text()
         assert "403" not in log and "Forbidden" not in log, log[-3000:]
+        # It led through the chart's Lease: the Role for it is enough (KWOK's pods run no operator to compete).
+        lease = cp.kubectl_json("get", "lease", f"{release}-finetune-operator", "-n", system_ns)
+        assert lease["spec"]["holderIdentity"] == f"{release}-process"
     finally:
         if operator:
             operator.stop()

@@ -41,13 +41,15 @@ def spec(model: str = "bert", data: str = "reviews", *, epochs: int = 1, batch: 
 
 
 def test_operator_runs_in_cluster_with_the_charts_service_account(cluster: Cluster) -> None:
-    [pod] = cluster.cp.kubectl_json("get", "pods", "-n", cluster.system_ns,
-                                    "-l", "app.kubernetes.io/name=finetune-operator")["items"]
-    assert pod["status"]["phase"] == "Running"
-    assert pod["spec"]["serviceAccountName"] == "fto-e2e-finetune-operator"
-    assert pod["spec"]["nodeName"] and pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
-    log = cluster.cp.kubectl("logs", "-n", cluster.system_ns, pod["metadata"]["name"]).stdout
-    assert "Forbidden" not in log and "Traceback" not in log, log[-3000:]
+    pods = cluster.cp.kubectl_json("get", "pods", "-n", cluster.system_ns,
+                                   "-l", "app.kubernetes.io/name=finetune-operator")["items"]
+    assert len(pods) == 2  # the chart's default: a leader and a standby
+    for pod in pods:
+        assert pod["status"]["phase"] == "Running"
+        assert pod["spec"]["serviceAccountName"] == "fto-e2e-finetune-operator"
+        assert pod["spec"]["nodeName"] and pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+        log = cluster.cp.kubectl("logs", "-n", cluster.system_ns, pod["metadata"]["name"]).stdout
+        assert "Forbidden" not in log and "Traceback" not in log, log[-3000:]
     # `helm test`: a pod reads the operator's metrics through its Service (cluster DNS, kube-proxy, the bridge).
     test = subprocess.run([str(cluster.cp.bin_dir / "helm"), "--kubeconfig", str(cluster.cp.kubeconfig), "test",
                            RELEASE, "--namespace", cluster.system_ns, "--timeout", "3m"],
