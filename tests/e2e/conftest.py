@@ -216,6 +216,8 @@ def cluster(control_plane: ControlPlane, real_node: str, images: Images,
         "rbac": {"clusterWide": False},
         "namespaces": [ns],
         "operator": {"pollIntervalSeconds": 1, "workers": 4},
+        # A price table, so status.usage.estimatedCost and the dashboard's cost panel have something to show.
+        "pricing": {"currency": "USD", "default": {"gpuHour": 2.5, "cpuCoreHour": 0.04, "memoryGibHour": 0.005}},
         **ON_REAL_NODE,
         # The CRD may exist already (the KWOK tests apply it); the chart installs it when it does not.
         "crds": {"install": False},

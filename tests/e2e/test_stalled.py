@@ -86,7 +86,8 @@ def test_a_hung_rank_sets_stalled_and_fires_the_stalled_alert(cluster: Cluster, 
                                 timeout=STALLED_AFTER + 90, interval=1, what="the Stalled condition")
         took = time.monotonic() - stopped_at
         assert took >= STALLED_AFTER - 5, f"Stalled after {took:.0f}s, before the threshold"
-        assert condition["reason"] == "Stalled" and cluster.status(JOB)["phase"] == "Running", condition
+        assert condition["reason"] == "NoStepProgress" and cluster.status(JOB)["phase"] == "Running", condition
+        assert "has not moved since" in condition["message"], condition
         warning = cp.wait_for(lambda: [e for e in cluster.events(JOB) if e["reason"] == "Stalled"], timeout=30)
         assert warning[0]["type"] == "Warning", warning
 
@@ -102,5 +103,5 @@ def test_a_hung_rank_sets_stalled_and_fires_the_stalled_alert(cluster: Cluster, 
     # Steps move again: the condition turns False, the job goes on.
     cleared = cp.wait_for(lambda: (c := _stalled(cluster)).get("status") == "False" and c, timeout=120, interval=1,
                           what="the Stalled condition cleared")
-    assert cluster.status(JOB)["phase"] == "Running", cleared
+    assert cleared["reason"] == "Stepping" and cluster.status(JOB)["phase"] == "Running", cleared
     cp.kubectl("delete", "finetunejob", JOB, "-n", cluster.ns, "--wait=false")
