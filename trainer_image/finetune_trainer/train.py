@@ -382,7 +382,9 @@ class Recipe:
         if self.rt.is_main:
             self._exported(export.write_record(target, self.config, export.form(self.strategy),
                                                push.lineage(self.config), self.report.run_state()))
-            if is_s3(output.location):  # the model and its record, committed in the bucket like a checkpoint
+            # The model is committed in the bucket like a checkpoint; its export record stays in the pod, so a
+            # retry after a failed push resumes from the bucket's last checkpoint instead of pushing only.
+            if is_s3(output.location):
                 mirror.upload_part(self.store, output.location, target, target.name)
 
     def reuse_export(self) -> bool:
