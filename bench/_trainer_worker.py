@@ -57,6 +57,19 @@ def main() -> None:
         return loss
 
     train.Recipe._step = step
+    # Time to quality: when each evaluation finished, in wall and process CPU seconds (all threads) since start.
+    evaluations = []
+    original_measure = train.Recipe._measure
+
+    def measure(self, data):
+        metrics = original_measure(self, data)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        evaluations.append({"step": self.state.step, "accuracy": metrics.get("eval_accuracy"),
+                            "wall_s": round(time.perf_counter() - started, 2),
+                            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)})
+        return metrics
+
+    train.Recipe._measure = measure
     config = TrainerConfig.model_validate(json.loads(args.config.read_text()))
     summary = train.run(config)
     metrics = summary.get("metrics", {})
@@ -68,7 +81,7 @@ def main() -> None:
         "steps": summary.get("progress", {}).get("step") if isinstance(summary.get("progress"), dict) else None,
         "run_wall_s": round(time.perf_counter() - started, 2), "train_cpu_s": round(cpu["seconds"], 2),
         "samples_per_cpu_s": round(cpu["samples"] / cpu["seconds"], 3) if cpu["seconds"] else None,
-        "train_peak_rss_mib": round(cpu.get("train_peak_rss_mib", 0), 1),
+        "train_peak_rss_mib": round(cpu.get("train_peak_rss_mib", 0), 1), "evaluations": evaluations,
     }), flush=True)
 
 

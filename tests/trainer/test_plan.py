@@ -49,3 +49,22 @@ def test_hybrid_and_lora_plans_list_adapters(tiny_model_dir, job):
     assert hybrid["blocks"]["trainFully"] == [3] and hybrid["blocks"]["lora"] == [0, 1, 2]
     assert hybrid["loraTargets"] == {"count": 12, "names": ["c_attn", "c_fc", "c_proj"]}
     assert any(".lora_A." in n for n in hybrid["trainable"])
+
+
+@pytest.mark.parametrize(("strategy", "batch", "accumulation", "rate"), [
+    ({"type": "full"}, 32, 1, 1e-4), ({"type": "full"}, 8, 1, 5e-5),  # at batch 8: the seed recipe's own rate
+    ({"type": "partial", "layers": "last:2"}, 32, 1, 2e-4), ({"type": "hybrid", "layers": "last:1"}, 32, 1, 3e-4),
+    ({"type": "lora"}, 32, 1, 8e-4), ({"type": "lora"}, 16, 8, 1.6e-3),  # 128 examples a step: 4x batch 32, so 2x the rate
+])
+def test_an_unset_learning_rate_follows_the_strategy_and_the_batch(tiny_model_dir, job, strategy, batch,
+                                                                   accumulation, rate):
+    config = job(tiny_model_dir("bert"), strategy, batchSize=batch, gradientAccumulation=accumulation,
+                 learningRate=None)
+    assert config.training.learning_rate == rate
+    assert plan(config)["training"] == {"batchSize": batch, "gradientAccumulation": accumulation, "epochs": 1,
+                                        "learningRate": rate, "learningRateFrom": "default"}
+
+
+def test_a_learning_rate_in_the_spec_wins_and_plan_says_so(tiny_model_dir, job):
+    config = job(tiny_model_dir("bert"), {"type": "lora"}, learningRate=3e-5)
+    assert config.training.learning_rate == 3e-5 and plan(config)["training"]["learningRateFrom"] == "spec"

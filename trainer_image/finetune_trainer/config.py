@@ -19,6 +19,8 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from finetune_trainer import defaults
+
 # Exit codes of `python -m finetune_trainer` (documented in README "Exit codes").
 EXIT_SUCCESS = 0
 EXIT_PERMANENT = 2  # bad config, unknown layer, data schema mismatch, out of memory: a retry cannot fix it
@@ -326,7 +328,7 @@ class TrainingSpec(ApiModel):
         "holds at most batchSize x dataset.maxLength tokens per device.",
     )
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(2e-5, gt=0, le=1, description="Peak learning rate.")
+    learning_rate: float | None = Field(None, gt=0, le=1, description=defaults.describe())
     optimizer: Optimizer = Field(Optimizer.ADAMW, description="adamw, adam, sgd (momentum 0.9), rmsprop or adafactor.")
     weight_decay: float = Field(0.01, ge=0, le=1, description="Decoupled weight decay (not on biases and norms).")
     schedule: Schedule = Field(Schedule.LINEAR, description="Learning-rate schedule after warmup.")
@@ -547,3 +549,13 @@ class TrainerConfig(ApiModel):
         if not v.location:
             raise ValueError("output.location must be set in a trainer config (the CLI and operator fill it in)")
         return v
+
+    @model_validator(mode="after")
+    def _learning_rate_resolved(self) -> TrainerConfig:
+        # Resolved here, where the strategy is known, so everything downstream (optimizer, plan, tracking params,
+        # the operator's ConfigMap) reads one number.
+        if self.training.learning_rate is None:
+            rate = defaults.default_learning_rate(StrategyType(self.strategy.type).value, self.training.batch_size,
+                                                  self.training.gradient_accumulation)
+            self.training = self.training.model_copy(update={"learning_rate": rate})
+        return self

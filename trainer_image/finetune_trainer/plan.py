@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from finetune_trainer import cache, models
+from finetune_trainer import cache, defaults, models
 from finetune_trainer.config import Optimizer, StrategyType, TrainerConfig
 from finetune_trainer.errors import ModelLoadError
 from finetune_trainer.layers import PARTS, resolve_layout
@@ -60,7 +60,19 @@ def plan(config: TrainerConfig) -> dict[str, Any]:
                                                  / max(1, trainable_set["totalParameters"]), 3)},
         "trainable": trainable_set["trainable"],
         "memory": memory_estimate(config, strategy),
+        "training": training_plan(config),
     }
+
+
+def training_plan(config: TrainerConfig) -> dict[str, Any]:
+    """The step a job will take, with where its learning rate came from (a default that depends on the strategy
+    and batch is the one number a user most needs to see before a run)."""
+    training = config.training
+    default = defaults.default_learning_rate(StrategyType(config.strategy.type).value, training.batch_size,
+                                             training.gradient_accumulation)
+    return {"batchSize": training.batch_size, "gradientAccumulation": training.gradient_accumulation,
+            "epochs": training.epochs, "learningRate": training.learning_rate,
+            "learningRateFrom": "default" if training.learning_rate == default else "spec"}
 
 
 def memory_estimate(config: TrainerConfig, strategy: Strategy) -> dict[str, int]:

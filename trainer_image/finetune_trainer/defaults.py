@@ -1,0 +1,32 @@
+"""The learning rate a job gets when it names none: one per strategy, scaled with the batch.
+
+One learning rate cannot serve every strategy. At the seed recipe's 2e-5-ish rates a `lora` or `hybrid` adapter
+barely moves and the job ends at the majority class; at an adapter's rate `full` fine-tuning forgets what the
+pretrained model knew. The rates below were measured on GLUE MRPC with all-MiniLM-L6-v2, 3 epochs at batch 32,
+scored on dev pairs no run selected on (BENCHMARKS.md §3, `bench/trainer_vs_baseline.py --epochs 3`).
+
+The batch rule is the square root one for Adam-family optimizers: a step over k times the examples has a
+gradient with 1/k of the variance, which carries sqrt(k) times the step size. It counts the examples one process
+adds to a step (batchSize x gradientAccumulation): the same job file then gets the same rate on 1 or 8 GPUs,
+as the Hugging Face Trainer's users expect. `full` at batch 8 gets 5e-5, the seed recipe's own rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+REFERENCE_BATCH = 32
+LEARNING_RATES = {"full": 1e-4, "partial": 2e-4, "hybrid": 3e-4, "lora": 8e-4}  # by strategy.type, at batch 32
+
+
+def default_learning_rate(strategy: str, batch_size: int, gradient_accumulation: int = 1) -> float:
+    examples = batch_size * gradient_accumulation
+    rate = LEARNING_RATES[strategy] * math.sqrt(examples / REFERENCE_BATCH)
+    return float(f"{min(rate, 1.0):.2g}")  # two significant digits: what a person would have written
+
+
+def describe() -> str:
+    """The rule in one line, for the CRD's description of training.learningRate."""
+    rates = ", ".join(f"{strategy} {rate:.0e}".replace("e-0", "e-") for strategy, rate in LEARNING_RATES.items())
+    return (f"Peak learning rate. Unset: by strategy at batch {REFERENCE_BATCH} ({rates}), times "
+            f"sqrt(batchSize x gradientAccumulation / {REFERENCE_BATCH}); `finetune plan` shows the value.")
