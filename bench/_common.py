@@ -160,8 +160,8 @@ def trainer_config(name: str, output: str, strategy: dict, *, data: str | None =
 STRATEGIES = {
     "full": {"type": "full"},
     "partial": {"type": "partial", "layers": "last:2"},
-    "hybrid": {"type": "hybrid", "layers": "last:1", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}},
-    "lora": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}},
+    "hybrid": {"type": "hybrid", "layers": "last:1"},  # LoRA at its defaults: r 8, alpha 16, dropout 0
+    "lora": {"type": "lora"},
 }
 
 

@@ -274,7 +274,10 @@ class DatasetSpec(ApiModel):
 class LoraSpec(ApiModel):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(16, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the LoRA branch's input (peft's default, 0: a non-zero value keeps a "
+        "masked copy of every adapted module's input for backward, which costs LoRA its memory and, on CPU, its speed).",
+    )
     targets: list[str] = Field(
         default_factory=lambda: ["auto"], min_length=1, max_length=64,
         description='Module names to adapt; ["auto"] resolves the attention and MLP projections per architecture.',
