@@ -65,7 +65,18 @@ def run_one(name: str, budget: dict, work: Path, log: Path) -> dict:
                      env=child_env(), log=log)
     shutil.rmtree(out, ignore_errors=True)
     r["batch"] = batch
+    r["plan_estimate_mib"] = plan_estimate_mib(path)
     return r
+
+
+# `finetune plan`'s training-memory estimate of a config, in a child (the measured runs' peaks stay their own).
+PLAN = ("import json, sys; from finetune_trainer.config import TrainerConfig; from finetune_trainer.plan import plan; "
+        "print(json.dumps(plan(TrainerConfig.model_validate_json(open(sys.argv[1]).read()))['memory']))")
+
+
+def plan_estimate_mib(config: Path) -> float | None:
+    result = run_measured([sys.executable, "-c", PLAN, str(config)], env=child_env())
+    return round(result["totalBytes"] / 2**20, 1) if "totalBytes" in result else None
 
 
 def main() -> None:
@@ -116,12 +127,14 @@ def main() -> None:
             "per-round x (CPU)": " ".join(f"{r.get('cpu_ratio', 1.0):.2f}" for r in rs),
             "peak RSS MiB": max(r["peak_rss_mib"] for r in rs),
             "RSS at last step MiB": max(r.get("train_peak_rss_mib") or 0 for r in rs) or None,
+            "plan estimate MiB": rs[0].get("plan_estimate_mib"),
             "trainable": rs[0].get("trainable"),
             "accuracy": rs[-1].get("accuracy"), "f1": rs[-1].get("f1"),
             "wall s": median([r["wall_s"] for r in rs]),
         })
     cols = ["run", "batch", "samples/s", "x baseline", "per-round x", "samples/CPU-s", "x baseline (CPU)",
-            "per-round x (CPU)", "peak RSS MiB", "RSS at last step MiB", "trainable", "accuracy", "f1", "wall s"]
+            "per-round x (CPU)", "peak RSS MiB", "RSS at last step MiB", "plan estimate MiB", "trainable", "accuracy",
+            "f1", "wall s"]
     print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
           f"budget {budget}; trainer snapshot {info['trainer']['sha256']}")
     print(table(rows, cols))
