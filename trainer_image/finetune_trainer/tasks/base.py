@@ -60,6 +60,15 @@ class TaskAdapter(ABC):
         rows = [{k: v for k, v in f.items() if k != "length"} for f in features]
         return DataCollatorWithPadding(tokenizer, return_tensors="pt")(rows)
 
+    def batch_cells(self, lengths: list[int]) -> int:
+        """Tensor cells (rows x width) a batch of examples of these lengths collates into (training.batchTokens)."""
+        return len(lengths) * max(lengths)
+
+    def loss_units(self, batch: dict[str, Any]) -> int | None:
+        """What the model's loss of ``batch`` is a mean over (e.g. labelled tokens), so micro-batches of a step
+        weigh by it; None: the micro-batches weigh equally."""
+        return None
+
     @abstractmethod
     def evaluate(self, model: Any, data: PreparedData, tokenizer: Any, batch_size: int, device: Any) -> dict[str, float]:
         """Run the eval split; return metrics named ``eval_*`` (``eval_loss`` whenever the task has a loss)."""
