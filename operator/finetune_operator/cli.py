@@ -80,8 +80,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _quiet_libraries() -> None:
     """The progress bar and the final status are the output; the libraries' own bars and load reports are noise."""
-    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        os.environ.setdefault(name, "1")
+    from finetune_trainer.progress import quiet_library_bars
+
+    quiet_library_bars()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # The trainer's own lines (metrics URL, evals, checkpoints) are the useful ones; the bar shows each step.
     logging.basicConfig(level=logging.WARNING, format="finetune: %(message)s")

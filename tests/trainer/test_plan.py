@@ -49,3 +49,21 @@ def test_hybrid_and_lora_plans_list_adapters(tiny_model_dir, job):
     assert hybrid["blocks"]["trainFully"] == [3] and hybrid["blocks"]["lora"] == [0, 1, 2]
     assert hybrid["loraTargets"] == {"count": 12, "names": ["c_attn", "c_fc", "c_proj"]}
     assert any(".lora_A." in n for n in hybrid["trainable"])
+
+
+def test_plan_shows_what_bounds_a_micro_batch(tiny_model_dir, job):
+    from finetune_trainer.config import TrainerConfig
+
+    spec = job(tiny_model_dir("gpt2", "AutoModelForCausalLM"), {"type": "full"}).wire()
+    spec["task"], spec["dataset"]["maxLength"] = "causal-lm", 512
+    spec["training"] |= {"batchSize": 32, "gradientAccumulation": 2}
+    by_examples = plan(TrainerConfig.model_validate(spec))
+    spec["training"]["batchTokens"] = 4096
+    by_tokens = plan(TrainerConfig.model_validate(spec))
+
+    assert by_examples["batch"] == {"examples": 32, "tokens": 32 * 512, "boundBy": "batchSize",
+                                    "gradientAccumulation": 2, "tokensPerStep": 2 * 32 * 512}
+    assert by_tokens["batch"] == {"examples": 32, "tokens": 4096, "boundBy": "batchTokens",
+                                  "gradientAccumulation": 2, "tokensPerStep": 2 * 4096}
+    # Activation memory follows the tokens of a micro-batch.
+    assert by_tokens["memory"]["activationBytes"] * 4 == by_examples["memory"]["activationBytes"]

@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         logging.getLogger("finetune_trainer").error("%s: %s", exc.reason, exc)
         return EXIT_PERMANENT
+    from finetune_trainer.progress import quiet_library_bars
+
+    if not sys.stderr.isatty():  # in a pod or a file, each library bar would leave its frames in the log
+        quiet_library_bars()
     from finetune_trainer.train import run
 
     try:

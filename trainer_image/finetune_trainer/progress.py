@@ -34,6 +34,9 @@ from finetune_trainer.tracking import Tracking
 log = logging.getLogger("finetune_trainer")
 
 
+# The libraries' own bars (tokenizing, loading and writing weights), which huggingface_hub (and transformers through
+# it) and datasets read at import.
+LIBRARY_BARS_ENV = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
 LOG_SECONDS_ENV = "FINETUNE_LOG_SECONDS"  # seconds between plain progress lines (default 10; 0: every step)
 DEFAULT_LOG_SECONDS = 10.0
 
@@ -94,6 +97,12 @@ class Throughput:
         result = self._windows[window].rates()
         self._windows[window] = Window()
         return result
+
+
+def quiet_library_bars() -> None:
+    """Turn the libraries' progress bars off (before they are imported), unless the environment says otherwise."""
+    for name in LIBRARY_BARS_ENV:
+        os.environ.setdefault(name, "1")
 
 
 def log_seconds() -> float:
