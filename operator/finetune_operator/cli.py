@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="output folder (default: spec.output.location if local, else ./runs/<name>)")
     run.add_argument("--metrics-port", type=int, default=0,
                      help="Prometheus port on localhost (default: a free port, printed at start)")
-    run.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    run.add_argument("--no-progress", action="store_true",
+                     help="plain progress lines instead of the progress bar (the bar shows only on a terminal)")
     run.set_defaults(handler=cmd_run)
 
     plan = commands.add_parser("plan", help="resolve a job without training: layers, parameters, memory")

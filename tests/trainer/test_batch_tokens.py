@@ -4,6 +4,7 @@ micro-batch it is in, and a run resumed mid-epoch ends with the weights of one n
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -135,3 +136,19 @@ def test_every_labelled_token_of_a_step_weighs_the_same_whatever_its_micro_batch
     assert not torch.allclose(gradient([features[:1], features[1:]], units=False), whole, atol=1e-6, rtol=1e-4)
     units = [task.loss_units(task.collate(tokenizer, f)) for f in (features[:1], features[1:])]
     assert units[0] < units[1] and sum(units) == sum(len(f["input_ids"]) - 1 for f in features)
+
+
+def test_two_processes_share_the_token_bounded_batches(tmp_path, lm_job):
+    """Under torchrun (gloo, 2 CPU processes) every rank runs as many micro-batches per epoch, and the per-token
+    loss weighting sums the step's tokens over both ranks."""
+    from test_runtime import torchrun
+
+    path = tmp_path / "config.json"
+    path.write_text(lm_job(tmp_path / "out").model_dump_json(by_alias=True, exclude_none=True))
+
+    result = torchrun(path, tmp_path)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["phase"] == "Succeeded" and summary["progress"]["step"] == summary["progress"]["totalSteps"]
+    assert "x2" in result.stdout and math.isfinite(summary["metrics"]["evalLoss"])
