@@ -180,10 +180,9 @@ class Recipe:
         if training.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-        budget = self.task.budget if training.batch_tokens is not None else None
         self.batches = batching.LengthGroupedBatches(
             self.train_lengths, training.batch_size, training.seed, group_by_length=training.group_by_length,
-            rank=self.rt.rank, world_size=self.rt.world_size, budget=budget)
+            rank=self.rt.rank, world_size=self.rt.world_size, budget=self.task.budget)
         self.total_steps = optim.total_steps(self.batches.count, training)
         self.warmup_steps = optim.warmup_steps(self.total_steps, training.warmup_ratio)
 

@@ -44,7 +44,6 @@ class CausalLMTask(TaskAdapter):
 
     packing = True  # training.packing (configure); set before prepare, as it decides the model's use_cache
     row_tokens = 0  # packed row capacity, dataset.maxLength; set by prepare
-    budget: TokenBudget | None = None  # training.batchTokens (configure): evaluation batches keep to it too
 
     def configure(self, training: TrainingSpec) -> None:
         self.packing = training.packing
@@ -101,6 +100,8 @@ class CausalLMTask(TaskAdapter):
         return pack(lengths, max(self.row_tokens, max(lengths)))
 
     def batch_cells(self, lengths: list[int]) -> int:
+        """Tensor cells (rows x width) a batch of examples of these lengths collates into: what batchTokens bounds,
+        in training and evaluation."""
         rows = self._rows(lengths)
         return len(rows) * max(sum(lengths[k] for k in row) for row in rows)
 
