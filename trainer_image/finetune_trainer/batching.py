@@ -27,7 +27,7 @@ MEGABATCH_FACTOR = 50  # batches per sorting window: long enough to group length
 @dataclass(frozen=True)
 class TokenBudget:
     """At most ``tokens`` tensor cells per batch; ``cells(lengths)``: the cells a batch of examples of these lengths
-    collates into (the task's layout: padded rows, or packed rows)."""
+    collates into (the task's layout: padded rows, or packed rows), never fewer than ``sum(lengths)``."""
 
     tokens: int
     cells: Callable[[list[int]], int]
@@ -94,7 +94,12 @@ def cut(order: list[int], lengths: Sequence[int], batch_size: int, budget: Token
         if budget.cells([first]) > budget.tokens:
             raise ConfigError(f"training.batchTokens {budget.tokens} is smaller than an example of {first} tokens; "
                               "raise it to at least dataset.maxLength", field="training.batchTokens")
-        fits, most = 1, min(batch_size, len(order) - start)
+        fits, most, tokens = 1, min(batch_size, len(order) - start), 0
+        for n, i in enumerate(order[start:start + most]):  # cells are never fewer than the tokens themselves
+            tokens += lengths[i]
+            if tokens > budget.tokens:
+                most = n
+                break
         while fits < most:
             k = (fits + most + 1) // 2
             if budget.cells([lengths[i] for i in order[start:start + k]]) <= budget.tokens:
