@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from finetune_trainer.batching import LengthGroupedBatches, TokenBudget, cut, pack
+from finetune_trainer.batching import LengthGroupedBatches, TokenBudget, pack, within_budget
 from finetune_trainer.errors import ConfigError
 
 _RNG = random.Random(0)
@@ -87,7 +87,7 @@ def test_a_token_budget_splits_evenly_over_ranks():
 
 def test_an_example_larger_than_the_budget_is_refused_naming_the_field():
     with pytest.raises(ConfigError) as info:
-        cut([0, 1], [200, 10], 8, TokenBudget(128, padded_cells))
+        within_budget([0, 1], [200, 10], 8, TokenBudget(128, padded_cells))
     assert info.value.field == "training.batchTokens" and "an example of 200 tokens" in str(info.value)
 
 

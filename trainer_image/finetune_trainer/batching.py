@@ -67,8 +67,8 @@ class LengthGroupedBatches:
             order = [i for window in windows for i in window]
             batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         else:  # cut within windows, where lengths descend
-            batches = [batch for window in windows for batch in cut(window, self.lengths, self.batch_size,
-                                                                      self.budget)]
+            batches = [batch for window in windows
+                       for batch in within_budget(window, self.lengths, self.batch_size, self.budget)]
         if self.group_by_length:
             # Shuffle the batch order too (sorting made it long-to-short), but run the largest batch first so an
             # out-of-memory shows up at step 1, not hours in.
@@ -84,7 +84,7 @@ class LengthGroupedBatches:
         return max(lengths) if self.budget is None else self.budget.cells(lengths)
 
 
-def cut(order: list[int], lengths: Sequence[int], batch_size: int, budget: TokenBudget) -> list[list[int]]:
+def within_budget(order: list[int], lengths: Sequence[int], batch_size: int, budget: TokenBudget) -> list[list[int]]:
     """``order`` cut into consecutive batches of at most ``batch_size`` examples and ``budget.tokens`` cells, each
     as long as fits: a binary search over its length that takes only lengths measured to fit (exact when lengths
     descend, as within a sorted window, since the cells of a growing prefix then never shrink)."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.batching import TokenBudget, cut, pack
+from finetune_trainer.batching import TokenBudget, pack, within_budget
 from finetune_trainer.config import DatasetSpec, Task, TrainingSpec
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
@@ -111,8 +111,9 @@ class CausalLMTask(TaskAdapter):
 
     def evaluate(self, model: Any, data: PreparedData, tokenizer: Any, batch_size: int, device: Any) -> dict[str, float]:
         loss = RunningMean()
-        batches = None if self.budget is None else cut(list(range(len(data.eval))), list(data.eval["length"]),
-                                                        batch_size, self.budget)
+        batches = None
+        if self.budget is not None:  # evaluation keeps to batchTokens too
+            batches = within_budget(list(range(len(data.eval))), list(data.eval["length"]), batch_size, self.budget)
         collate = partial(self.collate, tokenizer)
         for _, batch, outputs in eval_batches(model, data.eval, batch_size, collate, device, batches):
             # Every row's first label is IGNORE, so the labelled tokens are exactly the shifted targets.
