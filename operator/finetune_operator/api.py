@@ -11,12 +11,13 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from finetune_operator.core_types import Toleration
 from finetune_operator.pod_overrides import PodOverrides
 from finetune_trainer.config import (
     DNS1123_SUBDOMAIN,
+    JOB_RULES,
     ApiModel,
     DatasetSpec,
     EvaluationSpec,
@@ -27,6 +28,8 @@ from finetune_trainer.config import (
     Task,
     TrackingSpec,
     TrainingSpec,
+    enforce,
+    rules_schema,
 )
 
 GROUP = "finetune.io"
@@ -112,6 +115,8 @@ class NotifySpec(ApiModel):
 class FineTuneJobSpec(ApiModel):
     """What to fine-tune, on what data, how, with which resources, and where the result goes."""
 
+    model_config = ConfigDict(json_schema_extra=rules_schema(JOB_RULES))
+
     model: ModelSpec = Field(description="The pre-trained model to start from (immutable).", json_schema_extra={
         "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "spec.model is immutable"}]})
     task: Task = Field(description="What the model learns to do; decides the head, the columns read and the "
@@ -149,6 +154,11 @@ class FineTuneJobSpec(ApiModel):
     tracking: TrackingSpec | None = Field(
         None, description="Experiment tracking (docs/tracking.md); unset: TensorBoard event files in the output.",
     )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FineTuneJobSpec:
+        enforce(self, JOB_RULES)
+        return self
 
 
 class Phase(str, enum.Enum):

@@ -80,8 +80,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _quiet_libraries() -> None:
     """The progress bar and the final status are the output; the libraries' own bars and load reports are noise."""
-    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        os.environ.setdefault(name, "1")
+    from finetune_trainer.progress import quiet_library_bars
+
+    quiet_library_bars()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # The trainer's own lines (metrics URL, evals, checkpoints) are the useful ones; the bar shows each step.
     logging.basicConfig(level=logging.WARNING, format="finetune: %(message)s")
@@ -157,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="output folder (default: spec.output.location if local, else ./runs/<name>)")
     run.add_argument("--metrics-port", type=int, default=0,
                      help="Prometheus port on localhost (default: a free port, printed at start)")
-    run.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    run.add_argument("--no-progress", action="store_true",
+                     help="plain progress lines instead of the progress bar (the bar shows only on a terminal)")
     run.set_defaults(handler=cmd_run)
 
     plan = commands.add_parser("plan", help="resolve a job without training: layers, parameters, memory")

@@ -250,6 +250,29 @@ def test_the_apiserver_checks_output_push_references(control_plane: ControlPlane
     assert refused.returncode != 0 and "spec.output.push.reference" in refused.stderr, refused.stderr
 
 
+def test_the_apiserver_checks_batch_tokens_against_task_and_max_length(control_plane: ControlPlane,
+                                                                       namespace: str) -> None:
+    """The spec-level CEL rules of training.batchTokens compile and refuse what pydantic refuses."""
+    cp = control_plane
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=fto-tests", "-f", str(FTJ_CRD))
+    _wait_established(cp, yaml.safe_load(FTJ_CRD.read_text())["metadata"]["name"])
+
+    def create(task: str, batch_tokens: int, max_length: int | None = None) -> subprocess.CompletedProcess:
+        dataset = {"source": "hf://org/data", **({"maxLength": max_length} if max_length else {})}
+        ftj = {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": f"tokens-{_uid()}"},
+               "spec": {"model": {"source": "hf://org/tiny-model"}, "task": task, "dataset": dataset,
+                        "strategy": {"type": "full"}, "training": {"batchTokens": batch_tokens}}}
+        return cp.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(ftj), check=False)
+
+    assert cp.wait_for(lambda: create("causal-lm", 4096, 2048).returncode == 0 or None, timeout=30,
+                       what="a causal-lm FineTuneJob with batchTokens to be created")
+    other_task = create("sequence-classification", 4096)
+    assert other_task.returncode != 0 and "training.batchTokens applies only to task causal-lm" in other_task.stderr
+    too_small = create("causal-lm", 100)  # under the default maxLength 128
+    assert too_small.returncode != 0 and "training.batchTokens must be at least dataset.maxLength" in too_small.stderr
+    assert create("causal-lm", 1024, 2048).returncode != 0
+
+
 # --------------------------------------------------------------------------------- Jobs on KWOK
 
 

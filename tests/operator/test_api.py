@@ -65,9 +65,20 @@ def test_a_good_finetunejob_gets_the_defaults_the_crd_has():
     ({"output__push": {"reference": "r.example.com/m:v1", "insecure": "maybe"}},
      "spec.output.push.insecure: Input should be a valid boolean"),
     ({"queueName": "Team_A"}, "spec.queueName: String should match pattern"),  # Kueue's webhook would refuse the Job
+    ({"training__batchTokens": 4096}, "spec: training.batchTokens applies only to task causal-lm"),
+    ({"task": "causal-lm", "dataset__columns": None, "training__batchTokens": 64},
+     "spec: training.batchTokens must be at least dataset.maxLength (default 128)"),
+    ({"task": "causal-lm", "training__batchTokens": 4}, "spec.training.batchTokens: Input should be greater than or "
+                                                        "equal to 8"),
 ])
 def test_bad_specs_are_refused_naming_the_field(overrides, words):
     assert words in refusal(finetunejob(**overrides))
+
+
+def test_batch_tokens_of_a_causal_lm_job_at_least_its_max_length_are_accepted():
+    parsed = parse_finetunejob(finetunejob(task="causal-lm", dataset__columns=None, dataset__maxLength=512,
+                                           training__batchTokens=512))
+    assert parsed.spec.training.batch_tokens == 512
 
 
 def test_name_too_long_for_child_names():

@@ -40,7 +40,7 @@ def test_cel_rules_carry_field_names():
     rules = [(p, r) for p, n in walk(root_schema()) for r in n.get("x-kubernetes-validations", [])]
     assert len(rules) >= 8
     for path, rule in rules:
-        prefixes = ("spec.", "strategy.", "dataset.", "resources.", "evaluation.")
+        prefixes = ("spec.", "strategy.", "dataset.", "resources.", "evaluation.", "training.")
         assert rule["message"].startswith(prefixes), (path, rule)
 
 

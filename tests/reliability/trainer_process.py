@@ -56,7 +56,7 @@ class TrainerRun:
     def start(self) -> None:
         self.termination_log.write_text("")  # the kubelet's file; the trainer writes it only if it exists
         env = {**os.environ, "FINETUNE_TERMINATION_LOG": str(self.termination_log), "HF_HUB_OFFLINE": "1",
-               "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **self.extra_env}
+               "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "FINETUNE_LOG_SECONDS": "0", **self.extra_env}
         self.starts += 1
         with self.log.open("a") as out:
             out.write(f"\n==== start {self.starts} {time.strftime('%X')}\n")
@@ -133,7 +133,7 @@ class TrainerRun:
         return json.loads(text) if text else {}
 
     def logged_steps(self) -> list[int]:
-        """Optimizer steps the last process logged ("step N/M ...", logEvery 1)."""
+        """Optimizer steps the last process logged ("step N/M ...", one line a step: FINETUNE_LOG_SECONDS 0)."""
         return [int(m.group(1)) for m in re.finditer(r" step (\d+)/\d+ epoch", self.last_start_log())]
 
 

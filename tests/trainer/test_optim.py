@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from finetune_trainer.config import Optimizer, Schedule, StrategySpec, TrainingSpec
 from finetune_trainer.layers import resolve_layout
 from finetune_trainer.optim import (build_optimizer, lr_factor, parameter_groups, rebuild_optimizer,
-                                    set_learning_rate, warmup_steps)
+                                    set_learning_rate, total_steps, warmup_steps)
 from finetune_trainer.strategies import build_strategy
 from tiny_models import tiny_model
 
@@ -29,7 +31,7 @@ def test_no_weight_decay_on_biases_and_norms():
 
 def test_only_trainable_parameters_get_optimizer_state():
     model, layout = bert("partial", layers="last:1")
-    training = TrainingSpec()
+    training = TrainingSpec(learning_rate=2e-4)  # a TrainerConfig resolves an unset rate
     optimizer = build_optimizer(parameter_groups(model, layout, training), training)
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
@@ -60,7 +62,7 @@ def test_every_optimizer_steps(kind):
 
 def test_rebuilt_optimizer_keeps_existing_state():
     model, layout = bert("partial", layers="last:1")
-    training = TrainingSpec()
+    training = TrainingSpec(learning_rate=2e-4)
     old = build_optimizer(parameter_groups(model, layout, training), training)
     model(input_ids=torch.randint(5, 100, (2, 6)), labels=torch.tensor([0, 1])).loss.backward()
     old.step()
@@ -86,3 +88,21 @@ def test_warmup_and_rate_setting():
     training = TrainingSpec(learning_rate=0.1)
     optimizer = build_optimizer(parameter_groups(model, layout, training), training)
     assert set_learning_rate(optimizer, 0.5) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("epochs, max_steps, expected", [
+    (3, None, 10 + 7 + 9),  # ceil(20/2) + ceil(13/2) + ceil(17/2): each epoch's own windows
+    (2.5, None, 10 + 7 + 5),  # half of the third epoch's 9 windows, rounded up
+    (0.3, None, 3),
+    (3, 12, 12),
+])
+def test_total_steps_add_up_each_epochs_windows(epochs, max_steps, expected):
+    batches = {0: 20, 1: 13, 2: 17}
+    training = TrainingSpec(epochs=epochs, gradientAccumulation=2, maxSteps=max_steps)
+    assert total_steps(batches.__getitem__, training) == expected
+
+
+def test_total_steps_with_equal_epochs_are_epochs_times_windows():
+    for epochs in (0.1, 1, 2.1, 2.3, 3, 7.7):
+        training = TrainingSpec(epochs=epochs, gradientAccumulation=3)
+        assert total_steps(lambda _: 31, training) == math.ceil(epochs * math.ceil(31 / 3))

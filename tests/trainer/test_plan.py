@@ -61,10 +61,27 @@ def test_an_unset_learning_rate_follows_the_strategy_and_the_batch(tiny_model_di
     config = job(tiny_model_dir("bert"), strategy, batchSize=batch, gradientAccumulation=accumulation,
                  learningRate=None)
     assert config.training.learning_rate == rate
-    assert plan(config)["training"] == {"batchSize": batch, "gradientAccumulation": accumulation, "epochs": 1,
-                                        "learningRate": rate, "learningRateFrom": "default"}
+    assert plan(config)["training"] == {"epochs": 1, "learningRate": rate, "learningRateFrom": "default"}
 
 
 def test_a_learning_rate_in_the_spec_wins_and_plan_says_so(tiny_model_dir, job):
     config = job(tiny_model_dir("bert"), {"type": "lora"}, learningRate=3e-5)
     assert config.training.learning_rate == 3e-5 and plan(config)["training"]["learningRateFrom"] == "spec"
+
+
+def test_plan_shows_what_bounds_a_micro_batch(tiny_model_dir, job):
+    from finetune_trainer.config import TrainerConfig
+
+    spec = job(tiny_model_dir("gpt2", "AutoModelForCausalLM"), {"type": "full"}).wire()
+    spec["task"], spec["dataset"]["maxLength"] = "causal-lm", 512
+    spec["training"] |= {"batchSize": 32, "gradientAccumulation": 2}
+    by_examples = plan(TrainerConfig.model_validate(spec))
+    spec["training"]["batchTokens"] = 4096
+    by_tokens = plan(TrainerConfig.model_validate(spec))
+
+    assert by_examples["batch"] == {"examples": 32, "tokens": 32 * 512, "boundBy": "batchSize",
+                                    "gradientAccumulation": 2, "tokensPerStep": 2 * 32 * 512}
+    assert by_tokens["batch"] == {"examples": 32, "tokens": 4096, "boundBy": "batchTokens",
+                                  "gradientAccumulation": 2, "tokensPerStep": 2 * 4096}
+    # Activation memory follows the tokens of a micro-batch.
+    assert by_tokens["memory"]["activationBytes"] * 4 == by_examples["memory"]["activationBytes"]

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from finetune_trainer.config import EXIT_PERMANENT, TrainerConfig
+from finetune_trainer.config import EXIT_PERMANENT, RuleViolation, TrainerConfig
 from finetune_trainer.errors import ConfigError, TrainerError
 
 
@@ -35,8 +35,13 @@ def load_config(path: Path) -> TrainerConfig:
         return TrainerConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{field}: {first['msg']}", field=field or None) from exc
+        path = [str(p) for p in first["loc"]]
+        rule = first.get("ctx", {}).get("error")
+        if isinstance(rule, RuleViolation):  # a cross-field rule names its field below the object it is on
+            path.append(rule.field)
+        field = ".".join(path)
+        message = first['msg'].removeprefix('Value error, ')
+        raise ConfigError(f"{field}: {message}" if field else message, field=field or None) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         logging.getLogger("finetune_trainer").error("%s: %s", exc.reason, exc)
         return EXIT_PERMANENT
+    from finetune_trainer.progress import quiet_library_bars
+
+    if not sys.stderr.isatty():  # in a pod or a file, each library bar would leave its frames in the log
+        quiet_library_bars()
     from finetune_trainer.train import run
 
     try:

@@ -132,6 +132,29 @@ def _evaluation_rules() -> list[Rule]:
     ]
 
 
+def _job_rules() -> list[Rule]:
+    """Rules across task, dataset and training: on the FineTuneJob's spec (CEL) and the trainer's config."""
+    tokens = "has(self.training) && has(self.training.batchTokens)"
+    max_length = "(has(self.dataset.maxLength) ? self.dataset.maxLength : 128)"
+    return [
+        Rule(
+            cel=f"!({tokens}) || self.task == 'causal-lm'",
+            message="training.batchTokens applies only to task causal-lm (the task whose examples vary from a few "
+                    "tokens to maxLength); other tasks bound a micro-batch with training.batchSize",
+            check=lambda j: j.training.batch_tokens is None or j.task == "causal-lm",
+            field="training.batchTokens",
+        ),
+        Rule(
+            cel=f"!({tokens}) || self.training.batchTokens >= {max_length}",
+            message="training.batchTokens must be at least dataset.maxLength (default 128), so that an example of "
+                    "maxLength tokens fits a micro-batch",
+            check=lambda j: j.training.batch_tokens is None or j.training.batch_tokens >= j.dataset.max_length,
+            field="training.batchTokens",
+        ),
+    ]
+
+
+JOB_RULES = _job_rules()
 STRATEGY_RULES = _strategy_rules()
 DATASET_RULES = _dataset_rules()
 GATE_RULES = _gate_rules()
@@ -327,8 +350,16 @@ class TrainingSpec(ApiModel):
     epochs: float = Field(3, gt=0, le=1000, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many optimizer steps.")
     batch_size: int = Field(
-        32, ge=1, le=65536, description="Examples per device per step, counted before causal-LM packing: a step "
-        "holds at most batchSize x dataset.maxLength tokens per device.",
+        32, ge=1, le=65536, description="Examples per device per micro-batch, counted before causal-LM packing: a "
+        "micro-batch holds at most batchSize x dataset.maxLength tokens per device (and at most batchTokens when "
+        "set).",
+    )
+    batch_tokens: int | None = Field(
+        None, ge=8, le=16_777_216, description="Causal LM: at most this many tokens per device per micro-batch, "
+        "padding included (rows x width of the packed or padded batch), so long texts make smaller batches instead "
+        "of larger steps; batchSize still caps the examples. Must be at least dataset.maxLength. The loss weighs "
+        "every labelled token of an optimizer step (its gradientAccumulation micro-batches, all ranks) equally. "
+        "Unset: only batchSize bounds a micro-batch.",
     )
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     learning_rate: float | None = Field(None, gt=0, le=1, description=defaults.describe())
@@ -347,7 +378,7 @@ class TrainingSpec(ApiModel):
     log_every: int = Field(10, ge=1, le=100000, description="Update metrics every N steps.")
     group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding.")
     packing: bool = Field(
-        True, description="Causal LM: pack each step's batchSize examples into padding-free rows of at most "
+        True, description="Causal LM: pack each micro-batch's examples into padding-free rows of at most "
         "dataset.maxLength tokens.",
     )
     early_stopping: EarlyStopping | None = Field(None, description="Stop when an eval metric stops improving.")
@@ -534,6 +565,8 @@ class TrainerConfig(ApiModel):
     """Everything the trainer needs; the operator writes it into the pod's ConfigMap, `finetune run` builds it
     from the same FineTuneJob."""
 
+    model_config = ConfigDict(json_schema_extra=rules_schema(JOB_RULES))
+
     name: str = Field(min_length=1, max_length=253, description="Job name, used in metrics labels and summaries.")
     model: ModelSpec
     task: Task
@@ -554,9 +587,10 @@ class TrainerConfig(ApiModel):
         return v
 
     @model_validator(mode="after")
-    def _learning_rate_resolved(self) -> TrainerConfig:
-        # Resolved here, where the strategy is known, so everything downstream (optimizer, plan, tracking params,
-        # the operator's ConfigMap) reads one number.
+    def _cross_field(self) -> TrainerConfig:
+        enforce(self, JOB_RULES)
+        # The learning rate is resolved here, where the strategy is known, so everything downstream (optimizer,
+        # plan, tracking params, the operator's ConfigMap) reads one number.
         if self.training.learning_rate is None:
             rate = defaults.default_learning_rate(StrategyType(self.strategy.type).value, self.training.batch_size,
                                                   self.training.gradient_accumulation)

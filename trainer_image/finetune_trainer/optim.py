@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -98,10 +99,18 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
     return max(group["lr"] for group in optimizer.param_groups)
 
 
-def total_steps(batches_per_epoch: int, training: TrainingSpec) -> int:
-    """Optimizer steps of the run: ``epochs`` (possibly fractional) of accumulation windows, at most ``maxSteps``."""
-    total = math.ceil(training.epochs * math.ceil(batches_per_epoch / training.gradient_accumulation))
-    return total if training.max_steps is None else min(total, training.max_steps)
+def total_steps(batches_in_epoch: Callable[[int], int], training: TrainingSpec) -> int:
+    """Optimizer steps of the run: ``epochs`` (possibly fractional) of accumulation windows, at most ``maxSteps``.
+    ``batches_in_epoch(e)``: the micro-batches of epoch ``e``, which a token budget makes differ by epoch."""
+    total = 0
+    for epoch in range(math.ceil(training.epochs)):
+        windows = math.ceil(batches_in_epoch(epoch) / training.gradient_accumulation)
+        # A last, partial epoch adds the fraction of its windows the epochs ask for (with equal epochs the total
+        # is ceil(epochs x windows), as epoch x windows is a whole number).
+        total += windows if epoch + 1 <= training.epochs else math.ceil(training.epochs * windows - epoch * windows)
+        if training.max_steps is not None and total >= training.max_steps:
+            return training.max_steps
+    return total
 
 
 def warmup_steps(total_steps: int, ratio: float) -> int:

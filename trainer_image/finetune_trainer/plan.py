@@ -2,7 +2,8 @@
 
 Loads the model (the task's model class), resolves its block stacks and the strategy exactly as training does,
 and reports which blocks and modules train, the LoRA targets, trainable/total parameter counts (the same set
-that then changes in training) and an estimate of training memory. Impossible specs raise the same errors the
+that then changes in training), what bounds a micro-batch (batchSize or batchTokens) and an estimate of training
+memory. Impossible specs raise the same errors the
 trainer's pre-flight raises (LayerSelectionError, ModelLoadError, ConfigError).
 
 The task head is sized from the model's config (two labels unless it says otherwise); training sizes it from
@@ -59,19 +60,31 @@ def plan(config: TrainerConfig) -> dict[str, Any]:
                        "trainablePercent": round(100.0 * trainable_set["trainableParameters"]
                                                  / max(1, trainable_set["totalParameters"]), 3)},
         "trainable": trainable_set["trainable"],
+        "batch": batch_bound(config),
         "memory": memory_estimate(config, strategy),
         "training": training_plan(config),
     }
 
 
+def batch_bound(config: TrainerConfig) -> dict[str, Any]:
+    """What bounds a micro-batch on each device: ``tokens`` at most (batchSize x maxLength, or batchTokens when
+    that is smaller), and which field decides it; a step adds gradientAccumulation of them."""
+    training = config.training
+    by_examples = training.batch_size * config.dataset.max_length
+    tokens = min(by_examples, training.batch_tokens or by_examples)
+    return {"examples": training.batch_size, "tokens": tokens,
+            "boundBy": "batchTokens" if tokens < by_examples else "batchSize",
+            "gradientAccumulation": training.gradient_accumulation,
+            "tokensPerStep": tokens * training.gradient_accumulation}
+
+
 def training_plan(config: TrainerConfig) -> dict[str, Any]:
-    """The step a job will take, with where its learning rate came from (a default that depends on the strategy
-    and batch is the one number a user most needs to see before a run)."""
+    """Where the learning rate came from: a default that depends on the strategy and the batch is a number a user
+    needs to see before a run."""
     training = config.training
     default = defaults.default_learning_rate(StrategyType(config.strategy.type).value, training.batch_size,
                                              training.gradient_accumulation)
-    return {"batchSize": training.batch_size, "gradientAccumulation": training.gradient_accumulation,
-            "epochs": training.epochs, "learningRate": training.learning_rate,
+    return {"epochs": training.epochs, "learningRate": training.learning_rate,
             "learningRateFrom": "default" if training.learning_rate == default else "spec"}
 
 
@@ -88,7 +101,7 @@ def memory_estimate(config: TrainerConfig, strategy: Strategy) -> dict[str, int]
     hidden = strategy.base.get_input_embeddings().embedding_dim
     lowest = strategy.lowest_trainable_block()
     in_graph = 0 if lowest is None else len(strategy.layout.blocks) - lowest
-    tokens = training.batch_size * config.dataset.max_length
+    tokens = batch_bound(config)["tokens"]
     bytes_per_element = 2 if training.precision in ("bf16", "fp16") else 4
     per_block = ACTIVATION_ELEMENTS_PER_HIDDEN * hidden * bytes_per_element
     if training.gradient_checkpointing:  # only block inputs stay, plus one block recomputed at a time

@@ -4,17 +4,29 @@ progress bar of `finetune run` and the log.
 
 Throughput counts real tokens, never padding. Prometheus gets counters of samples and tokens, updated every step,
 whose ``rate()`` is wall-clock throughput; the summary's samplesPerSecond/tokensPerSecond and the log are measured
-over training steps only (evaluation and checkpoint time left out), the log's over the last logging window.
+over training steps only (evaluation and checkpoint time left out), the log's over the steps since its last line.
+
+The console: a tqdm bar only when asked for (`finetune run`) and standard error is a terminal; anywhere else
+(``kubectl logs``, CI, a file) a bar's carriage-return frames pile up into enormous lines, so the run prints one
+plain line (step/total, epoch, loss, learning rate, samples/s, tokens/s, ETA) at its first step, then every
+``FINETUNE_LOG_SECONDS`` seconds (default 10; 0: every step) and at its last step. The line follows time, not
+``training.logEvery``: a step takes milliseconds on a tiny model and minutes on a big one, and a log reader wants
+lines every few seconds either way, while logEvery stays the metrics' cadence (gauges, tracking).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
+from finetune_trainer.errors import ConfigError
 from finetune_trainer.summary import Report
 from finetune_trainer.telemetry import Telemetry, peak_flops
 from finetune_trainer.tracking import Tracking
@@ -22,19 +34,38 @@ from finetune_trainer.tracking import Tracking
 log = logging.getLogger("finetune_trainer")
 
 
+# The libraries' own bars (tokenizing, loading and writing weights), which huggingface_hub (and transformers through
+# it) and datasets read at import.
+LIBRARY_BARS_ENV = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
+LOG_SECONDS_ENV = "FINETUNE_LOG_SECONDS"  # seconds between plain progress lines (default 10; 0: every step)
+DEFAULT_LOG_SECONDS = 10.0
+
+
+@dataclass
+class Window:
+    """Sums over the steps since a report: the metrics' (every logEvery steps) or the log line's."""
+
+    samples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    loss: float = 0.0
+    steps: int = 0
+
+    def rates(self) -> dict[str, float]:
+        seconds = self.seconds or math.inf
+        return {"loss": self.loss / max(1, self.steps), "samples_per_second": self.samples / seconds,
+                "tokens_per_second": self.tokens / seconds}
+
+
 class Throughput:
-    """Samples, real tokens and seconds of training steps, over the run and over the current logging window."""
+    """Samples, real tokens and seconds of training steps, over the run and over the current windows."""
 
     def __init__(self):
         self.samples = self.tokens = 0
         self.seconds = 0.0
         self.steps = 0
         self.lr = 0.0
-        self._window = self._empty_window()
-
-    @staticmethod
-    def _empty_window() -> dict[str, float]:
-        return {"samples": 0, "tokens": 0, "seconds": 0.0, "loss": 0.0, "steps": 0}
+        self._windows = {"metrics": Window(), "line": Window()}
 
     def add(self, samples: int, tokens: int, seconds: float, lr: float, loss: float) -> None:
         self.samples += samples
@@ -42,12 +73,12 @@ class Throughput:
         self.seconds += seconds
         self.steps += 1
         self.lr = lr
-        w = self._window
-        w["samples"] += samples
-        w["tokens"] += tokens
-        w["seconds"] += seconds
-        w["loss"] += loss
-        w["steps"] += 1
+        for w in self._windows.values():
+            w.samples += samples
+            w.tokens += tokens
+            w.seconds += seconds
+            w.loss += loss
+            w.steps += 1
 
     @property
     def samples_per_second(self) -> float:
@@ -61,18 +92,37 @@ class Throughput:
     def seconds_per_step(self) -> float:
         return self.seconds / self.steps if self.steps else 0.0
 
-    def flush(self) -> dict[str, float]:
-        """The logging window's means and rates, and start a new window."""
-        w = self._window
-        seconds = w["seconds"] or math.inf
-        result = {"loss": w["loss"] / max(1, w["steps"]), "samples_per_second": w["samples"] / seconds,
-                  "tokens_per_second": w["tokens"] / seconds}
-        self._window = self._empty_window()
+    def flush(self, window: str = "metrics") -> dict[str, float]:
+        """The window's mean loss and rates, and start it anew."""
+        result = self._windows[window].rates()
+        self._windows[window] = Window()
         return result
 
 
+def quiet_library_bars() -> None:
+    """Turn the libraries' progress bars off (before they are imported), unless the environment says otherwise."""
+    for name in LIBRARY_BARS_ENV:
+        os.environ.setdefault(name, "1")
+
+
+def log_seconds() -> float:
+    """``FINETUNE_LOG_SECONDS``, checked: a bad value is named rather than silently replaced."""
+    raw = os.environ.get(LOG_SECONDS_ENV)
+    if raw is None:
+        return DEFAULT_LOG_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < math.inf:
+        raise ConfigError(f"{LOG_SECONDS_ENV}={raw!r}: expected the seconds between progress lines, a number >= 0 "
+                          "(0: a line every step)")
+    return value
+
+
 class Progress:
-    """Reports each optimizer step; metrics every ``log_every`` steps and at the last one."""
+    """Reports each optimizer step; metrics every ``log_every`` steps and at the last one; a plain line every
+    ``FINETUNE_LOG_SECONDS`` unless the bar shows."""
 
     def __init__(self, name: str, telemetry: Telemetry, report: Report, device: torch.device, world_size: int,
                  log_every: int, bar: bool, tracking: Tracking | None = None):
@@ -80,9 +130,12 @@ class Progress:
         self.device, self.world_size, self.log_every = device, world_size, log_every
         self.meter = Throughput()
         self.total_steps = 0
-        self._want_bar = bar
+        # Only a terminal redraws a bar in place; a pipe or a file would keep every frame.
+        self._want_bar = bar and sys.stderr.isatty()
         self._bar = None
         self._counted = (0, 0)  # the meter's samples and tokens already added to the Prometheus counters
+        self._line_every = log_seconds()
+        self._last_line: float | None = None  # monotonic time of the last plain line; None: none yet
 
     def start(self, step: int, total_steps: int, trainable: int, total: int) -> None:
         """The run's size, once the model and data are known (``step`` > 0 when it resumed)."""
@@ -96,7 +149,7 @@ class Progress:
             self.tracking.start(step)
 
     def open_bar(self, step: int) -> None:
-        """The progress bar of `finetune run`, when asked for, from ``step`` on."""
+        """The progress bar of `finetune run` on a terminal, from ``step`` on."""
         if self._want_bar:
             from tqdm.auto import tqdm
 
@@ -106,10 +159,11 @@ class Progress:
     def step(self, step: int, epoch: float, loss: float) -> None:
         t, meter = self.telemetry, self.meter
         self.report.step, self.report.epoch = step, epoch
+        eta = meter.seconds_per_step * (self.total_steps - step)
         t.set(t.step, step)
         t.set(t.epoch, epoch)
         t.set(t.progress_ratio, step / self.total_steps)
-        t.set(t.eta_seconds, meter.seconds_per_step * (self.total_steps - step))
+        t.set(t.eta_seconds, eta)
         t.add(t.samples, meter.samples - self._counted[0])
         t.add(t.tokens, meter.tokens - self._counted[1])
         self._counted = (meter.samples, meter.tokens)
@@ -117,6 +171,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{meter.lr:.2e}", refresh=False)
+        self._line(step, epoch, eta)
         if step % self.log_every and step != self.total_steps:
             return
         window = meter.flush()
@@ -134,9 +189,19 @@ class Progress:
             if peak:
                 t.set(t.mfu_ratio, self._mfu(window["tokens_per_second"], peak))
                 self.report.mfu = self._mfu(meter.tokens_per_second, peak)  # the run's average
+
+    def _line(self, step: int, epoch: float, eta: float) -> None:
+        """The plain progress line: this process's first step, then every ``FINETUNE_LOG_SECONDS``, the last."""
+        now = time.monotonic()
+        due = self._last_line is None or now - self._last_line >= self._line_every or step == self.total_steps
+        if not due:
+            return
+        self._last_line = now
+        window = self.meter.flush("line")
         (log.debug if self._bar is not None else log.info)(
-            "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s %.0f tokens/s", step, self.total_steps,
-            epoch, window["loss"], meter.lr, window["samples_per_second"], window["tokens_per_second"])
+            "step %d/%d epoch %.2f loss %.4f lr %.2e %.1f samples/s %.0f tokens/s ETA %s", step, self.total_steps,
+            epoch, window["loss"], self.meter.lr, window["samples_per_second"], window["tokens_per_second"],
+            timedelta(seconds=round(eta)))
 
     def _mfu(self, tokens_per_second: float, peak: float) -> float:
         return 6 * self.report.total * tokens_per_second / self.world_size / peak

@@ -182,8 +182,8 @@ class Recipe:
 
         self.batches = batching.LengthGroupedBatches(
             self.train_lengths, training.batch_size, training.seed, group_by_length=training.group_by_length,
-            rank=self.rt.rank, world_size=self.rt.world_size)
-        self.total_steps = optim.total_steps(len(self.batches), training)
+            rank=self.rt.rank, world_size=self.rt.world_size, budget=self.task.budget)
+        self.total_steps = optim.total_steps(self.batches.count, training)
         self.warmup_steps = optim.warmup_steps(self.total_steps, training.warmup_ratio)
 
         resumed = checkpoints.latest(self.output)
@@ -266,16 +266,22 @@ class Recipe:
         lr = optim.set_learning_rate(self.optimizer, factor)
         loss_sum = torch.zeros((), device=self.rt.device)
         samples = tokens = 0
-        for i, indices in enumerate(window):
-            batch = {k: v.to(self.rt.device, non_blocking=True) for k, v in next(stream).items()}
+        micro_batches = [next(stream) for _ in window]
+        # Micro-batches weigh by their loss units (a causal LM's labelled tokens) across the step and the ranks;
+        # the logged loss is this rank's mean over its own units.
+        units = [self.task.loss_units(batch) for batch in micro_batches]
+        weights = batching.loss_weights(units, self.rt.sum_over_ranks, self.rt.world_size)
+        shown = batching.loss_weights(units, float, 1)
+        for i, (indices, batch) in enumerate(zip(window, micro_batches)):
+            batch = {k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()}
             with runtime.no_sync(self.wrapped, skip=i < len(window) - 1), self.rt.autocast():
                 loss = self.wrapped(**batch).loss
-            scaled = loss / len(window)
+            scaled = loss * weights[i]
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss_sum += loss.detach()
+            loss_sum += loss.detach() * shown[i]
             samples += len(indices)
             tokens += sum(self.train_lengths[j] for j in indices)
-        mean_loss = float(loss_sum) / len(window)
+        mean_loss = float(loss_sum)
         if not math.isfinite(mean_loss):
             raise NonFiniteLoss(
                 f"the training loss became {mean_loss} at step {self.state.step + 1}; lower "

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from finetune_trainer.batching import TokenBudget
 from finetune_trainer.config import DatasetSpec, Task, TrainingSpec
 
 
@@ -45,6 +46,8 @@ class TaskAdapter(ABC):
     auto_model: ClassVar[str]  # name of the transformers Auto class, e.g. "AutoModelForSequenceClassification"
     # Every metric ``evaluate`` reports -> whether a higher value is better (what early stopping compares by).
     higher_is_better: ClassVar[dict[str, bool]]
+    # training.batchTokens as the task counts its batches' tokens, set by ``configure`` (causal LM only).
+    budget: TokenBudget | None = None
 
     def configure(self, training: TrainingSpec) -> None:
         """Take the training options that change how this task builds its batches (e.g. causal-LM packing)."""
@@ -59,6 +62,11 @@ class TaskAdapter(ABC):
 
         rows = [{k: v for k, v in f.items() if k != "length"} for f in features]
         return DataCollatorWithPadding(tokenizer, return_tensors="pt")(rows)
+
+    def loss_units(self, batch: dict[str, Any]) -> int | None:
+        """What the model's loss of ``batch`` is a mean over (e.g. labelled tokens), so micro-batches of a step
+        weigh by it; None: the micro-batches weigh equally."""
+        return None
 
     @abstractmethod
     def evaluate(self, model: Any, data: PreparedData, tokenizer: Any, batch_size: int, device: Any) -> dict[str, float]:

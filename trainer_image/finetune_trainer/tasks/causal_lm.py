@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from finetune_trainer.batching import TokenBudget, pack, within_budget
 from finetune_trainer.config import DatasetSpec, Task, TrainingSpec
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
@@ -46,6 +47,8 @@ class CausalLMTask(TaskAdapter):
 
     def configure(self, training: TrainingSpec) -> None:
         self.packing = training.packing
+        if training.batch_tokens is not None:
+            self.budget = TokenBudget(training.batch_tokens, self.batch_cells)
 
     def prepare(self, raw: RawSplits, tokenizer: Any, dataset: DatasetSpec) -> PreparedData:
         kind, columns = record_kind(raw, dataset)
@@ -86,14 +89,33 @@ class CausalLMTask(TaskAdapter):
                             info={"records": kind, "packing": self.packing})
 
     def collate(self, tokenizer: Any, features: list[dict[str, Any]]) -> dict[str, Any]:
-        longest = max(len(f["input_ids"]) for f in features)
-        rows = pack(features, max(self.row_tokens, longest)) if self.packing else [[f] for f in features]
+        rows = self._rows([len(f["input_ids"]) for f in features])
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never attended nor scored
-        return batch_rows(rows, pad_id, packed=self.packing)
+        return batch_rows([[features[k] for k in row] for row in rows], pad_id, packed=self.packing)
+
+    def _rows(self, lengths: list[int]) -> list[list[int]]:
+        """Which examples share each row: packed into rows of maxLength, or one row each."""
+        if not self.packing:
+            return [[k] for k in range(len(lengths))]
+        return pack(lengths, max(self.row_tokens, max(lengths)))
+
+    def batch_cells(self, lengths: list[int]) -> int:
+        """Tensor cells (rows x width) a batch of examples of these lengths collates into: what batchTokens bounds,
+        in training and evaluation."""
+        rows = self._rows(lengths)
+        return len(rows) * max(sum(lengths[k] for k in row) for row in rows)
+
+    def loss_units(self, batch: dict[str, Any]) -> int:
+        # The tokens the model's mean loss is over: labels shifted by one, the ignored ones left out.
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def evaluate(self, model: Any, data: PreparedData, tokenizer: Any, batch_size: int, device: Any) -> dict[str, float]:
         loss = RunningMean()
-        for _, batch, outputs in eval_batches(model, data.eval, batch_size, partial(self.collate, tokenizer), device):
+        batches = None
+        if self.budget is not None:  # evaluation keeps to batchTokens too
+            batches = within_budget(list(range(len(data.eval))), list(data.eval["length"]), batch_size, self.budget)
+        collate = partial(self.collate, tokenizer)
+        for _, batch, outputs in eval_batches(model, data.eval, batch_size, collate, device, batches):
             # Every row's first label is IGNORE, so the labelled tokens are exactly the shifted targets.
             loss.add(outputs.loss, int((batch["labels"] != IGNORE).sum()))
         return {"eval_loss": loss.mean, "eval_perplexity": torch.tensor(loss.mean).exp().item()}
@@ -185,22 +207,6 @@ def tokenize_pieces(tokenizer: Any, pieces: list[Piece], prefix: list[int]) -> t
         ids += piece_ids
         labels += piece_ids if learned else [IGNORE] * len(piece_ids)
     return ids, labels
-
-
-def pack(features: list[dict[str, Any]], capacity: int) -> list[list[dict[str, Any]]]:
-    """First-fit decreasing: longest examples first, each into the first row with room for it."""
-    rows: list[list[dict[str, Any]]] = []
-    room: list[int] = []
-    for feature in sorted(features, key=lambda f: len(f["input_ids"]), reverse=True):
-        size = len(feature["input_ids"])
-        fit = next((r for r, free in enumerate(room) if size <= free), None)
-        if fit is None:
-            rows.append([feature])
-            room.append(capacity - size)
-        else:
-            rows[fit].append(feature)
-            room[fit] -= size
-    return rows
 
 
 def batch_rows(rows: list[list[dict[str, Any]]], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:

@@ -41,16 +41,21 @@ def eval_batches(
     batch_size: int,
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     device: Any,
+    batches: list[list[int]] | None = None,
 ) -> Iterator[tuple[list[dict[str, Any]], dict[str, torch.Tensor], Any]]:
-    """Yield ``(rows, batch, outputs)`` for consecutive batches of ``features`` in their stored order, in eval mode
-    without gradients; the model's previous train/eval mode is restored afterwards. Order is kept so callers can
-    line outputs up with their examples."""
+    """Yield ``(rows, batch, outputs)`` for consecutive batches of ``features`` in their stored order (of
+    ``batch_size`` rows, or the given consecutive ``batches`` of row indices), in eval mode without gradients; the
+    model's previous train/eval mode is restored afterwards. Order is kept so callers can line outputs up with
+    their examples."""
+    if batches is None:
+        batches = [list(range(start, min(start + batch_size, len(features))))
+                   for start in range(0, len(features), batch_size)]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(features), batch_size):
-                rows = feature_rows(features, slice(start, start + batch_size))
+            for indices in batches:
+                rows = feature_rows(features, indices)
                 batch = {k: v.to(device) for k, v in collate(rows).items()}
                 yield rows, batch, model(**batch)
     finally:
