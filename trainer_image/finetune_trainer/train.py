@@ -196,7 +196,7 @@ class Recipe:
         self.optimizer = optim.build_optimizer(optim.parameter_groups(self.model, self.layout, training), training)
         self.scaler = self.rt.grad_scaler()
         if resumed is not None:
-            runtime.load_optimizer_state(self.wrapped, self.optimizer, resumed.optimizer_state(self.rt.device))
+            resumed.restore_optimizer(self.model, self.optimizer, self.rt.device)
             resumed.restore_rng(self.rt.rank)
             self.report.checkpoint = {"location": locations.user_location(resumed.path, cfg.output.location),
                                       "step": resumed.step}
@@ -341,8 +341,7 @@ class Recipe:
                          "schedule": {"kind": str(self.training.schedule), "warmupSteps": self.warmup_steps},
                          "metrics": dict(self.report.metrics)}
         final = checkpoints.save(
-            self.output, state.step, self.rt, weights=runtime.trainable_weights(self.model),
-            optimizer_state=runtime.optimizer_state(self.wrapped, self.optimizer), state=trainer_state,
+            self.output, state.step, self.rt, model=self.model, optimizer=self.optimizer, state=trainer_state,
             trainable_set=self.strategy.trainable_set(), config=self.config.wire(),
             keep=self.config.output.keep_checkpoints,
             protect=state.best_model_step if self.keeps_best else None)
