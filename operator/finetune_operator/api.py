@@ -11,7 +11,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from finetune_operator.core_types import Toleration
 from finetune_operator.pod_overrides import PodOverrides
@@ -22,11 +22,14 @@ from finetune_trainer.config import (
     EvaluationSpec,
     ModelSpec,
     OutputSpec,
+    Rule,
     StorageSpec,
     StrategySpec,
     Task,
     TrackingSpec,
     TrainingSpec,
+    enforce,
+    rules_schema,
 )
 
 GROUP = "finetune.io"
@@ -109,8 +112,22 @@ class NotifySpec(ApiModel):
     sinks: list[NotifySink] = Field(min_length=1, max_length=8, description="Endpoints notified of transitions.")
 
 
+# Rules across spec fields, where what a field allows depends on another part of the spec.
+SPEC_RULES = [Rule(
+    cel="!has(self.strategy.lora) || !has(self.strategy.lora.quantization) || "
+        "(has(self.resources) && has(self.resources.gpus) && self.resources.gpus > 0)",
+    message="spec.strategy.lora.quantization (4-bit base weights, QLoRA) needs GPUs, where bitsandbytes' 4-bit "
+            "kernels run: set spec.resources.gpus to at least 1, or remove the quantization to train LoRA on "
+            "full-precision weights on CPUs",
+    check=lambda s: s.strategy.lora is None or s.strategy.lora.quantization is None or s.resources.gpus > 0,
+    field="strategy.lora.quantization",
+)]
+
+
 class FineTuneJobSpec(ApiModel):
     """What to fine-tune, on what data, how, with which resources, and where the result goes."""
+
+    model_config = ConfigDict(json_schema_extra=rules_schema(SPEC_RULES))
 
     model: ModelSpec = Field(description="The pre-trained model to start from (immutable).", json_schema_extra={
         "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "spec.model is immutable"}]})
@@ -149,6 +166,11 @@ class FineTuneJobSpec(ApiModel):
     tracking: TrackingSpec | None = Field(
         None, description="Experiment tracking (docs/tracking.md); unset: TensorBoard event files in the output.",
     )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FineTuneJobSpec:
+        enforce(self, SPEC_RULES)
+        return self
 
 
 class Phase(str, enum.Enum):

@@ -65,9 +65,22 @@ def test_a_good_finetunejob_gets_the_defaults_the_crd_has():
     ({"output__push": {"reference": "r.example.com/m:v1", "insecure": "maybe"}},
      "spec.output.push.insecure: Input should be a valid boolean"),
     ({"queueName": "Team_A"}, "spec.queueName: String should match pattern"),  # Kueue's webhook would refuse the Job
+    ({"strategy": {"type": "lora", "lora": {"quantization": "nf4"}}},
+     "spec.strategy.lora.quantization (4-bit base weights, QLoRA) needs GPUs, where bitsandbytes' 4-bit kernels run: "
+     "set spec.resources.gpus to at least 1"),
+    ({"strategy": {"type": "lora", "lora": {"quantization": "int8"}}, "resources__gpus": 1},
+     "spec.strategy.lora.quantization: Input should be 'nf4' or 'fp4'"),
+    ({"strategy": {"type": "hybrid", "layers": "last:1", "lora": {"quantization": "nf4"}}, "resources__gpus": 1},
+     "strategy.lora.quantization (4-bit base weights, QLoRA) is allowed only when strategy.type is lora"),
 ])
 def test_bad_specs_are_refused_naming_the_field(overrides, words):
     assert words in refusal(finetunejob(**overrides))
+
+
+def test_qlora_on_gpus_is_admitted():
+    parsed = parse_finetunejob(finetunejob(strategy={"type": "lora", "lora": {"quantization": "nf4"}},
+                                           resources__gpus=1))
+    assert parsed.spec.strategy.lora.quantization == "nf4"
 
 
 def test_name_too_long_for_child_names():

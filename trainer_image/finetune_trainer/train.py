@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from finetune_trainer import (batching, cache, checkpoints, data, export, gates, locations, mirror, models, optim,
-                              push, runtime, summary)
+                              push, quantization, runtime, summary)
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (ConfigError, DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory,
                                      StorageError, TrainerError)
@@ -152,6 +152,7 @@ class Recipe:
         _seed_everything(training.seed)
 
         # Pre-flight: everything that can be wrong with the spec fails here, before the first step.
+        quantization.preflight(cfg, self.rt.device)
         if cfg.output.push and self.rt.is_main:
             push.preflight(cfg.output.push)
         if is_s3(cfg.output.location):  # the bucket's newest complete checkpoint, one copy per machine
@@ -172,8 +173,9 @@ class Recipe:
         # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
         # without a device sync per micro-batch.
         self.train_lengths = list(self.data.train["length"])
-        model = models.load_model(model_spec, self.task.auto_model, self.data.model_kwargs, self.tokenizer,
-                                  dropout=training.dropout)
+        model = quantization.prepare(models.load_model(
+            model_spec, self.task.auto_model, self.data.model_kwargs, self.tokenizer, dropout=training.dropout,
+            **quantization.load_kwargs(cfg.strategy, self.rt.device)))
         self.layout = resolve_layout(model)
         self.strategy = build_strategy(model, self.layout, cfg.strategy)
         self.model = self.strategy.model.to(self.rt.device)
