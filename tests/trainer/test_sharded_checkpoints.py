@@ -1,7 +1,9 @@
 """FSDP checkpoints written shard by shard (torch.distributed.checkpoint), with the real entry point under torchrun:
 two CPU processes (gloo) train a tiny Llama sharded with FSDP2, each rank writes its own shard of the weights and
 optimizer state, rank 0 holds no gathered copy; killed after a checkpoint, the restarted run resumes from it and
-ends with exactly the weights and optimizer state of a run that was never interrupted."""
+ends with exactly the weights and optimizer state of a run that was never interrupted. With an s3:// output on
+two "nodes" (two torchrun agents, each with its own staging directory, as two pods have their own /tmp), each
+node's shard reaches the bucket before the checkpoint's COMPLETE marker, and new pods resume from the bucket."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +19,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from finetune_trainer.objectstore import S3Uri
 from tiny_models import instruction_rows, save_tiny_model, write_rows
 
 NPROC = 2
@@ -132,3 +136,48 @@ def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint_exactly(tmp_path, s
     # The final model is an ordinary transformers directory, gathered once at the end.
     ma, mb = (load_file(str(out / "model" / "model.safetensors")) for out in (straight_out, killed_out))
     assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def two_nodes(config_path, tmp_path, env, attempt):
+    """Two torchrun agents of one process each on a static rendezvous, as two single-GPU pods; each node stages an
+    s3:// output in its own directory."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+         "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+         "-m", "finetune_trainer", "--config", str(config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **env, "OMP_NUM_THREADS": "1", "FINETUNE_FSDP": "1",
+             "FINETUNE_STAGING_ROOT": str(tmp_path / f"{attempt}-node{node}")}) for node in range(2)]
+
+
+def test_each_node_uploads_its_shards_before_the_bucket_commit_and_new_pods_resume(s3_server, s3_env, s3_inputs,
+                                                                                  tmp_path):
+    bucket = s3_server.bucket("sharded")
+    output = f"s3://{bucket}/run"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "name": "sharded-s3", "model": {"source": s3_inputs["model"]}, "task": "sequence-classification",
+        "dataset": {"source": s3_inputs["data"], "maxLength": 32}, "strategy": {"type": "full"},
+        "training": {"epochs": 1, "batchSize": 8, "learningRate": 1e-2, "saveEvery": 1},
+        "output": {"location": output, "keepCheckpoints": 2}, "metricsPort": 0}))
+
+    first = [finished(p) for p in two_nodes(config, tmp_path, s3_env, "first")]
+    keys = s3_server.keys(bucket, "run/checkpoints/")
+    steps = sorted({int(k.split("/step-")[1].split("/")[0]) for k in keys})
+    assert steps == [5, 6], keys  # 96 rows, 8 per rank per step; keepCheckpoints 2 pruned the bucket
+    files = {k.rsplit("/", 1)[1] for k in keys if "/step-6/" in k}
+    assert files == {".metadata", "__0_0.distcp", "__1_0.distcp", "rng-rank0.pt", "rng-rank1.pt", "trainer_state.json",
+                     "manifest.json", "config.json", "COMPLETE"}, files
+    assert not list((tmp_path / "first-node1").rglob(".tmp-step-*"))  # node 1 keeps no staged leftovers
+    assert "model saved to" in first[0]
+
+    # The newest checkpoint's marker is lost (its upload cut): new pods, fresh staging, resume from step 5.
+    s3_server.client().delete_object(Bucket=bucket, Key="run/checkpoints/step-6/COMPLETE")
+    again = [finished(p) for p in two_nodes(config, tmp_path, s3_env, "again")]
+    assert "restored checkpoint step 5" in again[0] and re.search(r"resumed from \S+: step 5/6", again[0]), again[0]
+    summary = json.loads(s3_server.client().get_object(Bucket=bucket, Key="run/summary.json")["Body"].read())
+    assert summary["phase"] == "Succeeded"
+    assert summary["checkpoint"] == {"location": f"{S3Uri.parse(output)}/checkpoints/step-6", "step": 6}

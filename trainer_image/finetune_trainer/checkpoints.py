@@ -132,7 +132,7 @@ def save(output: Path, step: int, rt: Runtime, *, model: torch.nn.Module, optimi
     adds its generators (and, when ``model`` is sharded, its shard of the weights and optimizer state), the main
     rank writes the rest and commits. Returns the committed directory on the main rank, None on the others.
     ``protect``: a step whose checkpoint survives pruning (the best one, for evaluation.finalModel best)."""
-    staging = _staging_path(output, step)
+    staging = staging_path(output, step)
     if rt.is_main:
         staging_dir(output, step)
     rt.barrier()
@@ -151,13 +151,14 @@ def save(output: Path, step: int, rt: Runtime, *, model: torch.nn.Module, optimi
     return final
 
 
-def _staging_path(output: Path, step: int) -> Path:
+def staging_path(output: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is written before its commit renames it to ``step-<N>``."""
     return directory(output) / f".tmp-step-{step}"
 
 
 def staging_dir(output: Path, step: int) -> Path:
     """An empty ``.tmp-step-<N>`` directory to write a checkpoint into (made by the main rank)."""
-    path = _staging_path(output, step)
+    path = staging_path(output, step)
     try:
         if path.exists():
             shutil.rmtree(path)

@@ -26,11 +26,6 @@ def is_sharded(path: Path) -> bool:
     return (path / INDEX).is_file()
 
 
-def rank_files(path: Path, rank: int) -> list[Path]:
-    """The files ``rank`` wrote into the checkpoint directory ``path`` (its shard and its generators)."""
-    return sorted(path.glob(f"__{rank}_*.distcp")) + sorted(path.glob(f"rng-rank{rank}.pt"))
-
-
 def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The trainable tensors (frozen ones come back from model.source) and the optimizer's state, as this rank's
     shards (DTensors). A fresh optimizer gets zero state first (DCP steps it with lr 0), so there is a tensor of

@@ -348,8 +348,8 @@ class Recipe:
             keep=self.config.output.keep_checkpoints,
             protect=state.best_model_step if self.keeps_best else None)
         location = locations.user_location(final, self.config.output.location) if final is not None else None
-        if final is not None and is_s3(self.config.output.location):
-            mirror.upload_checkpoint(self.store, self.config.output.location, final,
+        if is_s3(self.config.output.location):
+            mirror.commit_checkpoint(self.store, self.config.output.location, self.output, state.step, self.rt,
                                      self.config.output.keep_checkpoints)
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
 
