@@ -52,11 +52,16 @@ def test_a_trainer_without_bitsandbytes_says_what_to_install(tiny_model_dir, job
     assert info.value.field == "strategy.lora.quantization" and "bitsandbytes" in str(info.value)
 
 
-def test_hybrid_cannot_keep_its_base_in_4_bits():
+@pytest.mark.parametrize("spec, words", [
+    ({"type": "hybrid", "layers": "last:1", "lora": {"quantization": "nf4"}},
+     "strategy.lora.quantization (4-bit base weights, QLoRA) is allowed only when strategy.type is lora"),
+    ({"type": "lora", "embeddings": True, "lora": {"quantization": "nf4"}},
+     "strategy.embeddings is not allowed with strategy.lora.quantization"),
+])
+def test_what_would_need_4_bit_weights_to_train_or_merge_is_refused(spec, words):
     with pytest.raises(ValidationError) as info:
-        StrategySpec.model_validate({"type": "hybrid", "layers": "last:1", "lora": {"quantization": "nf4"}})
-    assert "strategy.lora.quantization (4-bit base weights, QLoRA) is allowed only when strategy.type is lora" in \
-        str(info.value)
+        StrategySpec.model_validate(spec)
+    assert words in str(info.value)
 
 
 @pytest.mark.parametrize("kind", ["nf4", "fp4"])

@@ -87,6 +87,13 @@ def _strategy_rules() -> list[Rule]:
             field="lora.quantization",
         ),
         Rule(
+            cel="!has(self.lora) || !has(self.lora.quantization) || !self.embeddings",
+            message="strategy.embeddings is not allowed with strategy.lora.quantization: embeddings trained in place "
+                    "make the output a merged model, and merging into 4-bit weights rounds the update away",
+            check=lambda s: s.lora is None or s.lora.quantization is None or not s.embeddings,
+            field="embeddings",
+        ),
+        Rule(
             cel="!has(self.unfreeze) || self.type == 'hybrid'",
             message="strategy.unfreeze (staged unfreezing) is allowed only when strategy.type is hybrid",
             check=lambda s: s.unfreeze is None or s.type == "hybrid",
