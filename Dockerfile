@@ -49,15 +49,16 @@ ENTRYPOINT ["finetune", "operator"]
 
 FROM base AS trainer
 ARG VARIANT=cuda
+# The CUDA image adds bitsandbytes (extra qlora: 4-bit base weights, strategy.lora.quantization), which needs CUDA.
 ARG TORCH_INDEX_URL=""
 # An extra index for torch only adds candidates: for the same version its `+cpu` wheel sorts above PyPI's. pip
 # skips an index it cannot reach, so a CPU image whose torch came from PyPI (CUDA) fails the check at the end.
 RUN --mount=type=cache,id=pip,target=/root/.cache/pip,sharing=locked \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca.crt \
-    index="$TORCH_INDEX_URL"; \
-    if [ "$VARIANT" = cpu ] && [ -z "$index" ]; then index=https://download.pytorch.org/whl/cpu; fi; \
+    index="$TORCH_INDEX_URL"; gpu_extras=,qlora; \
+    if [ "$VARIANT" = cpu ]; then gpu_extras=""; [ -n "$index" ] || index=https://download.pytorch.org/whl/cpu; fi; \
     if [ -n "$index" ]; then export PIP_EXTRA_INDEX_URL="$index"; fi \
-    && tools/install.sh --venv /opt/venv trainer && rm -rf build ./*.egg-info \
+    && tools/install.sh --venv /opt/venv trainer$gpu_extras && rm -rf build ./*.egg-info \
     && if [ "$VARIANT" = cpu ]; then /opt/venv/bin/python -c 'import sys, torch; sys.exit(torch.version.cuda and \
         f"VARIANT=cpu, but torch {torch.__version__} is a CUDA build: is TORCH_INDEX_URL reachable?")'; fi
 COPY README.md ./
@@ -65,7 +66,8 @@ COPY operator operator
 COPY trainer_image trainer_image
 RUN --mount=type=cache,id=pip,target=/root/.cache/pip,sharing=locked \
     --mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca.crt \
-    tools/install.sh --venv /opt/venv trainer && cd / && rm -rf /src
+    gpu_extras=,qlora; if [ "$VARIANT" = cpu ]; then gpu_extras=""; fi; \
+    tools/install.sh --venv /opt/venv trainer$gpu_extras && cd / && rm -rf /src
 # Hugging Face caches go to a writable emptyDir (the root filesystem is read-only in the pod).
 ENV PATH=/opt/venv/bin:$PATH HF_HOME=/tmp/hf-home FINETUNE_PVC_ROOT=/mnt/pvc
 USER 1000:1000

@@ -23,6 +23,7 @@ from finetune_trainer.config import (
     EvaluationSpec,
     ModelSpec,
     OutputSpec,
+    Rule,
     StorageSpec,
     StrategySpec,
     Task,
@@ -112,10 +113,23 @@ class NotifySpec(ApiModel):
     sinks: list[NotifySink] = Field(min_length=1, max_length=8, description="Endpoints notified of transitions.")
 
 
+# Rules across spec fields, where what a field allows depends on another part of the spec: the trainer's own
+# (JOB_RULES: task, dataset and training) and the operator's, which see resources.
+SPEC_RULES = [*JOB_RULES, Rule(
+    cel="!has(self.strategy.lora) || !has(self.strategy.lora.quantization) || "
+        "(has(self.resources) && has(self.resources.gpus) && self.resources.gpus > 0)",
+    message="spec.strategy.lora.quantization (4-bit base weights, QLoRA) needs GPUs, where bitsandbytes' 4-bit "
+            "kernels run: set spec.resources.gpus to at least 1, or remove the quantization to train LoRA on "
+            "full-precision weights on CPUs",
+    check=lambda s: s.strategy.lora is None or s.strategy.lora.quantization is None or s.resources.gpus > 0,
+    field="strategy.lora.quantization",
+)]
+
+
 class FineTuneJobSpec(ApiModel):
     """What to fine-tune, on what data, how, with which resources, and where the result goes."""
 
-    model_config = ConfigDict(json_schema_extra=rules_schema(JOB_RULES))
+    model_config = ConfigDict(json_schema_extra=rules_schema(SPEC_RULES))
 
     model: ModelSpec = Field(description="The pre-trained model to start from (immutable).", json_schema_extra={
         "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "spec.model is immutable"}]})
@@ -157,7 +171,7 @@ class FineTuneJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
-        enforce(self, JOB_RULES)
+        enforce(self, SPEC_RULES)
         return self
 
 

@@ -273,6 +273,27 @@ def test_the_apiserver_checks_batch_tokens_against_task_and_max_length(control_p
     assert create("causal-lm", 1024, 2048).returncode != 0
 
 
+def test_the_apiserver_refuses_qlora_without_gpus(control_plane: ControlPlane, namespace: str) -> None:
+    """strategy.lora.quantization needs resources.gpus: a rule across the spec, enforced by the apiserver (CEL)."""
+    cp = control_plane
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=fto-tests", "-f", str(FTJ_CRD))
+    _wait_established(cp, yaml.safe_load(FTJ_CRD.read_text())["metadata"]["name"])
+
+    def create(**spec) -> subprocess.CompletedProcess:
+        ftj = {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": f"qlora-{_uid()}"},
+               "spec": {"model": {"source": "hf://org/tiny-model"}, "task": "causal-lm",
+                        "dataset": {"source": "hf://org/instructions"},
+                        "strategy": {"type": "lora", "lora": {"quantization": "nf4"}}, **spec}}
+        return cp.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(ftj), check=False)
+
+    assert cp.wait_for(lambda: create(resources={"gpus": 1}).returncode == 0 or None, timeout=30,
+                       what="a QLoRA FineTuneJob with a GPU to be created")
+    for spec in ({}, {"resources": {"cpu": "4"}}, {"resources": {"gpus": 0}}):
+        refused = create(**spec)
+        assert refused.returncode != 0 and "spec.strategy.lora.quantization (4-bit base weights, QLoRA) needs GPUs" \
+            in refused.stderr, (spec, refused.stderr)
+
+
 # --------------------------------------------------------------------------------- Jobs on KWOK
 
 

@@ -70,6 +70,13 @@ def test_a_good_finetunejob_gets_the_defaults_the_crd_has():
      "spec: training.batchTokens must be at least dataset.maxLength (default 128)"),
     ({"task": "causal-lm", "training__batchTokens": 4}, "spec.training.batchTokens: Input should be greater than or "
                                                         "equal to 8"),
+    ({"strategy": {"type": "lora", "lora": {"quantization": "nf4"}}},
+     "spec.strategy.lora.quantization (4-bit base weights, QLoRA) needs GPUs, where bitsandbytes' 4-bit kernels run: "
+     "set spec.resources.gpus to at least 1"),
+    ({"strategy": {"type": "lora", "lora": {"quantization": "int8"}}, "resources__gpus": 1},
+     "spec.strategy.lora.quantization: Input should be 'nf4' or 'fp4'"),
+    ({"strategy": {"type": "hybrid", "layers": "last:1", "lora": {"quantization": "nf4"}}, "resources__gpus": 1},
+     "strategy.lora.quantization (4-bit base weights, QLoRA) is allowed only when strategy.type is lora"),
 ])
 def test_bad_specs_are_refused_naming_the_field(overrides, words):
     assert words in refusal(finetunejob(**overrides))
@@ -79,6 +86,12 @@ def test_batch_tokens_of_a_causal_lm_job_at_least_its_max_length_are_accepted():
     parsed = parse_finetunejob(finetunejob(task="causal-lm", dataset__columns=None, dataset__maxLength=512,
                                            training__batchTokens=512))
     assert parsed.spec.training.batch_tokens == 512
+
+
+def test_qlora_on_gpus_is_admitted():
+    parsed = parse_finetunejob(finetunejob(strategy={"type": "lora", "lora": {"quantization": "nf4"}},
+                                           resources__gpus=1))
+    assert parsed.spec.strategy.lora.quantization == "nf4"
 
 
 def test_name_too_long_for_child_names():

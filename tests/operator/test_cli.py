@@ -33,7 +33,10 @@ def broken(tmp_path, mutate) -> Path:
     (lambda d: d["spec"].setdefault("resources", {}).update(gpus=-1), "spec.resources.gpus"),
     (lambda d: d.update(kind="Deployment", apiVersion="apps/v1"), "not a FineTuneJob"),
     (lambda d: d["spec"]["model"].update(source="pvc://models/bert"), "spec.model.source"),
-], ids=["unknown-strategy", "missing-model", "negative-gpus", "not-a-finetunejob", "cluster-only-source"])
+    (lambda d: d["spec"].update(strategy={"type": "lora", "lora": {"quantization": "nf4"}}),
+     "spec.strategy.lora.quantization (4-bit base weights, QLoRA) needs GPUs"),
+], ids=["unknown-strategy", "missing-model", "negative-gpus", "not-a-finetunejob", "cluster-only-source",
+        "qlora-on-cpu"])
 def test_bad_manifest_is_one_line_naming_the_field(tmp_path, command, mutate, field):
     result = finetune(command, str(broken(tmp_path, mutate)))
     assert result.returncode == EXIT_PERMANENT

@@ -4,7 +4,9 @@ Layout: ``<output>/checkpoints/step-<N>/`` holding ``trainable.safetensors`` (th
 model under ``full``, only the trained tensors and adapters otherwise), ``optimizer.pt``, ``trainer_state.json``
 (step, data position, schedule, early-stopping state, last metrics), ``rng-rank<R>.pt`` (Python, NumPy, torch
 and CUDA generators of each rank), ``manifest.json`` (the strategy's trainable set: which tensors train, see
-``Strategy.trainable_set``), ``config.json`` (the trainer config) and, written last, ``COMPLETE``.
+``Strategy.trainable_set``), ``config.json`` (the trainer config) and, written last, ``COMPLETE``. A sharded (FSDP) model's checkpoint holds
+each rank's shard of the weights and optimizer state instead of ``trainable.safetensors`` and ``optimizer.pt``
+(sharded.py); it is committed, found and pruned the same way.
 
 A save writes everything into ``.tmp-step-<N>``, fsyncs each file, writes ``COMPLETE``, and renames the directory
 to ``step-<N>`` (one atomic rename). Discovery only considers ``step-<N>`` directories that hold ``COMPLETE``, so a
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from finetune_trainer import runtime, sharded
 from finetune_trainer.errors import ConfigError, StorageError
 from finetune_trainer.runtime import Runtime
 
@@ -47,19 +50,26 @@ class Checkpoint:
     state: dict[str, Any]
     trainable_set: dict[str, Any]
 
+    @property
+    def sharded(self) -> bool:
+        return sharded.is_sharded(self.path)
+
     def weights(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(self.path / WEIGHTS))
 
     def restore_weights(self, model: torch.nn.Module, trainable_names: list[str], location: str) -> None:
-        """Copy the saved weights into a freshly built ``model``, which must train the same tensors."""
+        """Copy the saved weights into a freshly built ``model``, which must train the same tensors. A sharded
+        checkpoint's weights come back with its optimizer state, into the sharded model (``restore_optimizer``)."""
         saved, now = set(self.trainable_set["trainable"]), set(trainable_names)
         if saved != now:
             raise ConfigError(
                 f"output.location {location} holds checkpoints of a different strategy or model ({len(saved)} "
                 f"trainable tensors there, {len(now)} now); use a new output.location or delete {self.path.parent}",
                 field="output.location")
+        if self.sharded:
+            return
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, tensor in self.weights().items():
@@ -67,6 +77,15 @@ class Checkpoint:
 
     def optimizer_state(self, device: torch.device) -> dict:
         return torch.load(self.path / OPTIMIZER, map_location=device, weights_only=False)
+
+    def restore_optimizer(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          device: torch.device) -> None:
+        """The optimizer's state into ``optimizer`` of the wrapped ``model``; every rank calls it. A sharded
+        checkpoint restores the trainable weights too, each rank reading its own shards."""
+        if self.sharded:
+            sharded.load(self.path, model, optimizer)
+        else:
+            runtime.load_optimizer_state(model, optimizer, self.optimizer_state(device))
 
     def restore_rng(self, rank: int) -> None:
         path = self.path / f"rng-rank{rank}.pt"
@@ -107,17 +126,23 @@ def _open(step: int, path: Path) -> Checkpoint:
                       json.loads((path / TRAINABLE_SET).read_text()))
 
 
-def save(output: Path, step: int, rt: Runtime, *, weights: dict[str, torch.Tensor], optimizer_state: dict,
+def save(output: Path, step: int, rt: Runtime, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          state: dict, trainable_set: dict, config: dict, keep: int, protect: int | None = None) -> Path | None:
     """Write the checkpoint of ``step``; every rank calls it. The main rank makes the staging directory, each rank
-    adds its generators, the main rank writes the rest and commits. Returns the committed directory on the main
-    rank, None on the others. ``weights`` and ``optimizer_state`` are gathered by every rank beforehand (FSDP).
+    adds its generators (and, when ``model`` is sharded, its shard of the weights and optimizer state), the main
+    rank writes the rest and commits. Returns the committed directory on the main rank, None on the others.
     ``protect``: a step whose checkpoint survives pruning (the best one, for evaluation.finalModel best)."""
-    staging = _staging_path(output, step)
+    staging = staging_path(output, step)
     if rt.is_main:
         staging_dir(output, step)
     rt.barrier()
+    staging.mkdir(parents=True, exist_ok=True)  # a node whose staging copy is its own (s3:// output, multi-node)
     save_rng(staging, rt.rank)
+    if runtime.is_fsdp(model):
+        sharded.save(staging, model, optimizer)
+        weights = optimizer_state = None
+    else:
+        weights, optimizer_state = runtime.trainable_weights(model), optimizer.state_dict()
     if rt.is_main:
         save_main(staging, weights, optimizer_state, state, trainable_set, config)
     rt.barrier()
@@ -126,13 +151,14 @@ def save(output: Path, step: int, rt: Runtime, *, weights: dict[str, torch.Tenso
     return final
 
 
-def _staging_path(output: Path, step: int) -> Path:
+def staging_path(output: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is written before its commit renames it to ``step-<N>``."""
     return directory(output) / f".tmp-step-{step}"
 
 
 def staging_dir(output: Path, step: int) -> Path:
     """An empty ``.tmp-step-<N>`` directory to write a checkpoint into (made by the main rank)."""
-    path = _staging_path(output, step)
+    path = staging_path(output, step)
     try:
         if path.exists():
             shutil.rmtree(path)
@@ -149,14 +175,16 @@ def save_rng(staging: Path, rank: int) -> None:
     _write(staging / f"rng-rank{rank}.pt", lambda f: torch.save(state, f))
 
 
-def save_main(staging: Path, weights: dict[str, torch.Tensor], optimizer_state: dict, state: dict,
+def save_main(staging: Path, weights: dict[str, torch.Tensor] | None, optimizer_state: dict | None, state: dict,
               trainable_set: dict, config: dict) -> None:
-    """The main rank's part: weights, optimizer, trainer state, trainable set and config."""
+    """The main rank's part: weights and optimizer (unless every rank saved its shard of them), trainer state,
+    trainable set and config."""
     from safetensors.torch import save
 
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in weights.items()}
-    _write(staging / WEIGHTS, lambda f: f.write(save(tensors)))
-    _write(staging / OPTIMIZER, lambda f: torch.save(optimizer_state, f))
+    if weights is not None:
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in weights.items()}
+        _write(staging / WEIGHTS, lambda f: f.write(save(tensors)))
+        _write(staging / OPTIMIZER, lambda f: torch.save(optimizer_state, f))
     _write(staging / STATE, lambda f: f.write(json.dumps(state, indent=1).encode()))
     _write(staging / TRAINABLE_SET, lambda f: f.write(json.dumps(trainable_set, indent=1).encode()))
     _write(staging / CONFIG, lambda f: f.write(json.dumps(config, indent=1).encode()))

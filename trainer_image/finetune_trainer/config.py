@@ -82,6 +82,20 @@ def _strategy_rules() -> list[Rule]:
             field="lora",
         ),
         Rule(
+            cel="!has(self.lora) || !has(self.lora.quantization) || self.type == 'lora'",
+            message="strategy.lora.quantization (4-bit base weights, QLoRA) is allowed only when strategy.type is "
+                    "lora: hybrid trains whole blocks, which cannot stay 4-bit",
+            check=lambda s: s.lora is None or s.lora.quantization is None or s.type == "lora",
+            field="lora.quantization",
+        ),
+        Rule(
+            cel="!has(self.lora) || !has(self.lora.quantization) || !self.embeddings",
+            message="strategy.embeddings is not allowed with strategy.lora.quantization: embeddings trained in place "
+                    "make the output a merged model, and merging into 4-bit weights rounds the update away",
+            check=lambda s: s.lora is None or s.lora.quantization is None or not s.embeddings,
+            field="embeddings",
+        ),
+        Rule(
             cel="!has(self.unfreeze) || self.type == 'hybrid'",
             message="strategy.unfreeze (staged unfreezing) is allowed only when strategy.type is hybrid",
             check=lambda s: s.unfreeze is None or s.type == "hybrid",
@@ -294,6 +308,11 @@ class DatasetSpec(ApiModel):
         return self
 
 
+class Quantization(str, enum.Enum):  # no docstring: it would replace the field's description in the CRD
+    NF4 = "nf4"
+    FP4 = "fp4"
+
+
 class LoraSpec(ApiModel):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(16, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
@@ -305,6 +324,11 @@ class LoraSpec(ApiModel):
         default_factory=lambda: ["auto"], min_length=1, max_length=64,
         description='Module names to adapt; ["auto"] resolves the attention and MLP projections per architecture.',
     )
+    quantization: Quantization | None = Field(
+        None, description="QLoRA: keep the frozen base model's linear weights in 4 bits (bitsandbytes), nf4 "
+        "(NormalFloat, QLoRA's choice) or fp4, with double quantization and bf16 compute (fp16 on GPUs without "
+        "bf16); the adapters train in full precision. Needs GPUs (resources.gpus at least 1) and strategy.type lora; "
+        "unset: the base stays in full precision.")
 
 
 class UnfreezeStage(ApiModel):

@@ -6,6 +6,10 @@ The bucket holds the same layout as a local output: ``checkpoints/step-<N>/...``
 A reader (a resume, a user) takes only parts holding ``COMPLETE``, so an upload killed half-way is never taken as
 complete, and the previous complete checkpoint is not touched until the new one is committed.
 
+On several nodes each pod stages into its own ``/tmp``, so a checkpoint's files are spread over the nodes: each
+rank's generators and, under FSDP, each rank's shard (sharded.py) are only on that rank's node. ``commit_checkpoint``
+has each other node upload its ranks' files before the main rank uploads its own and writes ``COMPLETE``.
+
 On start, ``restore`` replaces the staging copy's checkpoints with the newest complete one in the bucket: the
 bucket is the truth (a local checkpoint whose upload never finished is not resumed from).
 """
@@ -19,9 +23,10 @@ import shutil
 from pathlib import Path
 
 from finetune_trainer import summary
-from finetune_trainer.checkpoints import COMPLETE, directory
+from finetune_trainer.checkpoints import COMPLETE, directory, staging_path
 from finetune_trainer.errors import TrainerError
 from finetune_trainer.objectstore import STORAGE_FAILURES, S3Uri, Store, is_s3
+from finetune_trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,24 @@ def upload_part(store: Store, location: str, path: Path, relative: str) -> str:
     store.put(part.child(COMPLETE), b"ok\n", FIELD)
     log.info("uploaded %d files to %s", len(files) + 1, part)
     return str(part)
+
+
+def commit_checkpoint(store: Store, location: str, output: Path, step: int, rt: Runtime, keep: int) -> str | None:
+    """Commit the checkpoint of ``step`` (saved by checkpoints.save) to the bucket; every rank calls it. Once the
+    step's old marker is gone, the first rank of each node whose staging copy is its own uploads the files its
+    ranks wrote there (the main rank's commit renamed a shared one away) and drops them; then the main rank
+    uploads the rest, writes ``COMPLETE`` and prunes. Returns the checkpoint's URI on the main rank."""
+    part = S3Uri.parse(location).child(f"checkpoints/step-{step}")
+    if rt.is_main:
+        store.delete(part.bucket, [part.key(COMPLETE)], FIELD)
+    rt.barrier()
+    staging = staging_path(output, step)
+    if not rt.is_main and rt.local_rank == 0 and staging.is_dir():
+        for file in sorted(p for p in staging.iterdir() if p.is_file()):
+            store.upload(file, part.child(file.name), FIELD)
+        shutil.rmtree(staging)
+    rt.barrier()
+    return upload_checkpoint(store, location, directory(output) / f"step-{step}", keep) if rt.is_main else None
 
 
 def upload_checkpoint(store: Store, location: str, path: Path, keep: int) -> str:

@@ -63,15 +63,16 @@ def dropout_overrides(config_values: dict[str, Any], p: float) -> dict[str, floa
 
 
 def load_model(spec: ModelSpec, auto_class: str, model_kwargs: dict[str, Any] | None = None, tokenizer=None,
-               dropout: float | None = None):
+               dropout: float | None = None, **weights_form: Any):
     """The model through ``transformers.<auto_class>`` in fp32 (mixed precision is applied by autocast, so the
     weights that train keep fp32 master copies). A head whose size differs from the task's (e.g. a new label
     count) is re-initialised, as is a head the checkpoint lacks. The tokenizer's padding token becomes the
     model's when the model has none (GPT-style classifiers find the last real token by it). ``dropout``
-    (training.dropout) replaces every dropout probability of the model's config."""
+    (training.dropout) replaces every dropout probability of the model's config. ``weights_form``: more
+    ``from_pretrained`` arguments, the 4-bit base of QLoRA (quantization.load_kwargs)."""
     import transformers
 
-    kwargs = dict(model_kwargs or {})
+    kwargs = {**(model_kwargs or {}), **weights_form}
     if "num_labels" in kwargs:
         kwargs.setdefault("ignore_mismatched_sizes", True)
     if dropout is not None:

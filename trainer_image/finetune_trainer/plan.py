@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from finetune_trainer import cache, defaults, models
+from finetune_trainer import cache, defaults, models, quantization
 from finetune_trainer.config import Optimizer, StrategyType, TrainerConfig
 from finetune_trainer.errors import ModelLoadError
 from finetune_trainer.layers import PARTS, resolve_layout
@@ -43,7 +43,9 @@ def plan(config: TrainerConfig) -> dict[str, Any]:
     return {
         "model": {"source": config.model.source, "class": type(model).__name__,
                   "modelType": getattr(model.config, "model_type", None), "dtype": "float32",
-                  "precision": config.training.precision},
+                  "precision": config.training.precision,
+                  **({"quantization": f"{quantization.BITS}-bit {kind.value} (bitsandbytes, on the GPUs)"}
+                     if (kind := quantization.requested(config.strategy)) else {})},
         "task": config.task,
         "strategy": StrategyType(config.strategy.type).value,
         "stacks": [{"name": s.name, "blockClass": s.block_class, "blocks": s.size} for s in layout.stacks],
@@ -89,12 +91,13 @@ def training_plan(config: TrainerConfig) -> dict[str, Any]:
 
 
 def memory_estimate(config: TrainerConfig, strategy: Strategy) -> dict[str, int]:
-    """Rough bytes of training state: fp32 weights, gradients and optimizer state of the trainable part, and
-    activations for one batch from the lowest trainable block up (the frozen prefix keeps none)."""
+    """Rough bytes of training state: fp32 weights (the frozen linear ones in 4 bits under QLoRA), gradients and
+    optimizer state of the trainable part, and activations for one batch from the lowest trainable block up (the
+    frozen prefix keeps none)."""
     model, training = strategy.model, config.training
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
-    weights = sum(p.numel() * p.element_size() for p in params)
+    weights = int(quantization.weight_bytes(model, config.strategy))
     gradients = sum(p.numel() * 4 for p in trainable)
     optimizer = sum(_optimizer_bytes(p, Optimizer(training.optimizer)) for p in trainable)
 

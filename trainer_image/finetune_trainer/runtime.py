@@ -216,24 +216,13 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def trainable_weights(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Full tensors of the trainable parameters (under FSDP every rank must call it; the main rank's is complete)."""
-    names = [n for n, p in module.named_parameters() if p.requires_grad]
-    full = full_state_dict(module) if is_fsdp(module) else dict(module.named_parameters())
-    return {n: full[n].detach() for n in names if n in full}
-
-
-def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's full state (gathered to the main rank's CPU under FSDP; every rank must call it)."""
-    if not is_fsdp(module):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    return get_optimizer_state_dict(module, optimizer,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    """The trainable parameters of an unsharded model (a sharded one is checkpointed shard by shard, sharded.py)."""
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
 
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Restore a state written by ``optimizer_state`` (every rank reads the full state from the checkpoint)."""
+    """Restore the full state of an unsharded checkpoint's ``optimizer.pt`` (every rank reads all of it; a sharded
+    model takes it whole too, so a checkpoint written before the model needed FSDP still resumes)."""
     if not is_fsdp(module):
         optimizer.load_state_dict(state)
         return

@@ -50,7 +50,12 @@ class Strategy:
         return self.uses_adapters and not trained_base
 
     def check_shardable(self, merge_adapter: bool) -> None:
-        """FSDP shards the adapters too, and sharded adapters cannot be merged into base weights or staged."""
+        """FSDP shards the adapters too, and sharded adapters cannot be merged into base weights or staged; 4-bit
+        base weights (QLoRA) are not sharded here."""
+        if getattr(self.base, "is_loaded_in_4bit", False):
+            raise ConfigError("strategy.lora.quantization: this model needs FSDP (sharded across GPUs), which does "
+                              "not shard 4-bit weights here; use GPUs with more memory, or remove the quantization",
+                              field="strategy.lora.quantization")
         if self.uses_adapters and (not self.adapter_is_complete or merge_adapter or self.stages):
             raise ConfigError(
                 "this model needs FSDP (sharded across GPUs), where adapters cannot be merged or staged: use "

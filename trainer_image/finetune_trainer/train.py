@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from finetune_trainer import (batching, cache, checkpoints, data, export, gates, locations, mirror, models, optim,
-                              push, runtime, summary)
+                              push, quantization, runtime, summary)
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (ConfigError, DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory,
                                      StorageError, TrainerError)
@@ -152,6 +152,7 @@ class Recipe:
         _seed_everything(training.seed)
 
         # Pre-flight: everything that can be wrong with the spec fails here, before the first step.
+        quantization.preflight(cfg, self.rt.device)
         if cfg.output.push and self.rt.is_main:
             push.preflight(cfg.output.push)
         if is_s3(cfg.output.location):  # the bucket's newest complete checkpoint, one copy per machine
@@ -172,8 +173,9 @@ class Recipe:
         # Real tokens per example, for tokens/s without padding (packed rows carry no attention mask) and
         # without a device sync per micro-batch.
         self.train_lengths = list(self.data.train["length"])
-        model = models.load_model(model_spec, self.task.auto_model, self.data.model_kwargs, self.tokenizer,
-                                  dropout=training.dropout)
+        model = quantization.prepare(models.load_model(
+            model_spec, self.task.auto_model, self.data.model_kwargs, self.tokenizer, dropout=training.dropout,
+            **quantization.load_kwargs(cfg.strategy, self.rt.device)))
         self.layout = resolve_layout(model)
         self.strategy = build_strategy(model, self.layout, cfg.strategy)
         self.model = self.strategy.model.to(self.rt.device)
@@ -196,7 +198,7 @@ class Recipe:
         self.optimizer = optim.build_optimizer(optim.parameter_groups(self.model, self.layout, training), training)
         self.scaler = self.rt.grad_scaler()
         if resumed is not None:
-            runtime.load_optimizer_state(self.wrapped, self.optimizer, resumed.optimizer_state(self.rt.device))
+            resumed.restore_optimizer(self.model, self.optimizer, self.rt.device)
             resumed.restore_rng(self.rt.rank)
             self.report.checkpoint = {"location": locations.user_location(resumed.path, cfg.output.location),
                                       "step": resumed.step}
@@ -347,14 +349,13 @@ class Recipe:
                          "schedule": {"kind": str(self.training.schedule), "warmupSteps": self.warmup_steps},
                          "metrics": dict(self.report.metrics)}
         final = checkpoints.save(
-            self.output, state.step, self.rt, weights=runtime.trainable_weights(self.model),
-            optimizer_state=runtime.optimizer_state(self.wrapped, self.optimizer), state=trainer_state,
+            self.output, state.step, self.rt, model=self.model, optimizer=self.optimizer, state=trainer_state,
             trainable_set=self.strategy.trainable_set(), config=self.config.wire(),
             keep=self.config.output.keep_checkpoints,
             protect=state.best_model_step if self.keeps_best else None)
         location = locations.user_location(final, self.config.output.location) if final is not None else None
-        if final is not None and is_s3(self.config.output.location):
-            mirror.upload_checkpoint(self.store, self.config.output.location, final,
+        if is_s3(self.config.output.location):
+            mirror.commit_checkpoint(self.store, self.config.output.location, self.output, state.step, self.rt,
                                      self.config.output.keep_checkpoints)
         self.progress.checkpoint_saved(state.step, location, time.perf_counter() - started)
 
