@@ -80,13 +80,13 @@ def test_job_runs_to_success_with_the_expected_pod(env: Env) -> None:
     assert conditions["Running"]["status"] == conditions["Failed"]["status"] == "False"
     assert conditions["Succeeded"]["reason"] == "TrainingSucceeded"
     reasons = [e["reason"] for e in env.events("hello")]
-    assert {"AttemptCreated", "TrainingSucceeded"} <= set(reasons)
-    assert len(reasons) == len(set(reasons))  # one Event per transition
+    # A run that goes well: only its end is an Event (the routine steps are in status, events.py).
+    assert reasons == ["TrainingSucceeded"], reasons
     assert all(e["source"]["component"] == "finetune-operator" for e in env.events("hello"))
-    # Kopf's bookkeeping is in finetune.io/ annotations, not in status.
+    # Kopf keeps no bookkeeping on the object (watch handlers only, handlers.py): nothing in status or annotations.
     assert set(status) <= {"phase", "conditions", "attempts", "startTime", "completionTime", "observedGeneration",
                            "progress", "metrics", "parameters", "checkpoint", "output", "usage"}
-    assert any(k.startswith("finetune.io/") for k in ftj["metadata"]["annotations"])
+    assert not any(k.startswith("finetune.io/") for k in ftj["metadata"].get("annotations") or {})
     assert not ftj["metadata"].get("finalizers")  # deletable while the operator is down or uninstalled
     assert "finetune_operator_attempts_total" in env.operator.metrics()
 

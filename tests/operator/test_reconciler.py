@@ -187,3 +187,22 @@ def test_kueues_workload_is_read_only_while_kueue_holds_a_queued_job():
         kube = FakeKube(queued)
         reconciler(kube, synced(job(suspend=suspended, uid="j1"), pod())).reconcile(NS, "mrpc")
         assert not [c for c in kube.calls if "Workloads" in c]
+
+
+def test_usage_that_only_the_clock_moved_is_written_by_polls_not_by_every_event():
+    from datetime import timedelta
+
+    kube = FakeKube(ftj(status={"phase": "Pending", "attempts": 1, "startTime": "2025-01-01T11:00:00Z"}))
+    children = synced(job(rv=600), pod(rv=601))
+    now = [NOW]
+    r = Reconciler(kube, Settings(trainer_image="img"), Scraper(9090, 1.0, min_interval=15), children,
+                   clock=lambda: now[0])
+    r.reconcile(NS, "mrpc")  # Running: written, with the usage so far
+    assert "PATCH" in kube.calls
+    seconds = kube.ftjs["mrpc"]["status"]["usage"]["attempts"][0]["seconds"]
+    kube.calls.clear()
+    now[0] += timedelta(seconds=30)
+    r.reconcile(NS, "mrpc")  # a watch event's pass: nothing changed but the clock
+    assert kube.calls == []
+    r.reconcile(NS, "mrpc", poll=True)  # the poll writes it
+    assert kube.calls == ["PATCH"] and kube.ftjs["mrpc"]["status"]["usage"]["attempts"][0]["seconds"] == seconds + 30
