@@ -91,7 +91,7 @@ def test_a_new_job_is_created_without_listing_and_the_next_pass_reads_only_memor
     decision = r.reconcile(NS, "mrpc")
     assert isinstance(decision.action, CreateAttempt)
     # Nothing held yet (no watch event in this test): one GET. The start of a run posts no Event (events.py).
-    assert kube.calls == ["GET", "POST ConfigMap", "POST Job", "PATCH"]
+    assert kube.calls == ["GET", "POST Job", "PATCH"]
     kube.calls.clear()
     # No watch event yet for the new Job (the store has it from the create's answer), nor for the status PATCH (the
     # copy has its answer): no request at all, and the attempt stays AttemptCreated until a pod starts.
