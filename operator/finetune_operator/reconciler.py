@@ -37,6 +37,7 @@ from finetune_operator.render import build_attempt
 from finetune_operator.scrape import Scraper
 from finetune_operator.settings import Settings
 from finetune_operator.status import next_status
+from finetune_operator.usage import usage_due
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,11 @@ class Reconciler:
             return decision
         status = next_status(observed, decision)
         patch = merge_patch(ftj.get("status") or {}, status)
-        if set(patch) == {"usage"} and not poll:
-            # Only the clock moved it (a running pod's seconds, wallSeconds): written by the polls, once per poll
-            # interval, and with every other change, not by each watch event's pass (BENCHMARKS.md §5). The sums are
-            # recomputed from the pods and never shrink (usage.py), so nothing is lost by writing them later.
+        written = (ftj.get("status") or {}).get("usage")
+        if set(patch) == {"usage"} and not (poll and usage_due(written, status.get("usage"))):
+            # Only the clock moved it (a running pod's seconds, wallSeconds): written by the polls, at most every
+            # USAGE_WRITE_SECONDS, and with every other change, not by each watch event's pass (BENCHMARKS.md §5).
+            # The sums are recomputed from the pods and never shrink (usage.py), so writing them later loses nothing.
             patch = {}
         if patch:
             try:
@@ -136,7 +138,7 @@ class Reconciler:
             except NotFound:
                 self.finetunejobs.forget(namespace, name)
                 return None  # deleted while we looked at it
-            metrics.count_usage(namespace, (ftj.get("status") or {}).get("usage"), status.get("usage"))
+            metrics.count_usage(namespace, written, status.get("usage"))
         event = transition_event(observed, decision)
         if event:
             log.info("%s/%s: %s (%s): %s", namespace, name, decision.phase.value, decision.reason, decision.message)

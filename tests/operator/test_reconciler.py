@@ -204,5 +204,8 @@ def test_usage_that_only_the_clock_moved_is_written_by_polls_not_by_every_event(
     now[0] += timedelta(seconds=30)
     r.reconcile(NS, "mrpc")  # a watch event's pass: nothing changed but the clock
     assert kube.calls == []
-    r.reconcile(NS, "mrpc", poll=True)  # the poll writes it
-    assert kube.calls == ["PATCH"] and kube.ftjs["mrpc"]["status"]["usage"]["attempts"][0]["seconds"] == seconds + 30
+    r.reconcile(NS, "mrpc", poll=True)  # a poll, but written 30 s ago: not yet
+    assert kube.calls == []
+    now[0] += timedelta(seconds=30)
+    r.reconcile(NS, "mrpc", poll=True)  # a minute after the last write: the poll writes it
+    assert kube.calls == ["PATCH"] and kube.ftjs["mrpc"]["status"]["usage"]["attempts"][0]["seconds"] == seconds + 60
