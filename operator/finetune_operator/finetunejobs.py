@@ -10,8 +10,8 @@ runs again on the fresh object. A stale copy costs one request, never a change. 
 posted only after its status PATCH succeeded, so no transition is told twice.
 
 Freshness: a copy is replaced only by a higher resourceVersion (watched.py), whether it comes from the watch or a
-PATCH answer, so the watch echoing our own write changes nothing and triggers no pass; ``put`` says when a copy
-was newer, which is when a pass is needed (a new FineTuneJob, a spec edit, the listing at startup). A deleted
+PATCH answer, so the watch echoing our own write changes nothing; ``put`` says when a pass is needed: a new
+FineTuneJob (the listing at startup too), a spec edit (a new generation), a deletion, not a newer status alone. A deleted
 FineTuneJob's uid is remembered, so a GET answered before the deletion cannot bring its copy back.
 
 What is kept: the object as the API sent it, less ``metadata.managedFields`` (the largest part, which no pass
@@ -33,6 +33,10 @@ Key = tuple[str, str]  # (namespace, name)
 def _key(body: dict[str, Any]) -> Key:
     meta = body.get("metadata") or {}
     return meta.get("namespace") or "", meta.get("name") or ""
+
+
+def _meta(body: dict[str, Any], key: str) -> Any:
+    return (body.get("metadata") or {}).get(key)
 
 
 def _trim(body: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +62,10 @@ class FineTuneJobs:
             return len(self._copies)
 
     def put(self, body: dict[str, Any]) -> bool:
-        """Keep ``body`` (a watch event's object, a GET's or a PATCH's answer) if it is newer than the copy held;
-        True when it was (something changed that a pass has not seen)."""
+        """Keep ``body`` (a watch event's object, a GET's or a PATCH's answer) if it is newer than the copy held.
+        True when a pass must look at it: a FineTuneJob not held before, a new generation (spec edit) or a
+        deletion. A newer status alone is kept and asks for none: the operator writes the status, and the watch
+        may show its write before the PATCH's answer is back."""
         key, uid = _key(body), (body.get("metadata") or {}).get("uid")
         with self._lock:
             if uid in self._deleted:
@@ -71,7 +77,8 @@ class FineTuneJobs:
                 if older(version, held_version) or (version is not None and version == held_version):
                     return False  # an older version, or the same one (such as the watch's echo of our own write)
             self._copies[key] = _trim(body)
-            return True
+            return held is None or any(_meta(held, k) != _meta(body, k) for k in ("uid", "generation",
+                                                                                    "deletionTimestamp"))
 
     def remove(self, body: dict[str, Any]) -> None:
         """The FineTuneJob was deleted (its watch's DELETED event)."""

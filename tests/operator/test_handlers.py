@@ -73,8 +73,8 @@ def test_a_finetunejob_event_queues_a_pass_only_when_its_copy_is_newer():
     seen(None, first)  # the watch's listing at startup: every FineTuneJob gets a pass (what on.resume gave)
     assert memo.new_passes == [(NS, "mrpc")]
     ours = {**first, "metadata": {**first["metadata"], "resourceVersion": "7"}, "status": {"phase": "Pending"}}
-    memo.reconciler.finetunejobs.put(ours)  # our own status PATCH's answer
-    seen("MODIFIED", ours)  # and its echo on the watch
+    seen("MODIFIED", ours)  # our own status PATCH's echo on the watch (maybe before its answer)
+    memo.reconciler.finetunejobs.put(ours)
     assert len(memo.new_passes) == 1
     edited = {**ours, "metadata": {**ours["metadata"], "resourceVersion": "8", "generation": 2}}
     seen("MODIFIED", edited)  # a spec edit
