@@ -1,4 +1,5 @@
-"""The operator (``python -m finetune_operator.runner ARGS``) with every request it sends to the API server
+"""The operator (``python -m finetune_operator.runner ARGS``), or with FTO_MINIMAL_CONTROLLER=1 the bench's
+minimal controller (``_minimal_controller.py``), with every request it sends to the API server
 counted on the client side, for bench/operator_scale.py. Nothing in the operator changes: urllib3 (the
 kubernetes client under kube.py) and aiohttp (Kopf's watches and patches) are wrapped before it starts.
 
@@ -133,6 +134,9 @@ def dump_memory() -> None:
 
 if __name__ == "__main__":
     install()
-    from finetune_operator import runner
+    if os.environ.get("FTO_MINIMAL_CONTROLLER"):  # the bench's floor, counted the same way
+        import _minimal_controller as controller
+    else:
+        from finetune_operator import runner as controller
 
-    sys.exit(runner.main(sys.argv[1:]))
+    sys.exit(controller.main(sys.argv[1:]))

@@ -26,6 +26,11 @@ clock at every event. Figures:
   ``apiserver_request_total`` delta over the phase from every client (operator, controllers, scheduler, KWOK,
   this bench's creates and watches), divided by N; the server metric has no per-client label.
 The namespace is deleted after each phase (and waited for).
+
+The floor (issue 14): before each count's phase, the same phase against ``_minimal_controller.py`` (watches
+FineTuneJobs, POSTs a Job, nothing else; same wrapper, same threads, same plane, its own namespace), which ends
+when every Job exists. Our apply -> Job p50/p99 are reported as multiples of its (``vs_minimal``), with its
+requests per job and peak RSS.
 """
 
 from __future__ import annotations
@@ -362,8 +367,10 @@ def experiment_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def phase(plane: Plane, n: int, work: Path, args) -> dict:
-    tag = str(n)
+def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict:
+    """One phase: N FineTuneJobs against the operator, or (``minimal``) against the bench's minimal controller,
+    which only makes Jobs: its phase ends when every Job exists."""
+    tag = f"{n}-minimal" if minimal else str(n)
     ctx = prepare_namespace(plane, work, tag)
     ns = ctx["ns"]
     api = plane.api()
@@ -388,8 +395,9 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
     for w in watchers:
         w.start()
         w.ready.wait(30)
+    extra_env = {"FTO_MINIMAL_CONTROLLER": "1"} if minimal else experiment_env(args.experiment_env)
     proc, counts_file, log, metrics_port = start_operator(ctx, work, tag, args.poll_interval, args.tracemalloc,
-                                            experiment_env(args.experiment_env))
+                                                          extra_env)
     profiler = None
     if args.profile:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -442,7 +450,7 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
             jobs = len(job_seen)
         if jobs >= n and jobs_done_at is None:
             jobs_done_at = time.time()
-        if done + failed >= n:
+        if done + failed >= n or (minimal and jobs >= n):
             break
         time.sleep(0.5)
     t_end = time.time()
@@ -451,7 +459,7 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
     smaps = smaps_summary(proc.pid)
     after_server = apiserver_requests(plane)
     after_plane = plane_cpu(plane)
-    passes = operator_passes(metrics_port)
+    passes = {} if minimal else operator_passes(metrics_port)
     time.sleep(1.2)
     after_counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
     stop_sampling.set()
@@ -497,7 +505,8 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
         return None if x is None else round(x, nd)
 
     result = {
-        "jobs": n, "experiment_env": experiment_env(args.experiment_env), "phases": dict(phases),
+        "jobs": n, "controller": "minimal" if minimal else "operator", "experiment_env": extra_env,
+        "phases": dict(phases),
         "apply_s": r(t_applied - t_apply),
         "create_rate_per_s": r(n / max(1e-9, t_applied - t_apply), 0),
         "all_jobs_created_s": r((jobs_done_at or t_end) - t_apply), "all_succeeded_s": r(t_end - t_apply),
@@ -535,6 +544,19 @@ def phase(plane: Plane, n: int, work: Path, args) -> dict:
     return result
 
 
+def vs_minimal(ours: dict, floor: dict) -> dict:
+    """Our apply -> Job latencies as multiples of the minimal controller's in the same run, and its own figures."""
+    def ratio(q: str) -> float | None:
+        a, b = ours["apply_to_job_client_s"][q], floor["apply_to_job_client_s"][q]
+        return round(a / b, 2) if a is not None and b else None
+    return {"p50_ratio": ratio("p50"), "p99_ratio": ratio("p99"),
+            "minimal_apply_to_job_client_s": floor["apply_to_job_client_s"],
+            "minimal_requests_per_job": floor["operator_requests_per_job"],
+            "minimal_requests_by_kind_per_job": floor["operator_requests_by_kind_per_job"],
+            "minimal_peak_rss_mib": floor["operator_peak_rss_mib"], "minimal_cpu_s": floor["operator_cpu_s"],
+            "minimal_all_jobs_created_s": floor["all_jobs_created_s"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--counts", default="500,2000")
@@ -570,7 +592,11 @@ def main() -> None:
                 break
             time.sleep(1)
         for n in [int(x) for x in args.counts.split(",")]:
+            # The floor first, then the operator, each in a fresh namespace of the same plane.
+            floor = phase(plane, n, work, args, minimal=True)
+            print(json.dumps(floor), flush=True)
             res = phase(plane, n, work, args)
+            res["vs_minimal"] = vs_minimal(res, floor)
             results.append(res)
             print(json.dumps(res), flush=True)
     finally:
@@ -581,9 +607,13 @@ def main() -> None:
              "ok p50 s": x["apply_to_succeeded_client_s"]["p50"], "ok p99 s": x["apply_to_succeeded_client_s"]["p99"],
              "ok p99 (ts) s": x["apply_to_succeeded_server_s"]["p99"], "all ok s": x["all_succeeded_s"],
              "op CPU s": x["operator_cpu_s"], "op peak RSS MiB": x["operator_peak_rss_mib"],
-             "op req/job": x["operator_requests_per_job"], "apiserver req/job": x["apiserver_requests_per_job_all_clients"]}
+             "op req/job": x["operator_requests_per_job"], "apiserver req/job": x["apiserver_requests_per_job_all_clients"],
+             "minimal job p50 / p99 s": "{} / {}".format(x["vs_minimal"]["minimal_apply_to_job_client_s"]["p50"],
+                                                         x["vs_minimal"]["minimal_apply_to_job_client_s"]["p99"]),
+             "job p50 / p99 vs minimal": f"{x['vs_minimal']['p50_ratio']}x / {x['vs_minimal']['p99_ratio']}x"}
             for x in results]
-    print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
+    print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {' '.join(f'{x:.2f}' for x in info['loadavg'])} "
+          f"at start, {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end; "
           f"{plane.nodes} KWOK nodes; operator poll interval {args.poll_interval}s")
     print(table(rows, list(rows[0]) if rows else []))
     for x in results:

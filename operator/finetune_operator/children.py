@@ -18,8 +18,8 @@ How fresh it is, and what covers the gaps:
   is being filled after a restart). ``behind`` names those cases and the reconciler then LISTs once, a consistent
   read, and ``seed``s the answer back.
 - A LIST answer may be older than events already applied, and events still in flight may be older than a LIST
-  answer: a copy is only replaced by a higher resourceVersion (comparable integers, KEP-5504), and the uid of a
-  deleted object is remembered for longer than a LIST can be in flight, so a late answer cannot bring it back.
+  answer: a copy is only replaced by a higher resourceVersion, and the uid of a deleted object is remembered for
+  longer than a LIST can be in flight, so a late answer cannot bring it back (watched.py).
 - Kopf re-lists when it restarts a watch (API outage, 410 Gone), and an object deleted while the watch was down
   gets no DELETED event. A re-list shows as events of type None; after one, ``wants_sync`` asks for a full
   ``replace`` from a LIST of every child, which drops what the API no longer has. The first full sync runs at
@@ -48,13 +48,12 @@ from finetune_operator.kube import KubeError
 from finetune_operator.lifecycle import TERMINAL
 from finetune_operator.observed import attempt_number, trim_job, trim_pod
 from finetune_operator.names import LABEL_FINETUNEJOB
+from finetune_operator.watched import Tombstones, older, resource_version
 
 log = logging.getLogger(__name__)
 
 JOB, POD = "Job", "Pod"
 _TRIM = {JOB: trim_job, POD: trim_pod}
-# A deleted object's uid is remembered this long: longer than a LIST answer can be in flight (kube.REQUEST_TIMEOUT).
-TOMBSTONE_SECONDS = 120.0
 # How often the sync loop checks whether a full sync is wanted (after a re-list, or while the first one failed).
 SYNC_CHECK_SECONDS = 5.0
 
@@ -71,13 +70,6 @@ class _Entry:
     seq: int  # when it was last written (Children._seq), for replace()
 
 
-def _version(body: dict[str, Any]) -> int | None:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion"))
-    except (TypeError, ValueError):
-        return None  # not an etcd-backed API server: every copy counts as newer
-
-
 def _ident(kind: str, body: dict[str, Any]) -> _Ident:
     meta = body.get("metadata") or {}
     return kind, meta.get("namespace") or "", meta.get("name") or ""
@@ -91,7 +83,7 @@ class Children:
         self._lock = threading.Lock()
         self._objects: dict[_Ident, _Entry] = {}
         self._by_owner: dict[Owner, set[_Ident]] = {}
-        self._deleted: dict[str, float] = {}  # uid -> when its deletion was seen; insertion order is time order
+        self._deleted = Tombstones()
         self._seq = 0
         self._synced_at: int | None = None  # _seq when the last full sync started; None: never synced
         self._relisted_at = 0  # _seq of the last re-list event seen
@@ -160,12 +152,12 @@ class Children:
 
     def _put(self, kind: str, body: dict[str, Any]) -> Owner | None:
         meta = body.get("metadata") or {}
-        ident, uid, version = _ident(kind, body), meta.get("uid"), _version(body)
+        ident, uid, version = _ident(kind, body), meta.get("uid"), resource_version(body)
         owner_name = (meta.get("labels") or {}).get(LABEL_FINETUNEJOB)
         old = self._objects.get(ident)
-        if uid is not None and uid in self._deleted:
+        if uid in self._deleted:
             return None  # a LIST answer from before its deletion
-        if old is not None and old.version is not None and version is not None and version < old.version:
+        if old is not None and older(version, old.version):
             return None  # older than the copy held (a late LIST answer, or an event overtaken by one)
         if not owner_name:  # the label was removed: not ours any more
             return self._drop(ident, old) if old else None
@@ -179,14 +171,8 @@ class Children:
         return owner if changed else None
 
     def _remove(self, kind: str, body: dict[str, Any]) -> Owner | None:
-        uid, now = (body.get("metadata") or {}).get("uid"), self.clock()
-        if uid:
-            self._deleted[uid] = now
-        while self._deleted:  # forget tombstones no LIST in flight can need any more
-            oldest = next(iter(self._deleted))
-            if now - self._deleted[oldest] <= TOMBSTONE_SECONDS:
-                break
-            del self._deleted[oldest]
+        uid = (body.get("metadata") or {}).get("uid")
+        self._deleted.add(uid, self.clock())
         ident = _ident(kind, body)
         old = self._objects.get(ident)
         if old is None or (uid and old.uid and uid != old.uid):

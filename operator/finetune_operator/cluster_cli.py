@@ -198,7 +198,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if args.ignore_not_found:
             return EXIT_SUCCESS
         raise UserError(f"FineTuneJob {args.name} not found in namespace {session.namespace}")
-    # Background propagation: the garbage collector deletes every attempt's Job, pods, ConfigMap and Service.
+    # Background propagation: the garbage collector deletes every attempt's Job, pods and Service.
     session.kube.delete_finetunejob(session.namespace, args.name)
     print(f"finetunejob {args.name} deleted")
     return _wait(session, args.name, "delete", args.timeout, 0.5) if args.wait else EXIT_SUCCESS

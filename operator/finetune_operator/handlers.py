@@ -1,16 +1,21 @@
 """Kopf wiring: which cluster events reach the reconciler. No decisions are made here.
 
-- a FineTuneJob is created, changed, or found at startup -> reconcile (Kopf retries it with backoff on failure)
+- a FineTuneJob's watch event -> its copy in the store (finetunejobs.py), and if the copy is newer than the one
+  held (a new FineTuneJob, a spec edit, every one at startup) -> a pass, queued (workqueue.py); our own status
+  PATCH's echo is not newer, so it queues nothing. Also the jobs-by-phase gauge and the poller's list of jobs
 - one of its attempts' Jobs or pods changes -> the store of children (children.py) keeps it, and if anything a
   pass reads changed (a pod starts, becomes ready, ends; a Job completes, fails, is suspended) -> its FineTuneJob
-  is queued for a pass (workqueue.py: once, however many events); a failed pass is run again by the poller
-- every watch event of a FineTuneJob -> the jobs-by-phase gauge and the poller's list of jobs to poll
+  is queued for a pass (a second work queue, so new FineTuneJobs do not wait behind pod events); a failed pass of
+  either queue is run again by the poller
 - the poller (poller.py) reconciles running jobs and those with a deadline or TTL every poll interval, and reads
   running trainers' progress
 - at startup, and after Kopf re-listed the Jobs or pods (a watch restarted), the store is synced from a LIST
 
-Kopf's own bookkeeping lives in ``finetune.io/*`` annotations, never in ``status``, which the reconciler owns;
-no handler needs a finalizer, so FineTuneJobs stay deletable while the operator is down or uninstalled.
+Only watch handlers (``kopf.on.event``), no change handlers (on.create/update/resume): those need Kopf's record of
+what it handled, an annotation PATCH on every FineTuneJob (one request per job, BENCHMARKS.md §5), and the passes
+do not need it: a pass decides from what the cluster holds, not from which change arrived, and every FineTuneJob
+is seen at startup by the watch's listing (what on.resume gave). So Kopf writes nothing to FineTuneJobs, and no
+handler needs a finalizer: FineTuneJobs stay deletable while the operator is down or uninstalled.
 """
 
 from __future__ import annotations
@@ -34,11 +39,8 @@ log = logging.getLogger(__name__)
 FINETUNEJOBS = (GROUP, VERSION, PLURAL)
 JOBS = ("batch", "v1", "jobs")
 PODS = ("v1", "pods")
-STORAGE_PREFIX = "finetune.io"
 # A reconcile that met an API failure is retried after this long.
 RETRY_DELAY = 10
-# Seconds Kopf waits for its own annotation patch to come back on the watch (see configure).
-CONSISTENCY_TIMEOUT = 60.0
 
 
 class EndlessBackoff:
@@ -49,18 +51,19 @@ class EndlessBackoff:
         yield from itertools.repeat(30)
 
 
-class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """Kopf's record of the last handled spec (``finetune.io/last-handled-configuration``), built for FineTuneJobs only.
-
-    Kopf builds an object's "essence", a deep copy of its whole body, on every watch event of every resource it
-    watches, but only change handlers (on.create/update/resume) read it, and only FineTuneJobs have those. For the
-    Jobs' and pods' events the copies were 10 % of the operator's samples at 500 jobs (BENCHMARKS.md §5).
-    """
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf's record of each object's last handled state, for change handlers; there are none, so it is neither
+    built nor kept. Kopf would otherwise deep-copy every object's body on every watch event (10 % of the
+    operator's samples at 500 jobs, BENCHMARKS.md §5)."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        if body.get("kind", KIND) != KIND:
-            return None  # what Kopf sees for an object it never handled: no change to detect
-        return super().build(body=body, extra_fields=extra_fields)
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        pass
 
 
 def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
@@ -68,23 +71,11 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
-    settings.persistence.diffbase_storage = DiffBaseStorage(prefix=STORAGE_PREFIX)
-    # After Kopf patches its annotations it waits for the watch to show that version before it runs the change
-    # handlers again. Its default, 5 s, is shorter than the watch lags when hundreds of jobs arrive at once; past it,
-    # Kopf takes the older copy (our status patch's event, without its annotation) for a new object and runs the
-    # creation handler again: a second pass and a second patch (BENCHMARKS.md §5: 1.9 Kopf patches per job). The
-    # wait holds back only this object's change handlers, and ends as soon as the version arrives.
-    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Events come from the reconciler, one per transition, with the lifecycle's reasons.
     settings.posting.enabled = False
     # Endless retries: an API outage longer than Kopf's default ~1 minute must not stop the watches.
     settings.networking.error_backoffs = EndlessBackoff()
-    # Passes mostly wait on the API server; Kopf's default pool, min(32, CPUs + 4) threads, queued them (§5).
-    settings.execution.max_workers = memo.reconciler.settings.workers
-    # Kopf leaves its handler threads running when it stops; the runner waits for them before it releases the
-    # leader election's Lease, so that no pass of this process writes once a standby may lead.
-    memo.handler_threads = settings.execution.executor
     # Only our children reach the operator: the API server filters the Jobs and pods watches by label. (The
     # handlers below need no label filter of their own, and so also see a child that lost its label leave.)
     settings.watching.label_selectors[JOBS] = CHILD_SELECTOR
@@ -111,6 +102,7 @@ def sync_children(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def start_polling(memo: kopf.Memo, **_: Any) -> None:
+    memo.new_passes.start()
     memo.passes.start()
     memo.polling = asyncio.create_task(memo.poller.run(), name="finetune-poller")
     memo.syncing = asyncio.create_task(children_store.keep_synced(memo.children, _list_all_children(memo)),
@@ -120,7 +112,8 @@ async def start_polling(memo: kopf.Memo, **_: Any) -> None:
 async def stop_polling(memo: kopf.Memo, **_: Any) -> None:
     memo.polling.cancel()
     memo.syncing.cancel()
-    await asyncio.get_running_loop().run_in_executor(None, memo.passes.stop)
+    await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(None, queue.stop)
+                           for queue in (memo.new_passes, memo.passes)))
 
 
 def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
@@ -132,12 +125,8 @@ def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
         raise kopf.TemporaryError(f"Kubernetes API refused a request: {error}", delay=6 * RETRY_DELAY) from None
 
 
-def finetunejob_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    _reconcile(memo, namespace, name)
-
-
 def event_pass(memo: kopf.Memo, namespace: str, name: str) -> None:
-    """A pass queued by children's watch events (memo.passes runs it)."""
+    """A pass queued by watch events (memo.passes and memo.new_passes run it)."""
     try:
         _reconcile(memo, namespace, name)
     except kopf.TemporaryError as error:
@@ -162,17 +151,20 @@ async def pod_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: A
     _child_changed(memo, children_store.POD, type, body)
 
 
-# Async (on the event loop, no I/O): every status patch comes back as an event of its FineTuneJob, and as a sync
-# handler each took a turn in Kopf's thread pool, queued among the creation passes of new FineTuneJobs.
-async def finetunejob_seen(type: str, name: str, namespace: str, spec: dict[str, Any], status: dict[str, Any],
-                           memo: kopf.Memo, **_: Any) -> None:
+# Async (on the event loop, no I/O): storing a copy and queueing a key take microseconds, and every status patch
+# comes back as an event of its FineTuneJob, which as a sync handler took a turn in Kopf's thread pool.
+async def finetunejob_seen(type: str | None, body: kopf.Body, name: str, namespace: str, spec: dict[str, Any],
+                           status: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
+        memo.reconciler.finetunejobs.remove(body)
         metrics.FINETUNEJOBS.forget(f"{namespace}/{name}")
         memo.poller.forget(namespace, name)
         memo.reconciler.forget(namespace, name)
-    else:
-        metrics.FINETUNEJOBS.observe(f"{namespace}/{name}", status.get("phase"))
-        memo.poller.track(namespace, name, spec, status)
+        return
+    metrics.FINETUNEJOBS.observe(f"{namespace}/{name}", status.get("phase"))
+    memo.poller.track(namespace, name, spec, status)
+    if memo.reconciler.finetunejobs.put(dict(body)):
+        memo.new_passes.add((namespace, name))
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -182,9 +174,6 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.startup(**on)(sync_children)
     kopf.on.startup(**on)(start_polling)
     kopf.on.cleanup(**on)(stop_polling)
-    kopf.on.create(*FINETUNEJOBS, id="reconcile-created", **on)(finetunejob_changed)
-    kopf.on.resume(*FINETUNEJOBS, id="reconcile-resumed", **on)(finetunejob_changed)
-    kopf.on.update(*FINETUNEJOBS, id="reconcile-updated", **on)(finetunejob_changed)
     kopf.on.event(*FINETUNEJOBS, id="finetunejob-seen", **on)(finetunejob_seen)
     # No labels= filter: the watches are filtered by the API server (configure), and a filter here would hide the
     # DELETED event of a child whose label was removed. children.apply ignores objects without the label.

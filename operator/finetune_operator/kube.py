@@ -201,9 +201,15 @@ class Kube:
         except NotFound:
             return None
 
-    def patch_status(self, namespace: str, name: str, status_patch: dict[str, Any]) -> None:
-        self._request("PATCH", f"{collection_path(API_VERSION, KIND, namespace)}/{name}/status",
-                      {"status": status_patch}, content_type="application/merge-patch+json")
+    def patch_status(self, namespace: str, name: str, status_patch: dict[str, Any],
+                     resource_version: str | None = None) -> dict[str, Any]:
+        """Merge ``status_patch`` into the status; with ``resource_version``, only if the object is still at that
+        version (else Conflict). Returns the FineTuneJob as stored after the patch."""
+        body: dict[str, Any] = {"status": status_patch}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self._request("PATCH", f"{collection_path(API_VERSION, KIND, namespace)}/{name}/status",
+                             body, content_type="application/merge-patch+json")
 
     def delete_finetunejob(self, namespace: str, name: str) -> None:
         try:

@@ -48,6 +48,8 @@ RESUMED = "Resumed"
 QUEUED = "Queued"  # Kueue has not admitted the attempt's Job yet
 PREEMPTED = "Preempted"  # Kueue preempted the running attempt (suspended its Job) for a higher-priority workload
 EVICTED = "Evicted"  # Kueue took the admission back for another reason (its Evicted condition says which)
+# The reasons of a transition that starts an attempt's pods, kept until a pod starts or is stuck (``active``).
+STARTING = frozenset({ATTEMPT_CREATED, RETRYING, RESUMED})
 # The reasons of a job whose Job waits for Kueue; status.py sets the Queued condition for them.
 KUEUE_WAITING = frozenset({QUEUED, PREEMPTED, EVICTED})
 INVALID_SPEC = "InvalidSpec"
@@ -276,6 +278,10 @@ def active(o: Observed) -> Decision:
                         conditions=(stalled,) if stalled else ())
     message = f"attempt {current.number}: {started}/{current.parallelism} trainer pods running"
     stuck = next((p for p in current.pods if p.waiting), None)
+    if stuck is None and started == 0 and o.recorded_reason[0] in STARTING:
+        # Nothing has happened since the attempt was started: it stays what that transition said, so starting an
+        # attempt is one status write, not a second one for "0/N running" right after it.
+        return Decision(Phase.PENDING, *o.recorded_reason)
     if stuck is None:
         return Decision(Phase.PENDING, WAITING_FOR_PODS, message)
     # Its own reason, so the change is an Event (transition_event) and `kubectl get ftj` can say why it waits.

@@ -27,7 +27,9 @@ JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
 
 # What render.py puts in every trainer pod. spec.pod may not reuse these names or paths (pod_overrides.py refuses
 # them), so a user's volume, mount or variable can never replace or hide one of the operator's.
-CONFIG_DIR = "/etc/finetune"  # the trainer's config (the attempt's ConfigMap)
+CONFIG_DIR = "/etc/finetune"  # the trainer's config (from the pod's CONFIG_ANNOTATION, through the downward API)
+# The trainer's config as YAML on the trainer pods (render.py), which the pod reads as a file (CONFIG_DIR).
+CONFIG_ANNOTATION = "finetune.io/trainer-config"
 SCRATCH_OUTPUT = "/var/lib/finetune/output"  # the output of a job without spec.output.location
 DEFAULT_PVC_ROOT = "/mnt/pvc"  # pvc://claim/path is mounted at <root>/<claim> (settings.pvc_mount_root)
 TMP_DIR = "/tmp"  # the writable home, caches and temp files (the root filesystem is read-only)

@@ -41,7 +41,7 @@ class Place(Protocol):
 
 
 def trainer_config(ftj: FineTuneJob, place: Place) -> TrainerConfig:
-    """The trainer's config for ``ftj`` at ``place``: what the operator writes into an attempt's ConfigMap and
+    """The trainer's config for ``ftj`` at ``place``: what the operator writes into an attempt's pods (render.py) and
     what `finetune run` trains."""
     spec = ftj.spec
     return TrainerConfig(

@@ -4,8 +4,9 @@ Every trigger (the FineTuneJob changed, one of its Jobs or pods changed, the pol
 the outcome depends only on what the cluster holds, never on which event arrived or whether an earlier pass was
 cut short: a pass killed after creating a Job finds that Job next time (deterministic names) and carries on.
 
-The children (Jobs, pods) come from the watch-fed store (children.py), not from LISTs; where the store may be
-behind in a way the decision depends on, the pass LISTs once (``_children``).
+The FineTuneJob comes from the watch-fed copy (finetunejobs.py), not from a GET, and the children (Jobs, pods)
+from the watch-fed store (children.py), not from LISTs; where the store may be behind in a way the decision
+depends on, the pass LISTs once (``_children``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from finetune_operator import metrics
 from finetune_operator.api import Phase
 from finetune_operator.children import Children, behind
 from finetune_operator.events import NOTIFICATION_FAILED, build_event, transition_event
-from finetune_operator.kube import Invalid, Kube, NotFound, merge_patch
+from finetune_operator.finetunejobs import FineTuneJobs
+from finetune_operator.kube import Conflict, Invalid, Kube, NotFound, merge_patch
 from finetune_operator.lifecycle import (INVALID_SPEC, TERMINAL, CreateAttempt, Decision, DeleteFineTuneJob,
                                          ResumeAttempt, SuspendAttempt, decide)
 from finetune_operator.names import attempt_name
@@ -35,6 +37,7 @@ from finetune_operator.render import build_attempt
 from finetune_operator.scrape import Scraper
 from finetune_operator.settings import Settings
 from finetune_operator.status import next_status
+from finetune_operator.usage import usage_due
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,15 @@ def utc_now() -> datetime:
 
 class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, scraper: Scraper, children: Children | None = None,
-                 clock: Callable[[], datetime] = utc_now):
+                 clock: Callable[[], datetime] = utc_now, finetunejobs: FineTuneJobs | None = None):
         self.kube, self.settings, self.scraper, self.clock = kube, settings, scraper, clock
         self.policy = Policy(stalled_after_seconds=settings.stalled_after_seconds or None,
                              gpu_resource=settings.gpu_resource, prices=parse_prices(settings.prices))
         self.host = socket.gethostname()  # the Events' source
         # A store never synced answers nothing: every pass LISTs, as before there was one.
         self.children = children if children is not None else Children()
+        # Filled by the FineTuneJob watch (handlers.py) and by the passes' own GETs and PATCH answers.
+        self.finetunejobs = finetunejobs if finetunejobs is not None else FineTuneJobs()
         self.notifications = Notifications.from_settings(settings, self.notification_failed)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -62,7 +67,7 @@ class Reconciler:
             return self._locks.setdefault(key, threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
-        """Drop what is kept in memory about a deleted FineTuneJob."""
+        """Drop what is kept in memory about a deleted FineTuneJob (its copy goes with its DELETED event)."""
         key = f"{namespace}/{name}"
         with self._locks_guard:
             self._locks.pop(key, None)
@@ -84,13 +89,25 @@ class Reconciler:
         return decision
 
     def _pass(self, namespace: str, name: str, poll: bool) -> Decision | None:
-        # A GET, not the body of the event that triggered the pass: the status patch below is a merge patch computed
-        # against this copy's status, and a stale copy (an older event's body, or one from a watch that lags) would
-        # leave out keys that changed since, so the stored status would not become what next_status says. Our own
-        # writes (patch_status) would have to be folded into any cached copy too. One GET by name is cheap for the
-        # API server (no scan); the LISTs were the expensive part (BENCHMARKS.md §5).
+        # The copy the watch and our own PATCH answers keep (finetunejobs.py), not a GET: its status PATCH carries
+        # the copy's resourceVersion, so a copy that lags is refused (Conflict) rather than dropping a change, and
+        # only then, or when nothing is held (a GET answer that lost a race with a deletion), the pass GETs.
+        ftj = self.finetunejobs.get(namespace, name)
+        if ftj is not None:
+            try:
+                return self._pass_over(ftj, poll)
+            except Conflict:
+                log.debug("%s/%s: the FineTuneJob changed since the copy held; reading it again", namespace, name)
         ftj = self.kube.get_finetunejob(namespace, name)
-        if ftj is None or ftj["metadata"].get("deletionTimestamp"):
+        if ftj is None:
+            self.finetunejobs.forget(namespace, name)
+            return None
+        self.finetunejobs.put(ftj)
+        return self._pass_over(ftj, poll)
+
+    def _pass_over(self, ftj: dict, poll: bool) -> Decision | None:
+        namespace, name = ftj["metadata"]["namespace"], ftj["metadata"]["name"]
+        if ftj["metadata"].get("deletionTimestamp"):
             return None  # deleted: garbage collection removes the children
         jobs, pods = self._children(ftj)
         now = self.clock()
@@ -108,12 +125,20 @@ class Reconciler:
             return decision
         status = next_status(observed, decision)
         patch = merge_patch(ftj.get("status") or {}, status)
+        written = (ftj.get("status") or {}).get("usage")
+        if set(patch) == {"usage"} and not (poll and usage_due(written, status.get("usage"))):
+            # Only the clock moved it (a running pod's seconds, wallSeconds): written by the polls, at most every
+            # USAGE_WRITE_SECONDS, and with every other change, not by each watch event's pass (BENCHMARKS.md §5).
+            # The sums are recomputed from the pods and never shrink (usage.py), so writing them later loses nothing.
+            patch = {}
         if patch:
             try:
-                self.kube.patch_status(namespace, name, patch)
+                self.finetunejobs.put(self.kube.patch_status(namespace, name, patch,
+                                                             ftj["metadata"].get("resourceVersion")))
             except NotFound:
+                self.finetunejobs.forget(namespace, name)
                 return None  # deleted while we looked at it
-            metrics.count_usage(namespace, (ftj.get("status") or {}).get("usage"), status.get("usage"))
+            metrics.count_usage(namespace, written, status.get("usage"))
         event = transition_event(observed, decision)
         if event:
             log.info("%s/%s: %s (%s): %s", namespace, name, decision.phase.value, decision.reason, decision.message)

@@ -1,5 +1,10 @@
-"""Pure builders of the objects one attempt of a FineTuneJob runs as: a ConfigMap with the trainer's config, a
-batch/v1 Job of trainer pods and, for multi-node FineTuneJobs, the headless Service their rendezvous goes through.
+"""Pure builders of the objects one attempt of a FineTuneJob runs as: a batch/v1 Job of trainer pods and, for
+multi-node FineTuneJobs, the headless Service their rendezvous goes through.
+
+The trainer's config travels in the Job itself, as an annotation of its pod template that the pod mounts as a file
+through the downward API (names.CONFIG_ANNOTATION, CONFIG_PATH), not in a ConfigMap of its own: one object and one
+API request less per attempt (BENCHMARKS.md §5), and no window in which a pod waits for its ConfigMap. The size
+limit is the API server's for all of a pod's annotations together, 256 KiB; a config is a few KiB.
 
 Every child of attempt N is named and labelled as names.py says (deterministic, so a retried reconcile finds what an
 earlier one created instead of creating it twice) and carries an owner reference to the FineTuneJob (so deleting it
@@ -14,8 +19,8 @@ import yaml
 
 from finetune_operator.api import API_VERSION, KIND, FineTuneJob, FineTuneJobSpec
 from finetune_operator.kueue import LABEL_QUEUE
-from finetune_operator.names import (CACHE_DIR, CLAIM_VOLUME_PREFIX, COMPLETION_INDEX_ANNOTATION, CONFIG_DIR,
-                                     CONTAINER, JOB_COMPLETION_INDEX, REGISTRY_AUTH_DIR, SCRATCH_OUTPUT, SHM_DIR,
+from finetune_operator.names import (CACHE_DIR, CLAIM_VOLUME_PREFIX, COMPLETION_INDEX_ANNOTATION, CONFIG_ANNOTATION,
+                                     CONFIG_DIR, CONTAINER, JOB_COMPLETION_INDEX, REGISTRY_AUTH_DIR, SCRATCH_OUTPUT, SHM_DIR,
                                      TMP_DIR, VOLUME_CACHE, VOLUME_CONFIG, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH,
                                      VOLUME_SHM, VOLUME_TMP, attempt_name, child_labels, selector_labels)
 from finetune_operator.places import InPod, trainer_config
@@ -25,6 +30,7 @@ from finetune_trainer.config import (EXIT_PERMANENT, JOB_UID_ENV, REGISTRY_AUTH_
 from finetune_trainer.locations import CACHE_DIR_ENV, PVC_ROOT_ENV, claim_of
 
 CONFIG_FILE = "config.yaml"
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 
 
@@ -66,7 +72,8 @@ def _claims(ftj: FineTuneJob) -> dict[str, bool]:
 
 def _volumes(ftj: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
-        {"name": VOLUME_CONFIG, "configMap": {"name": attempt_name(ftj.metadata.name, attempt)}},
+        {"name": VOLUME_CONFIG, "downwardAPI": {"items": [
+            {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]}},
         # The root filesystem is read-only: /tmp takes the caches (HF_HOME), torchrun's files and temp files.
         {"name": VOLUME_TMP, "emptyDir": {}},
         # The container runtime's 64Mi /dev/shm is too small for DataLoader workers and NCCL.
@@ -104,16 +111,12 @@ def _volumes(ftj: FineTuneJob, attempt: int, settings: Settings) -> tuple[list[d
 
 # ---------------------------------------------------------------------------------------------- config
 
-def build_config_map(ftj: FineTuneJob, attempt: int, settings: Settings) -> dict[str, Any]:
-    """The trainer's config as the pod reads it (places.InPod): ``pvc://`` locations as the user wrote them, which
-    the trainer finds under $FINETUNE_PVC_ROOT, where _volumes mounts each claim."""
+def build_config(ftj: FineTuneJob, settings: Settings) -> str:
+    """The trainer's config (YAML) as the pod reads it (places.InPod): ``pvc://`` locations as the user wrote them,
+    which the trainer finds under $FINETUNE_PVC_ROOT, where _volumes mounts each claim."""
     config = trainer_config(ftj, InPod(metrics_port=settings.trainer_metrics_port, s3_defaults=_s3_defaults(settings)))
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(ftj, attempt),
-        "data": {CONFIG_FILE: yaml.safe_dump(config.wire(), sort_keys=False, width=120)},
-    }
+    # libyaml's emitter where PyYAML has it: the pure-Python one was 80 % of a creating pass's CPU.
+    return yaml.dump(config.wire(), Dumper=_DUMPER, sort_keys=False, width=120)
 
 
 # ---------------------------------------------------------------------------------------------- service
@@ -297,7 +300,8 @@ def _pod_template(ftj: FineTuneJob, attempt: int, settings: Settings) -> dict[st
         "metadata": {
             # User labels first: they cannot replace the labels the operator selects pods by.
             "labels": {**((extra and extra.labels) or {}), **child_labels(ftj.metadata.name, attempt)},
-            "annotations": {**((extra and extra.annotations) or {}), "kubectl.kubernetes.io/default-container": CONTAINER},
+            "annotations": {**((extra and extra.annotations) or {}), "kubectl.kubernetes.io/default-container": CONTAINER,
+                            CONFIG_ANNOTATION: build_config(ftj, settings)},
         },
         "spec": pod_spec,
     }
@@ -331,8 +335,6 @@ def build_job(ftj: FineTuneJob, attempt: int, settings: Settings, *, suspend: bo
 def build_attempt(ftj: FineTuneJob, attempt: int, settings: Settings, *, suspend: bool = False,
                   active_deadline_seconds: int | None = None) -> list[dict[str, Any]]:
     """Every object of one attempt, in creation order: what the pods mount and resolve exists before they start."""
-    objects = [build_config_map(ftj, attempt, settings)]
-    if ftj.spec.resources.nodes > 1:
-        objects.append(build_service(ftj, attempt, settings))
+    objects = [build_service(ftj, attempt, settings)] if ftj.spec.resources.nodes > 1 else []
     objects.append(build_job(ftj, attempt, settings, suspend=suspend, active_deadline_seconds=active_deadline_seconds))
     return objects

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll-interval", type=float,
                         help="seconds between progress polls of a running job (default 15)")
     parser.add_argument("--workers", type=int,
-                        help="reconcile passes at once: threads for FineTuneJob handlers, and as many for the "
-                             "passes Job and pod events queue (default 16)")
+                        help="reconcile passes at once: threads for the passes FineTuneJob events queue, and as many "
+                             "for those Job and pod events queue (default 16)")
     parser.add_argument("--log-level", default=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         parse_prices(settings.prices)
     except ValueError as error:
         build_parser().error(str(error))
-    # A connection for every thread that may call the API at once: Kopf's handler threads and the event passes'
-    # (settings.workers each), the poller's, the sync loop's.
+    # A connection for every thread that may call the API at once: the two work queues' threads (settings.workers
+    # each), the poller's, the sync loop's.
     kube = Kube.connect(args.kubeconfig, pool_size=2 * settings.workers + CONCURRENCY + 1)
     try:
         elector = elector_from(settings, kube, args.kubeconfig)
@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SinkConfigError, OSError) as error:  # the admin's sinks or the signing key's file
         build_parser().error(f"notifications: {error}")
     memo = kopf.Memo(reconciler=reconciler, children=children, poller=Poller(reconciler, settings.poll_interval))
+    # Two queues on threads of their own: new and edited FineTuneJobs' passes (which create Jobs) do not wait
+    # behind the backlog of pod and Job events.
+    memo.new_passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers, name="finetune-new")
     memo.passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers)
     scope = f"namespaces {', '.join(settings.namespaces)}" if settings.namespaces else "all namespaces"
     log.info("watching FineTuneJobs in %s; trainer image %s; metrics on :%d",
@@ -167,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_kopf(registry, settings, memo, probes)
     finally:
         if elector is not None:
-            if threads := getattr(memo, "handler_threads", None):  # the last passes Kopf started (handlers.configure)
-                threads.shutdown(wait=True)
+            for queue in (memo.new_passes, memo.passes):  # the passes still running end before a standby may lead
+                queue.stop(timeout=None)
             elector.release()  # nothing of this process writes any more
 
 

@@ -55,9 +55,9 @@ class WorkQueue:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Let the running passes finish (up to ``timeout``); what still waits runs when ``start`` is called again
-        (the runner restarts Kopf with the same queue)."""
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Let the running passes finish (up to ``timeout``, None: however long they take); what still waits runs
+        when ``start`` is called again (the runner restarts Kopf with the same queue)."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()

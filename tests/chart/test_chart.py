@@ -189,8 +189,7 @@ OPERATOR_RULES = {  # (apiGroup, resource) -> verbs; see the comment on finetune
     ("finetune.io", "finetunejobs/finalizers"): {"update"},
     ("batch", "jobs"): {"create", "list", "watch", "patch"},
     ("", "pods"): {"list", "watch"},
-    ("", "configmaps"): {"create"},
-    ("", "services"): {"create"},
+    ("", "services"): {"create"},  # no ConfigMaps: the trainer's config is in the Job (render.py)
     ("", "events"): {"create"},
     ("kueue.x-k8s.io", "workloads"): {"list"},
 }

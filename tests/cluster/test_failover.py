@@ -6,7 +6,7 @@
 - Failover (named ``failover``): two operator processes with the chart's RBAC and leader election on, 50
   FineTuneJobs on KWOK pods; the leader killed with SIGKILL while they run, or replaced as `helm upgrade` does
   with RollingUpdate (a new process starts, then the old leader gets SIGTERM). The standby must lead within 15 s,
-  no Job may be made twice, every transition must have its Event, every job must end Succeeded. The takeover
+  no Job may be made twice, no Event may be missing or doubled, every job must end Succeeded. The takeover
   times are printed (`-s`).
 """
 
@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 
 JOBS = 50
 TAKEOVER_LIMIT = 15.0
-# Every job here goes Pending -> Running -> Succeeded, each transition with its Event.
-TRANSITIONS = ("AttemptCreated", "TrainerRunning", "TrainingSucceeded")
+# Every job here goes Pending -> Running -> Succeeded; of these transitions only the end posts an Event (the routine
+# steps are in status only, events.py), so each job must have exactly this one. The Running phase of every job is
+# seen on the status before the kill (test_failover_after_kill_9...).
+TRANSITIONS = ("TrainingSucceeded",)
 SHORT = Timing(lease_duration=3, renew_deadline=2, retry_period=0.5)
 
 

@@ -1,7 +1,8 @@
 """High availability on the real node: the chart's two operator pods (leader election on the release's Lease) while
 a trainer really trains. The leading pod is deleted without a grace period (its node lost, as far as the pod
 knows), then the chart is upgraded (RollingUpdate) mid-run; the standby leads within 15 s, the job ends Succeeded
-with one Job and one Event per transition. tests/cluster/test_failover.py does the same with 50 KWOK jobs.
+with one Job and one Event for its end (a run that goes well posts no other). tests/cluster/test_failover.py does
+the same with 50 KWOK jobs.
 """
 
 from __future__ import annotations
@@ -61,5 +62,6 @@ def test_failover_of_the_leading_pod_and_a_rolling_upgrade_while_a_job_trains(cl
     jobs = cp.kubectl_json("get", "jobs", "-n", cluster.ns, "-l", f"finetune.io/job={JOB}")["items"]
     assert [j["metadata"]["name"] for j in jobs] == [f"{JOB}-a1"]
     reasons = Counter(e["reason"] for e in cluster.events(JOB))
-    assert {"AttemptCreated", "TrainerRunning", "TrainingSucceeded"} <= set(reasons), reasons
+    # A run that goes well posts only its end (the routine steps are in status, events.py): once, after failover.
+    assert reasons["TrainingSucceeded"] == 1, reasons
     assert max(reasons.values()) == 1, reasons

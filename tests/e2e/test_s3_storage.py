@@ -91,9 +91,10 @@ def test_job_reads_from_s3_resumes_from_the_bucket_after_its_pod_is_deleted(clus
     complete = [k for k in keys if k.startswith("out/s3job/checkpoints/") and k.endswith("/COMPLETE")]
     assert len(complete) == 2  # keepCheckpoints
 
-    # The credentials only in the Secret: not in the FineTuneJob, its events, the ConfigMap or the trainer's log.
+    # The credentials only in the Secret: not in the FineTuneJob, its events, the Jobs and pods (the trainer's
+    # config is a pod annotation) or the trainer's log.
     seen = str(cluster.ftj("s3job")) + str(cluster.events("s3job")) + log
-    seen += cluster.cp.kubectl("get", "configmap", "-n", cluster.ns, "-o", "yaml").stdout
+    seen += cluster.cp.kubectl("get", "jobs,pods", "-n", cluster.ns, "-o", "yaml").stdout
     assert SECRET_KEY not in seen and ACCESS_KEY not in seen
     print(f"\ns3 job: pod deleted, attempt 2 resumed at step {resumed.group(1)}/{planned} from the bucket and "
           f"succeeded {time.monotonic() - deleted_at:.0f}s after the deletion")

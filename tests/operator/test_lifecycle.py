@@ -109,7 +109,20 @@ def test_new_job_creates_attempt_1():
     assert status["attempts"] == 1 and status["startTime"] == T(0) and status["observedGeneration"] == 1
     assert [c["type"] for c in status["conditions"]] == list(CONDITION_TYPES)
     assert all(c["status"] == "False" for c in status["conditions"])
-    assert transition_event(o, d) == ("Normal", "AttemptCreated", "created attempt 1 (Job mrpc-a1)")
+    assert d.message == "created attempt 1 (Job mrpc-a1)"
+    assert transition_event(o, d) is None  # a routine step: no Event (events.py)
+    # Its Job made, no pod started or stuck yet: still AttemptCreated, so no second status write for "0/1 running".
+    o2, d2, status2 = run(ftj(status), [job(1)])
+    assert (d2.phase.value, d2.reason, d2.message) == ("Pending", "AttemptCreated", d.message)
+    assert status2["conditions"] == status["conditions"] and transition_event(o2, d2) is None
+    # A pod that starts: Running, still routine; one that is stuck: a Warning, and the recovery after it is told.
+    o3, d3, status3 = run(ftj(status2), [job(1)], [pod(1, phase="Pending", ready=False,
+                                                         waiting={"reason": "ErrImagePull", "message": "x"})])
+    assert transition_event(o3, d3)[:2] == ("Warning", "ImagePullFailed")
+    o4, d4, _ = run(ftj(status3), [job(1)], [pod(1)])
+    assert transition_event(o4, d4)[:2] == ("Normal", "TrainerRunning")
+    o5, d5, _ = run(ftj(status2), [job(1)], [pod(1)])
+    assert d5.reason == "TrainerRunning" and transition_event(o5, d5) is None
 
 
 def test_job_created_suspended_is_suspended():

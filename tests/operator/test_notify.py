@@ -63,9 +63,13 @@ def test_every_transition_of_a_job_is_delivered_once_per_key_signed(tmp_path):
         kube, children = FakeKube(body), synced()
         r = reconciler(kube, children, notify_sinks=json.dumps([{"url": admin.url}]),
                        notify_signing_key_file=str(key_file), notify_first_backoff=0.05)
-        r.reconcile(NS, "mrpc")  # AttemptCreated
-        children.seed([job(rv=200)], [pod(rv=201)])
-        r.reconcile(NS, "mrpc")  # Running
+        r.reconcile(NS, "mrpc")  # AttemptCreated: a routine step, no Event and no notice (events.py)
+        unscheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                       "message": "0/1 nodes are available"}
+        children.seed([job(rv=200)], [pod(rv=201, phase="Pending", ready=False, scheduled=unscheduled)])
+        r.reconcile(NS, "mrpc")  # Unschedulable (a Warning)
+        children.seed([], [pod(rv=202)])
+        r.reconcile(NS, "mrpc")  # Running, after a Warning
         r.reconcile(NS, "mrpc")  # nothing changed: no Event, no notice
         children.seed([job(complete=True, rv=300)], [pod(phase="Succeeded", state=terminated(0, SUMMARY), rv=301)])
         r.reconcile(NS, "mrpc")  # Succeeded
@@ -101,6 +105,7 @@ def test_a_sink_that_gives_up_becomes_a_warning_event_on_the_job():
     with Receiver(default=404) as gone:
         body = ftj(status=None)
         body["metadata"]["uid"] = "uid-3"
+        body["spec"]["runPolicy"]["suspend"] = True  # created Suspended: a transition with an Event and a notice
         kube = FakeKube(body)
         r = reconciler(kube, synced(), notify_sinks=json.dumps([{"url": gone.url}]))
         r.reconcile(NS, "mrpc")

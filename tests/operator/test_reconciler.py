@@ -7,6 +7,7 @@ import copy
 
 from api_objects import NOW, NS, RESOURCE_VERSIONS, SUMMARY, ftj, job, pod, synced, terminated
 from finetune_operator.children import Children
+from finetune_operator.kube import Conflict
 from finetune_operator.lifecycle import CreateAttempt
 from finetune_operator.reconciler import Reconciler
 from finetune_operator.scrape import Scraper
@@ -14,6 +15,19 @@ from finetune_operator.settings import Settings
 
 
 # ---------------------------------------------------------------------------------------------- a pass
+
+def apply_merge_patch(old, patch):
+    """RFC 7386, as the API server applies a merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(old) if isinstance(old, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = apply_merge_patch(merged.get(key), value)
+    return merged
+
 
 class FakeKube:
     """The API as the reconciler sees it: FineTuneJobs by name, children by label, every call recorded."""
@@ -52,10 +66,14 @@ class FakeKube:
         self.jobs.append(created)
         return created
 
-    def patch_status(self, namespace, name, patch):
+    def patch_status(self, namespace, name, patch, resource_version=None):
         self.calls.append("PATCH")
-        status = self.ftjs[name]["status"]
-        self.ftjs[name]["status"] = {k: v for k, v in {**status, **patch}.items() if v is not None}
+        stored = self.ftjs[name]
+        if resource_version is not None and resource_version != stored["metadata"]["resourceVersion"]:
+            raise Conflict(409, "the object has been modified; please apply your changes to the latest version")
+        stored["status"] = apply_merge_patch(stored["status"], patch)
+        stored["metadata"]["resourceVersion"] = str(next(RESOURCE_VERSIONS))
+        return copy.deepcopy(stored)
 
     def post_event(self, event):
         self.calls.append(f"EVENT {event['reason']}")
@@ -67,19 +85,47 @@ def reconciler(kube: FakeKube, children: Children) -> Reconciler:
     return Reconciler(kube, Settings(trainer_image="img"), scraper, children, clock=lambda: NOW)
 
 
-def test_a_new_job_is_created_without_listing_and_the_next_pass_finds_its_job_in_memory():
+def test_a_new_job_is_created_without_listing_and_the_next_pass_reads_only_memory():
     kube, children = FakeKube(ftj()), synced()
-    decision = reconciler(kube, children).reconcile(NS, "mrpc")
+    r = reconciler(kube, children)
+    decision = r.reconcile(NS, "mrpc")
     assert isinstance(decision.action, CreateAttempt)
-    assert kube.calls == ["GET", "POST ConfigMap", "POST Job", "PATCH", "EVENT AttemptCreated"]
+    # Nothing held yet (no watch event in this test): one GET. The start of a run posts no Event (events.py).
+    assert kube.calls == ["GET", "POST Job", "PATCH"]
+    kube.calls.clear()
+    # No watch event yet for the new Job (the store has it from the create's answer), nor for the status PATCH (the
+    # copy has its answer): no request at all, and the attempt stays AttemptCreated until a pod starts.
+    decision = r.reconcile(NS, "mrpc")
+    assert kube.calls == [] and decision.reason == "AttemptCreated"
+    assert [j["metadata"]["name"] for j in kube.jobs] == ["mrpc-a1"]
+    children.seed([], [pod(rv=500)])
+    r.reconcile(NS, "mrpc")
+    assert kube.calls == ["PATCH"] and kube.ftjs["mrpc"]["status"]["phase"] == "Running"
+    kube.calls.clear()
+    children.seed([job(complete=True, rv=600)], [pod(phase="Succeeded", state=terminated(0, SUMMARY), rv=601)])
+    r.reconcile(NS, "mrpc")
+    assert kube.calls == ["PATCH", "EVENT TrainingSucceeded"]
     [event] = kube.events
     assert event["involvedObject"]["name"] == "mrpc" and event["type"] == "Normal"
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2025-01-01T12:00:00Z"  # the pass's clock
+
+
+def test_a_copy_behind_the_stored_finetunejob_drops_nothing_it_reads_again_and_writes_once():
+    kube, children = FakeKube(ftj(status={"phase": "Running", "attempts": 1, "startTime": "2025-01-01T11:00:00Z"})), \
+        synced(job(complete=True, rv=600), pod(phase="Succeeded", state=terminated(0, SUMMARY), rv=601))
+    r = reconciler(kube, children)
+    r.finetunejobs.put(copy.deepcopy(kube.ftjs["mrpc"]))  # the copy the watch gave
+    # Written since, and its watch event has not arrived: a key the stale copy does not have.
+    kube.ftjs["mrpc"]["status"]["metrics"] = {"evalLoss": 0.5}
+    kube.ftjs["mrpc"]["metadata"]["resourceVersion"] = "2"
+    r.reconcile(NS, "mrpc")
+    assert kube.calls == ["PATCH", "GET", "PATCH", "EVENT TrainingSucceeded"]  # refused, read, written once
+    assert kube.ftjs["mrpc"]["status"]["metrics"]["evalLoss"] == 0.5 and kube.ftjs["mrpc"]["status"]["phase"] == \
+        "Succeeded"
     kube.calls.clear()
-    # No watch event yet for the new Job: the store has it from the create's answer.
-    decision = reconciler(kube, children).reconcile(NS, "mrpc")
-    assert kube.calls == ["GET", "PATCH", "EVENT WaitingForPods"] and "0/1 trainer pods" in decision.message
-    assert [j["metadata"]["name"] for j in kube.jobs] == ["mrpc-a1"]
+    r.finetunejobs.put(copy.deepcopy(kube.ftjs["mrpc"]))  # the watch's echo changes nothing
+    r.reconcile(NS, "mrpc")
+    assert kube.calls == []
 
 
 def test_a_pass_lists_once_when_the_store_lags_and_creates_nothing_twice():
@@ -141,3 +187,25 @@ def test_kueues_workload_is_read_only_while_kueue_holds_a_queued_job():
         kube = FakeKube(queued)
         reconciler(kube, synced(job(suspend=suspended, uid="j1"), pod())).reconcile(NS, "mrpc")
         assert not [c for c in kube.calls if "Workloads" in c]
+
+
+def test_usage_that_only_the_clock_moved_is_written_by_polls_not_by_every_event():
+    from datetime import timedelta
+
+    kube = FakeKube(ftj(status={"phase": "Pending", "attempts": 1, "startTime": "2025-01-01T11:00:00Z"}))
+    children = synced(job(rv=600), pod(rv=601))
+    now = [NOW]
+    r = Reconciler(kube, Settings(trainer_image="img"), Scraper(9090, 1.0, min_interval=15), children,
+                   clock=lambda: now[0])
+    r.reconcile(NS, "mrpc")  # Running: written, with the usage so far
+    assert "PATCH" in kube.calls
+    seconds = kube.ftjs["mrpc"]["status"]["usage"]["attempts"][0]["seconds"]
+    kube.calls.clear()
+    now[0] += timedelta(seconds=30)
+    r.reconcile(NS, "mrpc")  # a watch event's pass: nothing changed but the clock
+    assert kube.calls == []
+    r.reconcile(NS, "mrpc", poll=True)  # a poll, but written 30 s ago: not yet
+    assert kube.calls == []
+    now[0] += timedelta(seconds=30)
+    r.reconcile(NS, "mrpc", poll=True)  # a minute after the last write: the poll writes it
+    assert kube.calls == ["PATCH"] and kube.ftjs["mrpc"]["status"]["usage"]["attempts"][0]["seconds"] == seconds + 60

@@ -61,7 +61,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    # The trainer config inside the ConfigMap reads as YAML, not as one escaped line.
+    # The trainer config inside the pod template's annotation reads as YAML, not as one escaped line.
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
@@ -99,9 +99,14 @@ def _pod(job_obj):
     return job_obj["spec"]["template"]["spec"]
 
 
+def _config(job_obj) -> dict:
+    """The trainer's config as the pod reads it: its template's annotation, mounted as the config file."""
+    return yaml.safe_load(job_obj["spec"]["template"]["metadata"]["annotations"]["finetune.io/trainer-config"])
+
+
 def test_children_are_named_by_attempt_and_owned_by_the_finetunejob():
     objs, order = _objects(_ftj("quickstart.yaml"), attempt=3)
-    assert order == ["ConfigMap", "Job"]
+    assert order == ["Job"]  # the trainer's config is in the Job (an annotation of its pods), no ConfigMap
     for obj in objs.values():
         meta = obj["metadata"]
         assert meta["name"] == "quickstart-a3"
@@ -173,7 +178,7 @@ def test_pvc_locations_are_mounted_and_passed_to_the_trainer_as_uris():
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert "readOnly" not in mounts["/mnt/pvc/checkpoints"]
     assert mounts["/mnt/pvc/datasets"]["readOnly"] is True
-    config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+    config = _config(objs["Job"])
     # The trainer maps pvc:// to its mount under FINETUNE_PVC_ROOT, and reports pvc:// URIs back into status.
     assert config["dataset"]["source"] == "pvc://datasets/instructions"
     assert config["output"]["location"] == "pvc://checkpoints/llama-instruct-lora"
@@ -195,7 +200,7 @@ def test_unset_output_goes_to_scratch_space():
     objs, _ = _objects(_ftj("quickstart.yaml"))
     pod = _pod(objs["Job"])
     assert {"name": "output", "emptyDir": {}} in pod["volumes"]
-    assert yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])["output"]["location"] == "/var/lib/finetune/output"
+    assert _config(objs["Job"])["output"]["location"] == "/var/lib/finetune/output"
 
 
 def test_queue_suspend_deadline_and_image():
@@ -248,7 +253,7 @@ def test_pod_metadata_cannot_replace_the_operators_labels():
 
 def test_multi_node_is_an_indexed_job_with_rendezvous_on_rank_0():
     objs, order = _objects(multinode_ftj(), attempt=2)
-    assert order == ["ConfigMap", "Service", "Job"]
+    assert order == ["Service", "Job"]
     job, service = objs["Job"], objs["Service"]
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
@@ -287,7 +292,7 @@ def test_push_credentials_are_a_mounted_file_and_the_uid_an_env_var():
                                 "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}]}
     [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": "/var/run/secrets/finetune.io/registry", "readOnly": True}
-    config = yaml.safe_load(_objects(_ftj("export-oci.yaml"))[0]["ConfigMap"]["data"]["config.yaml"])
+    config = _config(_objects(_ftj("export-oci.yaml"))[0]["Job"])
     assert config["output"]["push"] == {"reference": "registry.example.com/nlp/reviews-lora:v1",
                                         "secretRef": {"name": "registry-push"}, "insecure": False}
 
@@ -309,14 +314,14 @@ def test_s3_credentials_come_from_the_secret_key_by_key_and_never_enter_the_conf
     for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[variable] == {"name": variable, "valueFrom": {"secretKeyRef": {"name": "s3-credentials",
                                                                                 "key": variable}}}
-    config = yaml.safe_load(objects[0]["data"]["config.yaml"])
+    config = _config(objects[-1])
     # what the job left unset comes from the operator's defaults; the Secret travels by name only
     assert config["storage"]["s3"] == {"endpoint": "http://10.245.0.1:8333", "region": "eu-west-1",
                                        "addressingStyle": "path", "secretRef": {
                                            "name": "s3-credentials", "accessKeyIdKey": "AWS_ACCESS_KEY_ID",
                                            "secretAccessKeyKey": "AWS_SECRET_ACCESS_KEY"}}
     job_own = build_attempt(_ftj("s3-minilm.yaml"), 1, settings)
-    own = yaml.safe_load(job_own[0]["data"]["config.yaml"])["storage"]["s3"]
+    own = _config(job_own[-1])["storage"]["s3"]
     assert (own["endpoint"], own["region"]) == ("http://seaweedfs.storage.svc:8333", "us-east-1")
 
 

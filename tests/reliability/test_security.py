@@ -109,10 +109,9 @@ def test_a_planted_secret_is_referenced_by_name_and_found_nowhere_else(env: Env,
     [container] = pod["spec"]["containers"]
     assert container["envFrom"] == [{"secretRef": {"name": "planted-model"}}, {"secretRef": {"name": "planted-data"}}]
     assert not [e for e in container["env"] if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]]
-    config_map = env.cp.kubectl_json("get", "configmap", "planted-a1", "-n", env.ns)["data"]["config.yaml"]
-    config_map = yaml.safe_load(config_map)
-    assert config_map["model"]["secretRef"] == {"name": "planted-model"}  # by reference only
-    assert config_map["dataset"]["secretRef"] == {"name": "planted-data"}
+    config = yaml.safe_load(pod["metadata"]["annotations"]["finetune.io/trainer-config"])  # the pod's config file
+    assert config["model"]["secretRef"] == {"name": "planted-model"}  # by reference only
+    assert config["dataset"]["secretRef"] == {"name": "planted-data"}
 
     values = [model_token, data_token]
     places = {
@@ -179,10 +178,10 @@ def test_the_trainer_never_writes_or_serves_its_secrets_or_its_configuration(tin
 # ------------------------------------------------------------------------------------------ RBAC
 
 NEEDED = [("create", "jobs.batch"), ("patch", "jobs.batch"), ("watch", "jobs.batch"), ("list", "pods"),
-          ("watch", "pods"), ("create", "configmaps"), ("create", "events"), ("patch", "finetunejobs.finetune.io/status"),
+          ("watch", "pods"), ("create", "events"), ("patch", "finetunejobs.finetune.io/status"),
           ("delete", "finetunejobs.finetune.io")]
 FORBIDDEN = [("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("create", "pods"),
-             ("create", "pods/exec"), ("get", "configmaps"), ("delete", "jobs.batch"), ("delete", "pods"),
+             ("create", "pods/exec"), ("get", "configmaps"), ("create", "configmaps"), ("delete", "jobs.batch"), ("delete", "pods"),
              ("create", "roles.rbac.authorization.k8s.io"), ("create", "rolebindings.rbac.authorization.k8s.io"),
              ("create", "serviceaccounts/token"), ("update", "finetunejobs.finetune.io"),
              ("create", "persistentvolumeclaims"), ("create", "finetunejobs.finetune.io")]

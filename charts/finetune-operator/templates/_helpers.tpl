@@ -65,10 +65,9 @@ capabilities:
 
 {{/*
 What the operator does with FineTuneJobs and their children, granted cluster-wide or per namespace.
-Every verb is used: Kopf lists, watches and patches FineTuneJobs (its annotations and finalizer), the operator
-reads one and deletes it after ttlSecondsAfterFinished; it patches only the status subresource; it creates
-ConfigMaps, Services and Jobs (never updates or deletes them: owner references let the garbage collector do
-that), watches Jobs and pods (its in-memory view of them: phases, readiness, termination messages) and lists
+Kopf lists and watches FineTuneJobs (patch: it removes a finalizer an older Kopf-based version left, if any), the
+operator reads one and deletes it after ttlSecondsAfterFinished; it patches only the status subresource; it
+creates Services and Jobs (never updates or deletes them: owner references let the garbage collector do that), watches Jobs and pods (its in-memory view of them: phases, readiness, termination messages) and lists
 them (to fill that view), suspends/resumes Jobs by patch, posts Events.
 */}}
 {{- define "finetune-operator.rules" -}}
@@ -90,7 +89,7 @@ them (to fill that view), suspends/resumes Jobs by patch, posts Events.
   resources: [pods]
   verbs: [list, watch]
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [services]
   verbs: [create]
 - apiGroups: [""]
   resources: [events]
