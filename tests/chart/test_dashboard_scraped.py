@@ -72,7 +72,9 @@ def test_every_dashboard_query_on_a_scraped_trainer_and_operator(tmp_path: Path)
             thread.start()
         sel = 'namespace="ml", finetunejob="scraped"'
         deadline = time.monotonic() + 240
-        while not (prom.query(f"finetune_trainer_checkpoints_total{{{sel}}} > 0")
+        # Two checkpoints: the save-time histogram's series appears with the first, so only the second is an
+        # increase a rate() window can see (on a loaded machine 200 steps can outlast a 10 s window).
+        while not (prom.query(f"finetune_trainer_checkpoints_total{{{sel}}} > 1")
                    and prom.query(f"finetune_trainer_eval_metric{{{sel}}}")
                    and prom.query(f"rate(finetune_trainer_tokens_total{{{sel}}}[10s]) > 0")
                    and prom.query('rate(finetune_operator_reconcile_total{namespace="ml"}[10s]) > 0')):
