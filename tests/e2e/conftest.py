@@ -42,7 +42,6 @@ ON_REAL_NODE = {
 }
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 CLAIM = "e2e-data"
-RELEASE = "fto-e2e"
 
 
 def _missing(message: str) -> None:
@@ -111,6 +110,9 @@ class Cluster:
     system_ns: str
     ns: str
     volume: Path  # the host folder behind pvc://e2e-data
+    # One per session: its ClusterRoles are cluster-scoped, so a fixed name collides with a session running beside
+    # this one, or with one that was killed before it could uninstall.
+    release: str
 
     def apply_job(self, name: str, **spec: Any) -> None:
         self.cp.apply({"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob",
@@ -152,7 +154,7 @@ class Cluster:
             pod_name = pod["metadata"]["name"]
             parts.append(f"pod {pod_name}: {json.dumps(pod.get('status', {}))[:1500]}")
             parts.append(f"log of {pod_name}:\n{self.logs(pod_name)[-3000:]}")
-        operator = self.cp.kubectl("logs", "-n", self.system_ns, "deployment/" + RELEASE + "-finetune-operator",
+        operator = self.cp.kubectl("logs", "-n", self.system_ns, "deployment/" + self.release + "-finetune-operator",
                                    "--tail=40", check=False)
         parts.append(f"operator log:\n{operator.stdout[-4000:]}{operator.stderr[-500:]}")
         return "\n".join(parts)
@@ -226,21 +228,22 @@ def cluster(control_plane: ControlPlane, real_node: str, images: Images,
     values_file.write_text(yaml.safe_dump(values))
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     helm = [str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig)]
-    install = subprocess.run([*helm, "install", RELEASE, str(CHART), "--namespace", system_ns,
+    release = f"fto-e2e-{suffix}"
+    install = subprocess.run([*helm, "install", release, str(CHART), "--namespace", system_ns,
                               "--values", str(values_file), "--wait", "--timeout", "5m"],
                              capture_output=True, text=True, timeout=400)
-    env = Cluster(cp=cp, system_ns=system_ns, ns=ns, volume=volume)
+    env = Cluster(cp=cp, system_ns=system_ns, ns=ns, volume=volume, release=release)
     try:
         if install.returncode != 0:
             pods = cp.kubectl("get", "pods", "-n", system_ns, "-o", "wide", check=False).stdout
             described = cp.kubectl("describe", "pods", "-n", system_ns, check=False).stdout
-            logs = cp.kubectl("logs", "-n", system_ns, f"deployment/{RELEASE}-finetune-operator", "--tail=30",
+            logs = cp.kubectl("logs", "-n", system_ns, f"deployment/{release}-finetune-operator", "--tail=30",
                               check=False).stdout
             pytest.fail(f"helm install failed:\n{install.stderr[-3000:]}\n{pods}\n{described[-4000:]}\n{logs}",
                         pytrace=False)
         yield env
     finally:  # a failed install too: its cluster-scoped objects would block the next session's release
-        subprocess.run([*helm, "uninstall", RELEASE, "--namespace", system_ns, "--wait", "--timeout", "2m"],
+        subprocess.run([*helm, "uninstall", release, "--namespace", system_ns, "--wait", "--timeout", "2m"],
                        capture_output=True, text=True, timeout=180)
         cp.kubectl("delete", "finetunejobs", "--all", "-n", ns, "--wait=true", "--timeout=120s", check=False)
         cp.kubectl("delete", "namespace", ns, system_ns, "--wait=true", "--timeout=120s", check=False)
@@ -254,13 +257,13 @@ def chart_prometheus(cluster: Cluster, workdir: Path, rule_for: str = "5m") -> P
     binary = require_tool(bin_dir() / "prometheus", "tools/prometheus/build.sh")
     cp = cluster.cp
     helm = [str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig)]
-    values = yaml.safe_load(subprocess.run([*helm, "get", "values", RELEASE, "-n", cluster.system_ns, "-o", "yaml"],
+    values = yaml.safe_load(subprocess.run([*helm, "get", "values", cluster.release, "-n", cluster.system_ns, "-o", "yaml"],
                                            capture_output=True, text=True, check=True).stdout)
     values["monitoring"] = {"serviceMonitor": {"enabled": True, "interval": "1s", "scrapeTimeout": "1s"},
                             "podMonitor": {"enabled": True, "interval": "1s", "scrapeTimeout": "1s"},
                             "prometheusRule": {"enabled": True, "for": rule_for}}
     (workdir / "values.yaml").write_text(yaml.safe_dump(values))
-    rendered = subprocess.run([*helm, "template", RELEASE, str(CHART), "-n", cluster.system_ns,
+    rendered = subprocess.run([*helm, "template", cluster.release, str(CHART), "-n", cluster.system_ns,
                                "--values", str(workdir / "values.yaml")], capture_output=True, text=True, check=True)
     objects = {o["kind"]: o for o in yaml.safe_load_all(rendered.stdout) if o}
     jobs = [*service_monitor_jobs(objects["ServiceMonitor"], cp.kubeconfig),

@@ -14,17 +14,16 @@ from collections import Counter
 import pytest
 from helm_chart import CHART
 
-from e2e.conftest import RELEASE, Cluster
+from e2e.conftest import Cluster
 from e2e.test_real_pods import spec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 JOB = "ha"
-LEASE = f"{RELEASE}-finetune-operator"
 
 
 def _holder(cluster: Cluster) -> str:
-    lease = cluster.cp.kubectl_json("get", "lease", LEASE, "-n", cluster.system_ns)
+    lease = cluster.cp.kubectl_json("get", "lease", f"{cluster.release}-finetune-operator", "-n", cluster.system_ns)
     return (lease.get("spec") or {}).get("holderIdentity") or ""
 
 
@@ -51,7 +50,7 @@ def test_failover_of_the_leading_pod_and_a_rolling_upgrade_while_a_job_trains(cl
     # `helm upgrade` with a changed pod template: a rolling update of both pods while the trainer still trains.
     helm = [str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig)]
     rolled = f"podAnnotations.finetune\\.io/rolled={int(time.time())}"
-    subprocess.run([*helm, "upgrade", RELEASE, str(CHART), "-n", cluster.system_ns, "--reuse-values",
+    subprocess.run([*helm, "upgrade", cluster.release, str(CHART), "-n", cluster.system_ns, "--reuse-values",
                     "--set-string", rolled, "--wait", "--timeout", "3m"],
                    capture_output=True, text=True, check=True, timeout=240)
     assert cluster.status(JOB).get("phase") in ("Running", "Succeeded")

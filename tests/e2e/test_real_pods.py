@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from e2e.conftest import ON_REAL_NODE, RELEASE, Cluster
+from e2e.conftest import ON_REAL_NODE, Cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -46,13 +46,13 @@ def test_operator_runs_in_cluster_with_the_charts_service_account(cluster: Clust
     assert len(pods) == 2  # the chart's default: a leader and a standby
     for pod in pods:
         assert pod["status"]["phase"] == "Running"
-        assert pod["spec"]["serviceAccountName"] == "fto-e2e-finetune-operator"
+        assert pod["spec"]["serviceAccountName"] == f"{cluster.release}-finetune-operator"
         assert pod["spec"]["nodeName"] and pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
         log = cluster.cp.kubectl("logs", "-n", cluster.system_ns, pod["metadata"]["name"]).stdout
         assert "Forbidden" not in log and "Traceback" not in log, log[-3000:]
     # `helm test`: a pod reads the operator's metrics through its Service (cluster DNS, kube-proxy, the bridge).
     test = subprocess.run([str(cluster.cp.bin_dir / "helm"), "--kubeconfig", str(cluster.cp.kubeconfig), "test",
-                           RELEASE, "--namespace", cluster.system_ns, "--timeout", "3m"],
+                           cluster.release, "--namespace", cluster.system_ns, "--timeout", "3m"],
                           capture_output=True, text=True, timeout=240)
     assert test.returncode == 0 and "Succeeded" in test.stdout, test.stdout + test.stderr
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 from helm_chart import CHART
 
-from e2e.conftest import ON_REAL_NODE, RELEASE, Cluster, chart_prometheus
+from e2e.conftest import ON_REAL_NODE, Cluster, chart_prometheus
 from prometheus_live import Prometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -29,7 +29,7 @@ DEFAULT_STALLED_AFTER = 900  # the chart's default, which the e2e release runs w
 def _stalled_after(cluster: Cluster, seconds: int) -> None:
     cp = cluster.cp
     helm = [str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig)]
-    subprocess.run([*helm, "upgrade", RELEASE, str(CHART), "-n", cluster.system_ns, "--reuse-values",
+    subprocess.run([*helm, "upgrade", cluster.release, str(CHART), "-n", cluster.system_ns, "--reuse-values",
                     "--set", f"operator.stalledAfterSeconds={seconds}", "--wait", "--timeout", "3m"],
                    capture_output=True, text=True, check=True, timeout=240)
 
