@@ -586,7 +586,7 @@ class TrackingSpec(ApiModel):
 
 
 class TrainerConfig(ApiModel):
-    """Everything the trainer needs; the operator writes it into the pod's ConfigMap, `finetune run` builds it
+    """Everything the trainer needs; the operator writes it into the pod's annotations, `finetune run` builds it
     from the same FineTuneJob."""
 
     model_config = ConfigDict(json_schema_extra=rules_schema(JOB_RULES))
@@ -614,7 +614,7 @@ class TrainerConfig(ApiModel):
     def _cross_field(self) -> TrainerConfig:
         enforce(self, JOB_RULES)
         # The learning rate is resolved here, where the strategy is known, so everything downstream (optimizer,
-        # plan, tracking params, the operator's ConfigMap) reads one number.
+        # plan, tracking params, the config the operator writes) reads one number.
         if self.training.learning_rate is None:
             rate = defaults.default_learning_rate(StrategyType(self.strategy.type).value, self.training.batch_size,
                                                   self.training.gradient_accumulation)
