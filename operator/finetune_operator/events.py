@@ -7,7 +7,9 @@ WaitingForPods, TrainerRunning after each other) post none: the status's phase, 
 times show them, and at 500 jobs they were 3 of the operator's 17 requests per job (BENCHMARKS.md §5). Why not
 client-go's aggregation instead: its correlator folds repeats of the same reason into one Event (still a PATCH per
 repeat) and similar Events only past 10 in 10 minutes; each transition here has its own reason, so it would save
-nothing. The notification sinks (notify/) are told of the same transitions as the Events, one per Event.
+nothing. The notification sinks (notify/) are told of every Event's transition and of every change of phase
+(`transition_notice`): a run starting is news to a pipeline waiting on it, though not worth an Event, and a notice
+costs the API server nothing.
 
 A Warning for failures and for what a user must fix; the reconciler builds the Event with its own clock and
 kube.py posts it. Kopf's own event posting is off (handlers.configure), so every Event a user sees carries a
@@ -68,3 +70,11 @@ def transition_event(o: Observed, d: Decision) -> tuple[str, str, str] | None:
         return None
     warning = d.phase == Phase.FAILED or d.reason in WARNING_REASONS
     return ("Warning" if warning else "Normal", d.reason, d.message)
+
+
+def transition_notice(o: Observed, d: Decision, event: tuple[str, str, str] | None) -> tuple[str, str, str] | None:
+    """(severity, reason, message) of the notification for this decision: the Event's, or a Normal one when the
+    phase changed without an Event (a new job's Pending, a routine start's Running)."""
+    if event or o.status.phase == d.phase.value:
+        return event
+    return ("Normal", d.reason, d.message)

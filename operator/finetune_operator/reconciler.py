@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from finetune_operator import metrics
 from finetune_operator.api import Phase
 from finetune_operator.children import Children, behind
-from finetune_operator.events import NOTIFICATION_FAILED, build_event, transition_event
+from finetune_operator.events import NOTIFICATION_FAILED, build_event, transition_event, transition_notice
 from finetune_operator.finetunejobs import FineTuneJobs
 from finetune_operator.kube import Conflict, Invalid, Kube, NotFound, merge_patch
 from finetune_operator.lifecycle import (INVALID_SPEC, TERMINAL, CreateAttempt, Decision, DeleteFineTuneJob,
@@ -140,10 +140,12 @@ class Reconciler:
                 return None  # deleted while we looked at it
             metrics.count_usage(namespace, written, status.get("usage"))
         event = transition_event(observed, decision)
-        if event:
+        notice = transition_notice(observed, decision, event)
+        if notice:
             log.info("%s/%s: %s (%s): %s", namespace, name, decision.phase.value, decision.reason, decision.message)
             # Queued before the Event is posted: a failed POST fails the pass, and the next pass sees no transition.
-            self.notifications.transition(ftj, build_notice(ftj, status, event, now))
+            self.notifications.transition(ftj, build_notice(ftj, status, notice, now))
+        if event:
             self.kube.post_event(build_event(ftj, *event, now=now, host=self.host))
         return decision
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,10 @@ def _reasons(env, name: str) -> list[str]:
     return sorted(e["reason"] for e in env.events(name))
 
 
+def _told(receiver: Receiver) -> list[str]:
+    return sorted(r.json()["data"]["reason"] for r in receiver.delivered())
+
+
 @pytest.mark.cluster
 def test_every_transition_reaches_the_admins_and_the_jobs_sinks_once_per_key(control_plane: ControlPlane,
                                                                               tmp_path: Path) -> None:
@@ -45,16 +50,21 @@ def test_every_transition_reaches_the_admins_and_the_jobs_sinks_once_per_key(con
             [pod2] = env.wait_running_pods("told", 2)
             env.complete_pod(pod2)
             env.wait_phase("told", "Succeeded")
-            control_plane.wait_for(lambda: "TrainingSucceeded" in _reasons(env, "told")
-                                   and len(admin.delivered()) == len(own.delivered()) == len(_reasons(env, "told")),
-                                   timeout=30, what="a notification per Event")
+            control_plane.wait_for(lambda: "TrainingSucceeded" in _told(admin)  # own's are Slack messages
+                                   and len(admin.delivered()) == len(own.delivered()), timeout=30,
+                                   what="the end told to both sinks")
             time.sleep(1)  # and no more
             reasons = _reasons(env, "told")
-            # The start is routine (no Event, no notice: events.py); the retry and what follows it are told.
+            # The start is routine (no Event: events.py); the retry and what follows it get Events. The sinks hear
+            # of every Event's transition and of every change of phase: the new job's Pending and its Running.
             assert {"Retrying", "TrainingSucceeded"} <= set(reasons) and "AttemptCreated" not in reasons
-            assert sorted(r.json()["data"]["reason"] for r in admin.received) == reasons
-            assert len(admin.received) == len(own.received) == len(reasons)
-            assert len({r.key for r in admin.received}) == len(reasons)  # one key per transition
+            told = Counter(_told(admin))
+            assert not Counter(reasons) - told
+            # (The first Running is told when the operator saw the pod run before it failed: a race here, so the
+            # e2e test, whose trainer runs for seconds, is the one that requires it.)
+            assert "AttemptCreated" in told and set(told - Counter(reasons)) <= {"AttemptCreated", "TrainerRunning"}
+            assert len(admin.received) == len(own.received) == told.total()
+            assert len({r.key for r in admin.received}) == told.total()  # one key per transition
             assert {r.key for r in admin.received} == {r.key for r in own.received}
             for received in admin.received + own.received:
                 assert verify(KEY, received.body, received.headers[SIGNATURE_HEADER.lower()])

@@ -34,5 +34,7 @@ def test_a_pod_tracks_in_mlflow_and_the_operator_notifies_a_receiver(cluster: Cl
         assert run.info.status == "FINISHED" and run.data.tags["finetune.model_uri"] == status["output"]["location"]
         assert "train_loss" in run.data.metrics and run.data.params["strategy.layers"] == "last:2"
         reasons = sorted(e["reason"] for e in cluster.events("tracked"))
-        got = receiver.wait(len(reasons), timeout=60)
-        assert sorted(r.json()["data"]["reason"] for r in got) == reasons and "TrainingSucceeded" in reasons
+        # Every Event's transition, and the changes of phase that post no Event: Pending on creation, Running.
+        got = receiver.wait(len(reasons) + 2, timeout=60)
+        assert sorted(r.json()["data"]["reason"] for r in got) == sorted([*reasons, "AttemptCreated", "TrainerRunning"])
+        assert "TrainingSucceeded" in reasons

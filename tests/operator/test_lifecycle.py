@@ -1,5 +1,5 @@
 """The FineTuneJob state machine from raw API objects to decisions (observed.py, lifecycle.py, failures.py), the
-status written after them (status.py) and the Events posted (events.transition_event), without a cluster."""
+status written after them (status.py) and the Events and notices (events.py), without a cluster."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from finetune_operator.api import format_time
-from finetune_operator.events import transition_event
+from finetune_operator.events import transition_event, transition_notice
 from finetune_operator.lifecycle import CreateAttempt, DeleteFineTuneJob, ResumeAttempt, SuspendAttempt, decide
 from finetune_operator.status import CONDITION_TYPES, next_status
 from finetune_operator.observed import observe
@@ -111,10 +111,12 @@ def test_new_job_creates_attempt_1():
     assert all(c["status"] == "False" for c in status["conditions"])
     assert d.message == "created attempt 1 (Job mrpc-a1)"
     assert transition_event(o, d) is None  # a routine step: no Event (events.py)
+    assert transition_notice(o, d, None) == ("Normal", "AttemptCreated", d.message)  # but a new phase: a notice
     # Its Job made, no pod started or stuck yet: still AttemptCreated, so no second status write for "0/1 running".
     o2, d2, status2 = run(ftj(status), [job(1)])
     assert (d2.phase.value, d2.reason, d2.message) == ("Pending", "AttemptCreated", d.message)
     assert status2["conditions"] == status["conditions"] and transition_event(o2, d2) is None
+    assert transition_notice(o2, d2, None) is None  # the same phase
     # A pod that starts: Running, still routine; one that is stuck: a Warning, and the recovery after it is told.
     o3, d3, status3 = run(ftj(status2), [job(1)], [pod(1, phase="Pending", ready=False,
                                                          waiting={"reason": "ErrImagePull", "message": "x"})])
@@ -123,6 +125,7 @@ def test_new_job_creates_attempt_1():
     assert transition_event(o4, d4)[:2] == ("Normal", "TrainerRunning")
     o5, d5, _ = run(ftj(status2), [job(1)], [pod(1)])
     assert d5.reason == "TrainerRunning" and transition_event(o5, d5) is None
+    assert transition_notice(o5, d5, None)[:2] == ("Normal", "TrainerRunning")  # Running: the sinks hear of it
 
 
 def test_job_created_suspended_is_suspended():
