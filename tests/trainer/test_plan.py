@@ -53,7 +53,7 @@ def test_hybrid_and_lora_plans_list_adapters(tiny_model_dir, job):
 
 @pytest.mark.parametrize(("strategy", "batch", "accumulation", "rate"), [
     ({"type": "full"}, 32, 1, 1e-4), ({"type": "full"}, 8, 1, 5e-5),  # at batch 8: the seed recipe's own rate
-    ({"type": "partial", "layers": "last:2"}, 32, 1, 2e-4), ({"type": "hybrid", "layers": "last:1"}, 32, 1, 3e-4),
+    ({"type": "partial", "layers": "last:2"}, 32, 1, 2e-4), ({"type": "hybrid", "layers": "last:1"}, 32, 1, 6e-4),
     ({"type": "lora"}, 32, 1, 8e-4), ({"type": "lora"}, 16, 8, 1.6e-3),  # 128 examples a step: 4x batch 32, so 2x the rate
 ])
 def test_an_unset_learning_rate_follows_the_strategy_and_the_batch(tiny_model_dir, job, strategy, batch,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 REFERENCE_BATCH = 32
-LEARNING_RATES = {"full": 1e-4, "partial": 2e-4, "hybrid": 3e-4, "lora": 8e-4}  # by strategy.type, at batch 32
+LEARNING_RATES = {"full": 1e-4, "partial": 2e-4, "hybrid": 6e-4, "lora": 8e-4}  # by strategy.type, at batch 32
 
 
 def default_learning_rate(strategy: str, batch_size: int, gradient_accumulation: int = 1) -> float:
