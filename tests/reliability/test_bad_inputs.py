@@ -234,18 +234,17 @@ _preflight_lock = threading.Lock()
 
 
 def _trainer_config_as_rendered(case: Case, tiny: Path, output: Path):
-    """The trainer's config exactly as the operator writes it into the attempt's ConfigMap, with the pod's claim
-    mount root (/mnt/pvc) at <tiny>/pvc; only the output folder and the metrics port differ from a pod."""
+    """The trainer's config exactly as the operator writes it into the attempt's pod annotation, with the pod's
+    claim mount root (/mnt/pvc) at <tiny>/pvc; only the output folder and the metrics port differ from a pod."""
     from finetune_operator.manifest import parse_finetunejob
-    from finetune_operator.render import CONFIG_FILE, build_config_map
+    from finetune_operator.render import build_config
     from finetune_operator.settings import Settings
     from finetune_trainer.config import TrainerConfig
 
     document = case.document(tiny)
     document["metadata"].update(namespace="ml", uid="uid-" + case.name)
     ftj = parse_finetunejob(document, case.name)
-    config_map = build_config_map(ftj, 1, Settings(pvc_mount_root=str(tiny / "pvc")))
-    raw = yaml.safe_load(config_map["data"][CONFIG_FILE])
+    raw = yaml.safe_load(build_config(ftj, Settings(pvc_mount_root=str(tiny / "pvc"))))
     raw["output"]["location"] = str(output)
     raw["metricsPort"] = 0
     return TrainerConfig.model_validate(raw)
