@@ -1,8 +1,8 @@
 """The learning rate a job gets when it names none: one per strategy, scaled with the batch.
 
-One learning rate cannot serve every strategy. At the seed recipe's 2e-5-ish rates a `lora` or `hybrid` adapter
-barely moves and the job ends at the majority class; at an adapter's rate `full` fine-tuning forgets what the
-pretrained model knew. The rates below were measured on GLUE MRPC with all-MiniLM-L6-v2, 3 epochs at batch 32,
+One learning rate cannot serve every strategy. At the 2e-5 the trainer used to default to, a `lora` or `hybrid`
+adapter barely moved and the job ended at the majority class; an adapter's rate, on the other hand, is a large
+step for every weight of a `full` job. The rates below were measured on GLUE MRPC with all-MiniLM-L6-v2, 3 epochs at batch 32,
 scored on dev pairs no run selected on (BENCHMARKS.md §3, `bench/trainer_vs_baseline.py --epochs 3`).
 
 The batch rule is the square root one for Adam-family optimizers: a step over k times the examples has a
