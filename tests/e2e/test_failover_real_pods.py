@@ -54,7 +54,10 @@ def test_failover_of_the_leading_pod_and_a_rolling_upgrade_while_a_job_trains(cl
                     "--set-string", rolled, "--wait", "--timeout", "3m"],
                    capture_output=True, text=True, check=True, timeout=240)
     assert cluster.status(JOB).get("phase") in ("Running", "Succeeded")
-    assert _holder(cluster) in _operator_pods(cluster)  # one of the new pods leads
+    # One of the new pods leads: `--wait` returns once they are ready, while an old one may still be finishing its
+    # passes under the Lease before it releases it on SIGTERM.
+    cp.wait_for(lambda: _holder(cluster) in _operator_pods(cluster), timeout=60, interval=0.5,
+                what="a new pod to lead after the rolling update")
 
     status = cluster.wait_phase(JOB, ("Succeeded",), timeout=600)
     assert status["attempts"] == 1
