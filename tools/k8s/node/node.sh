@@ -350,7 +350,9 @@ node_load_images() {
       [[ "$have" == "$digest" ]] || all_there=0
     done <<<"$refs"
     if ((all_there)); then
-      skipped=$((skipped + 1)); echo "$(awk '{print $1}' <<<"$refs" | paste -sd' ') (already loaded)"; continue
+      skipped=$((skipped + 1)); echo "$(awk '{print $1}' <<<"$refs" | paste -sd' ') (already loaded)"
+      while read -r ref digest; do node_drop_older_tags "$ref"; done <<<"$refs"
+      continue
     fi
     local out
     out="$(ctr images import --label io.cri-containerd.image=managed "$f" 2>&1)" ||
@@ -359,8 +361,21 @@ node_load_images() {
       have="$(ctr images ls "name==$ref" 2>/dev/null | awk -v r="$ref" '$1 == r {print $3}')"
       [[ "$have" == "$digest" ]] || die "load-image: $ref is $have after the import, expected $digest"
       echo "$ref $digest"
+      node_drop_older_tags "$ref"
     done <<<"$refs"
     n=$((n + 1))
+  done
+}
+
+# Other tags of the repository just loaded go, unless a container still uses one: the node outlives many builds,
+# and kept every one (a trainer image is ~7 GB; 20 GB after one day of sessions). containerd collects the layers.
+node_drop_older_tags() {
+  local repo="${1%:*}" used other
+  used="$(ctr containers ls 2>/dev/null | awk 'NR > 1 {print $2}')"
+  for other in $(ctr images ls -q 2>/dev/null); do
+    [[ "${other%:*}" == "$repo" && "$other" != "$1" ]] || continue
+    grep -qxF "$other" <<<"$used" && continue
+    ctr images rm "$other" >/dev/null 2>&1 || true
   done
 }
 
