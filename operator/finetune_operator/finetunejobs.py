@@ -66,13 +66,13 @@ class FineTuneJobs:
         True when a pass must look at it: a FineTuneJob not held before, a new generation (spec edit) or a
         deletion. A newer status alone is kept and asks for none: the operator writes the status, and the watch
         may show its write before the PATCH's answer is back."""
-        key, uid = _key(body), (body.get("metadata") or {}).get("uid")
+        key, uid = _key(body), _meta(body, "uid")
         with self._lock:
             if uid in self._deleted:
                 return False  # an answer from before its deletion
             held = self._copies.get(key)
             # Another uid under the same name: deleted and created again, and the new object wins.
-            if held is not None and (held.get("metadata") or {}).get("uid") == uid:
+            if held is not None and _meta(held, "uid") == uid:
                 version, held_version = resource_version(body), resource_version(held)
                 if older(version, held_version) or (version is not None and version == held_version):
                     return False  # an older version, or the same one (such as the watch's echo of our own write)
@@ -82,11 +82,11 @@ class FineTuneJobs:
 
     def remove(self, body: dict[str, Any]) -> None:
         """The FineTuneJob was deleted (its watch's DELETED event)."""
-        key, uid = _key(body), (body.get("metadata") or {}).get("uid")
+        key, uid = _key(body), _meta(body, "uid")
         with self._lock:
             self._deleted.add(uid, self.clock())
             held = self._copies.get(key)
-            if held is not None and (held.get("metadata") or {}).get("uid") in (uid, None):
+            if held is not None and _meta(held, "uid") in (uid, None):
                 del self._copies[key]
 
     def forget(self, namespace: str, name: str) -> None:
