@@ -3,7 +3,8 @@
     .venv/bin/python bench/operator_scale.py                  # 500 then 2000, on a plane of its own
     options: --counts 500,2000  --state DIR (plane state; default a fresh one under /tmp, stopped afterwards)
              --shared (use the default plane, tools/k8s/cluster.sh's, and leave it running)  --nodes 10
-             --poll-interval 15 (the operator's default)  --timeout 900  --json OUT  --profile (py-spy)
+             --poll-interval 15 (the operator's default)  --timeout 900  --json OUT
+             --profile (py-spy)  --profile-seconds S (record only the first S seconds: the creation burst)
              --experiment-env KEY=VALUE (extra operator environment, e.g. FINETUNE_WORKERS=32; repeatable)
 
 Per phase: a fresh namespace with the Helm chart's RBAC (``helm template``, per-namespace install), a claim and a
@@ -402,7 +403,8 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
     if args.profile:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         profiler = subprocess.Popen([py_spy, "record", "-p", str(proc.pid), "-o", str(work / f"profile-{tag}.txt"),
-                                     "-f", "raw", "-r", "100", "--nonblocking"],
+                                     "-f", "raw", "-r", "100", "--nonblocking",
+                                     *(["--duration", str(args.profile_seconds)] if args.profile_seconds else [])],
                                     stdout=subprocess.DEVNULL, stderr=(work / f"py-spy-{tag}.log").open("w"))
     before_server = apiserver_requests(plane)
     before_plane = plane_cpu(plane)
@@ -566,6 +568,8 @@ def main() -> None:
     p.add_argument("--poll-interval", type=float, default=15)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--profile", action="store_true", help="record the operator with py-spy (pip install py-spy)")
+    p.add_argument("--profile-seconds", type=int, default=0, metavar="S",
+                   help="record only the first S seconds of the phase (the creation burst), not all of it")
     p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                    help="diagnostic: the operator's top allocations at exit (slows it down; not for timings)")
     p.add_argument("--experiment-env", action="append", default=[], metavar="KEY=VALUE",

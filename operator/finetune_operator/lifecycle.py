@@ -158,6 +158,12 @@ def no_attempt(o: Observed) -> Decision | None:
     # status.attempts without a Job: someone deleted the attempt's Job; recreate that attempt, do not count anew.
     number = o.status.attempts or 1
     action = _create(o, number)
+    if o.ftj.spec.run_policy.suspend:
+        return Decision(Phase.SUSPENDED, SUSPENDED, _created_message(o, number), action)
+    return Decision(Phase.PENDING, ATTEMPT_CREATED, _created_message(o, number), action)
+
+
+def _created_message(o: Observed, number: int) -> str:
     spec = o.ftj.spec
     message = f"created attempt {number} (Job {attempt_name(o.name, number)})"
     if spec.run_policy.suspend:
@@ -166,9 +172,7 @@ def no_attempt(o: Observed) -> Decision | None:
         message += f", queued in Kueue LocalQueue {spec.queue_name}"
     if not spec.output.location:
         message += "; spec.output.location is unset, so checkpoints stay in the pod and a retry starts over"
-    if spec.run_policy.suspend:
-        return Decision(Phase.SUSPENDED, SUSPENDED, message, action)
-    return Decision(Phase.PENDING, ATTEMPT_CREATED, message, action)
+    return message
 
 
 def _rank0_summary(attempt: ObservedAttempt) -> dict[str, Any] | None:
@@ -278,6 +282,10 @@ def active(o: Observed) -> Decision:
                         conditions=(stalled,) if stalled else ())
     message = f"attempt {current.number}: {started}/{current.parallelism} trainer pods running"
     stuck = next((p for p in current.pods if p.waiting), None)
+    if stuck is None and started == 0 and (o.status.attempts or 0) < current.number:
+        # The status does not record this attempt yet: a new job's creating pass writes no status (the reconciler
+        # leaves that write to the next pass), or a pass was cut short after its POST. Say what creating it said.
+        return Decision(Phase.PENDING, ATTEMPT_CREATED, _created_message(o, current.number))
     if stuck is None and started == 0 and o.recorded_reason[0] in STARTING:
         # Nothing has happened since the attempt was started: it stays what that transition said, so starting an
         # attempt is one status write, not a second one for "0/N running" right after it.

@@ -89,6 +89,7 @@ class ObservedAttempt:
     failure_message: str = ""
     pods: tuple[ObservedPod, ...] = ()
     queueing: Queueing | None = None  # Kueue's Workload for this Job (queued jobs; None until Kueue made one)
+    created: str | None = None  # the Job's creationTimestamp: the start of a job whose creating pass wrote no status
 
     @property
     def finished(self) -> bool:
@@ -240,6 +241,7 @@ def observe_attempt(job: dict[str, Any], pods: list[dict[str, Any]],
         pods=tuple(sorted((observe_pod(p) for p in pods if attempt_number(p) == number),
                           key=lambda p: (p.index, p.name))),
         queueing=observe_workload(workload) if workload else None,
+        created=(job.get("metadata") or {}).get("creationTimestamp"),
     )
 
 
@@ -320,8 +322,9 @@ def _trim_metadata(obj: dict[str, Any], annotations: tuple[str, ...] = ()) -> di
 def trim_job(job: dict[str, Any]) -> dict[str, Any]:
     """A batch/v1 Job cut down to what ``observe_attempt`` reads (and the store's identity fields)."""
     spec = job.get("spec") or {}
+    created = (job.get("metadata") or {}).get("creationTimestamp")
     return {
-        "metadata": _trim_metadata(job),
+        "metadata": {**_trim_metadata(job), **({"creationTimestamp": created} if created else {})},
         "spec": {k: spec[k] for k in ("parallelism", "suspend") if k in spec},
         "status": {"conditions": _trim_conditions(job)},
     }

@@ -154,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"notifications: {error}")
     memo = kopf.Memo(reconciler=reconciler, children=children, poller=Poller(reconciler, settings.poll_interval))
     # Two queues on threads of their own: new and edited FineTuneJobs' passes (which create Jobs) do not wait
-    # behind the backlog of pod and Job events.
+    # behind the backlog of pod and Job events, whose passes (and new jobs' first status writes) yield to them.
     memo.new_passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers, name="finetune-new")
-    memo.passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers)
+    memo.passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers,
+                            yields_to=memo.new_passes)
+    reconciler.write_later = memo.passes.add
     scope = f"namespaces {', '.join(settings.namespaces)}" if settings.namespaces else "all namespaces"
     log.info("watching FineTuneJobs in %s; trainer image %s; metrics on :%d",
              scope, settings.trainer_image, settings.metrics_port)

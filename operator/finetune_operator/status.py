@@ -90,6 +90,8 @@ def next_status(o: Observed, d: Decision) -> dict[str, Any]:
         status.setdefault("startTime", format_time(o.now))
     elif o.current:
         status["attempts"] = o.current.number
+        # A job whose creating pass wrote no status (reconciler.py) started when its first Job was made.
+        status.setdefault("startTime", o.current.created or format_time(o.now))
     if isinstance(d.action, ResumeAttempt):
         status["startTime"] = format_time(o.now)  # restarts the deadline's clock, as a resumed Job does
     if o.scraped and d.phase == Phase.RUNNING and o.scraped.get("progress"):

@@ -6,8 +6,13 @@ still queued. The pass reads the latest view from the store (children.py), so on
 whose children change while its pass runs is queued again and runs after it, so no change goes unseen. The queue
 holds (namespace, name) keys, not the events' bodies, so a backlog costs little memory.
 
-Its threads are its own, apart from Kopf's (which run the FineTuneJob handlers), so a new FineTuneJob's first
-pass, the one that creates its Job, does not wait behind the backlog of other jobs' pod events.
+The runner keeps two: one for new and edited FineTuneJobs (their passes create Jobs) and one for their children's
+events (and the first status write of a new job, reconciler.py). The second ``yields_to`` the first: its workers
+take no key while the first has passes waiting or running, for at most ``patience`` seconds at a time. Why: when
+hundreds of FineTuneJobs arrive at once, both would otherwise share one saturated API server, and the creations
+would wait for status writes of jobs that already run; apply -> Job is what a user waits for, and what a status
+write reports is not lost by waiting (the pass reads the latest view). The patience bounds how long a stream of
+creations can hold the reports back.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -23,13 +29,19 @@ Key = tuple[str, str]  # (namespace, FineTuneJob name)
 
 
 class WorkQueue:
-    def __init__(self, run: Callable[[str, str], None], workers: int, name: str = "finetune-pass"):
+    def __init__(self, run: Callable[[str, str], None], workers: int, name: str = "finetune-pass",
+                 yields_to: WorkQueue | None = None, patience: float = 30.0):
         self._run, self._workers, self._name = run, workers, name
+        self._yields_to, self._patience = yields_to, patience
+        self._yielding: list[WorkQueue] = []  # queues that yield to this one: woken when it falls idle
+        if yields_to is not None:
+            yields_to._yielding.append(self)
         self._cond = threading.Condition()
         self._order: deque[Key] = deque()
         self._queued: set[Key] = set()
         self._running: set[Key] = set()
         self._again: set[Key] = set()  # changed while its pass ran: queue it again when that pass ends
+        self._added: dict[Key, float] = {}  # when each waiting key was queued (its patience's clock)
         self._threads: list[threading.Thread] = []
         self._stopped = False
 
@@ -38,14 +50,33 @@ class WorkQueue:
             if key in self._running:
                 self._again.add(key)
             elif key not in self._queued:
-                self._queued.add(key)
-                self._order.append(key)
-                self._cond.notify()
+                self._enqueue(key)
+
+    def _enqueue(self, key: Key) -> None:  # with the lock held
+        self._queued.add(key)
+        self._order.append(key)
+        self._added[key] = time.monotonic()
+        self._cond.notify()
 
     def __len__(self) -> int:
         """Keys waiting (not those running)."""
         with self._cond:
             return len(self._order)
+
+    def busy(self) -> bool:
+        # Read without the lock (the queue that yields holds its own): a stale answer at worst lets one pass start
+        # early or wait until the wake-up that follows every change to idle.
+        return bool(self._order or self._running)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wait_left(self) -> float:
+        """Seconds the next key should still wait for the queue this one yields to (0: take it now)."""
+        if self._yields_to is None or not self._yields_to.busy():
+            return 0.0
+        return self._patience - (time.monotonic() - self._added[self._order[0]])
 
     def start(self) -> None:
         with self._cond:
@@ -68,11 +99,18 @@ class WorkQueue:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._order and not self._stopped:
-                    self._cond.wait()
+                while not self._stopped:
+                    if not self._order:
+                        self._cond.wait()
+                        continue
+                    left = self._wait_left()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)  # woken when the other queue falls idle, or patience runs out
                 if self._stopped:
                     return
                 key = self._order.popleft()
+                del self._added[key]
                 self._queued.discard(key)
                 self._running.add(key)
             try:
@@ -84,6 +122,8 @@ class WorkQueue:
                     self._running.discard(key)
                     if key in self._again:
                         self._again.discard(key)
-                        self._queued.add(key)
-                        self._order.append(key)
-                        self._cond.notify()
+                        self._enqueue(key)
+                    idle = not self.busy()
+                if idle:  # outside this queue's lock: a yielding worker holds its own lock while it reads busy()
+                    for queue in self._yielding:
+                        queue._wake()

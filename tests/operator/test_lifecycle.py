@@ -128,6 +128,19 @@ def test_new_job_creates_attempt_1():
     assert transition_notice(o5, d5, None)[:2] == ("Normal", "TrainerRunning")  # Running: the sinks hear of it
 
 
+def test_an_attempt_the_status_does_not_record_yet_is_reported_as_its_creation_said():
+    # The creating pass of a new job writes no status (reconciler.write_later); the next one says what it would have.
+    created = {**job(1), "metadata": {**job(1)["metadata"], "creationTimestamp": T(-3)}}
+    o, d, status = run(ftj(), [created])
+    assert d.action is None and (d.phase.value, d.reason) == ("Pending", "AttemptCreated")
+    assert d.message == "created attempt 1 (Job mrpc-a1)"
+    assert status["attempts"] == 1 and status["startTime"] == T(-3)  # the deadline's clock starts at the Job
+    assert transition_notice(o, d, None) == ("Normal", "AttemptCreated", d.message)
+    # Its pod ran before that pass did: the first write is already Running.
+    _, d2, _ = run(ftj(), [created], [pod(1)])
+    assert (d2.phase.value, d2.reason) == ("Running", "TrainerRunning")
+
+
 def test_job_created_suspended_is_suspended():
     _, d, _ = run(ftj(runPolicy={"suspend": True}))
     assert d.action == CreateAttempt(1, suspend=True)

@@ -62,7 +62,8 @@ class FakeKube:
             return obj
         if any(j["metadata"]["name"] == obj["metadata"]["name"] for j in self.jobs):
             return None
-        created = {**obj, "metadata": {**obj["metadata"], "uid": "u", "resourceVersion": str(next(RESOURCE_VERSIONS))}}
+        created = {**obj, "metadata": {**obj["metadata"], "uid": "u", "resourceVersion": str(next(RESOURCE_VERSIONS)),
+                                       "creationTimestamp": "2025-01-01T11:59:58Z"}}
         self.jobs.append(created)
         return created
 
@@ -108,6 +109,45 @@ def test_a_new_job_is_created_without_listing_and_the_next_pass_reads_only_memor
     [event] = kube.events
     assert event["involvedObject"]["name"] == "mrpc" and event["type"] == "Normal"
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2025-01-01T12:00:00Z"  # the pass's clock
+
+
+def test_a_new_jobs_first_pass_only_creates_and_leaves_its_status_to_the_next_pass():
+    kube, children, later = FakeKube(ftj()), synced(), []
+    r = reconciler(kube, children)
+    r.write_later = later.append
+    r.finetunejobs.put(copy.deepcopy(kube.ftjs["mrpc"]))  # the watch's copy
+    decision = r.reconcile(NS, "mrpc")
+    assert isinstance(decision.action, CreateAttempt)
+    assert kube.calls == ["POST Job"] and later == [(NS, "mrpc")]  # apply -> Job is one request
+    # The queued pass writes what the creating pass would have, from the Job's creation time.
+    decision = r.reconcile(NS, "mrpc")
+    assert kube.calls == ["POST Job", "PATCH"] and decision.reason == "AttemptCreated"
+    status = kube.ftjs["mrpc"]["status"]
+    assert status["phase"] == "Pending" and status["attempts"] == 1 and status["startTime"] == "2025-01-01T11:59:58Z"
+    assert status["conditions"][0]["message"] == "created attempt 1 (Job mrpc-a1)"
+
+
+def test_a_deferred_first_write_reports_what_the_pods_did_meanwhile_in_one_patch():
+    kube, children, later = FakeKube(ftj()), synced(), []
+    r = reconciler(kube, children)
+    r.write_later = later.append
+    r.finetunejobs.put(copy.deepcopy(kube.ftjs["mrpc"]))
+    r.reconcile(NS, "mrpc")
+    children.seed([], [pod(rv=500)])  # its pod ran before the queued pass did
+    kube.calls.clear()
+    r.reconcile(NS, "mrpc")
+    assert kube.calls == ["PATCH"] and kube.ftjs["mrpc"]["status"]["phase"] == "Running"
+    assert kube.ftjs["mrpc"]["status"]["startTime"] == "2025-01-01T11:59:58Z"
+
+
+def test_a_retry_writes_its_status_in_the_pass_that_creates_it():
+    kube = FakeKube(ftj(status={"phase": "Running", "attempts": 1, "startTime": "2025-01-01T11:00:00Z"}))
+    children, later = synced(job(failed="BackoffLimitExceeded", rv=600), pod(phase="Failed", state=terminated(1),
+                                                                              rv=601)), []
+    r = reconciler(kube, children)
+    r.write_later = later.append
+    r.reconcile(NS, "mrpc")
+    assert later == [] and kube.calls[-3:] == ["POST Job", "PATCH", "EVENT Retrying"]
 
 
 def test_a_copy_behind_the_stored_finetunejob_drops_nothing_it_reads_again_and_writes_once():

@@ -81,3 +81,42 @@ def test_a_failing_pass_does_not_end_the_worker():
         wait_until(lambda: runs == ["bad", "good"])
     finally:
         queue.stop()
+
+
+def test_a_queue_that_yields_waits_while_the_other_is_busy_and_runs_once_it_falls_idle():
+    runs, gate = [], threading.Event()
+    creations = WorkQueue(lambda ns, name: (gate.wait(5), runs.append(name)), workers=2, name="new")
+    reports = WorkQueue(lambda ns, name: runs.append(name), workers=2, yields_to=creations, patience=30)
+    creations.start()
+    reports.start()
+    try:
+        creations.add(("ml", "create-a"))
+        wait_until(creations.busy)
+        reports.add(("ml", "report-b"))
+        time.sleep(0.1)
+        assert runs == []  # held back while a creation runs, though its workers are free
+        gate.set()
+        wait_until(lambda: len(runs) == 2)
+        assert runs == ["create-a", "report-b"]
+    finally:
+        creations.stop()
+        reports.stop()
+
+
+def test_a_queue_that_yields_waits_no_longer_than_its_patience():
+    runs, gate = [], threading.Event()
+    creations = WorkQueue(lambda ns, name: gate.wait(5), workers=1, name="new")
+    reports = WorkQueue(lambda ns, name: runs.append(name), workers=1, yields_to=creations, patience=0.2)
+    creations.start()
+    reports.start()
+    try:
+        creations.add(("ml", "create-a"))
+        wait_until(creations.busy)
+        started = time.monotonic()
+        reports.add(("ml", "report-b"))
+        wait_until(lambda: runs == ["report-b"])
+        assert 0.15 < time.monotonic() - started < 2 and creations.busy()  # ran while the creation still did
+    finally:
+        gate.set()
+        creations.stop()
+        reports.stop()
