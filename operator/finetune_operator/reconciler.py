@@ -123,7 +123,8 @@ class Reconciler:
         except Invalid as error:
             # The schema admitted a spec the apiserver will not accept in a child (e.g. a PVC name that is not a
             # DNS name): no retry can help, so the job fails with the apiserver's own words.
-            decision = Decision(Phase.FAILED, INVALID_SPEC, f"the API server refused the trainer Job: {error}")
+            decision, created = Decision(Phase.FAILED, INVALID_SPEC,
+                                         f"the API server refused the trainer Job: {error}"), False
         if isinstance(decision.action, DeleteFineTuneJob):
             return decision
         if created and self.write_later is not None and not observed.status.phase:

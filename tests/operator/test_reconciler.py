@@ -7,7 +7,7 @@ import copy
 
 from api_objects import NOW, NS, RESOURCE_VERSIONS, SUMMARY, ftj, job, pod, synced, terminated
 from finetune_operator.children import Children
-from finetune_operator.kube import Conflict
+from finetune_operator.kube import Conflict, Invalid
 from finetune_operator.lifecycle import CreateAttempt
 from finetune_operator.reconciler import Reconciler
 from finetune_operator.scrape import Scraper
@@ -138,6 +138,21 @@ def test_a_deferred_first_write_reports_what_the_pods_did_meanwhile_in_one_patch
     r.reconcile(NS, "mrpc")
     assert kube.calls == ["PATCH"] and kube.ftjs["mrpc"]["status"]["phase"] == "Running"
     assert kube.ftjs["mrpc"]["status"]["startTime"] == "2025-01-01T11:59:58Z"
+
+
+def test_a_job_the_api_server_refuses_fails_the_new_job_at_once():
+    kube, children, later = FakeKube(ftj()), synced(), []
+
+    def refuse(obj):
+        kube.calls.append(f"POST {obj['kind']}")
+        raise Invalid(422, 'Job.batch "mrpc-a1" is invalid: spec.template.spec.volumes[0].name: Invalid value')
+
+    kube.create_if_absent = refuse
+    r = reconciler(kube, children)
+    r.write_later = later.append
+    decision = r.reconcile(NS, "mrpc")
+    assert decision.reason == "InvalidSpec" and later == []  # nothing was made: the status says why, now
+    assert kube.calls[-2:] == ["PATCH", "EVENT InvalidSpec"] and kube.ftjs["mrpc"]["status"]["phase"] == "Failed"
 
 
 def test_a_retry_writes_its_status_in_the_pass_that_creates_it():
