@@ -137,6 +137,19 @@ def test_termination_message_fits_and_is_written_only_where_it_exists(tmp_path, 
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["reason"] == "InvalidData"
 
 
+def test_a_summary_that_cannot_shrink_enough_keeps_its_outcome_as_valid_json():
+    outputs = [{"kind": "oci", "uri": f"oci://registry.example/models/run-{i}:{'t' * 80}", "digest": "sha256:" + "a" * 64}
+               for i in range(60)]
+    summary = {"phase": "Failed", "reason": "PushFailed", "message": "m" * 3000, "exitCode": 1,
+               "checkpoint": {"location": "s3://bucket/run/checkpoint-9", "step": 9}, "outputs": outputs,
+               "metrics": {"trainLoss": 0.5}}
+    message = termination_message(summary)
+    assert len(message.encode()) <= 4096
+    kept = json.loads(message)  # never JSON cut mid-way: the operator would learn nothing of the outcome
+    assert (kept["phase"], kept["reason"], kept["exitCode"]) == ("Failed", "PushFailed", 1)
+    assert kept["checkpoint"]["step"] == 9 and "outputs" not in kept
+
+
 def test_status_metrics_of_a_real_seq2seq_run_hold_only_training_metrics(tmp_path):
     """A real run that evaluates a seq2seq metric and writes checkpoints while the operator's scraper reads its page:
     status.metrics gets the training metrics only (no *_created timestamps, counters, GPU gauges)."""

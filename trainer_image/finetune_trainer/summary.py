@@ -35,6 +35,9 @@ from finetune_trainer.errors import Interrupted, TrainerError
 TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LIMIT = 4096
+# The fields a termination message keeps when nothing else fits, in the order they are given up from the end.
+ESSENTIAL = ("phase", "reason", "message", "field", "exitCode", "startTime", "completionTime", "progress",
+             "checkpoint", "output")
 
 
 def now() -> str:
@@ -152,7 +155,17 @@ def termination_message(summary: dict[str, Any]) -> str:
             trimmed["evaluation"] = {**trimmed["evaluation"], "metrics": {
                 k: v for k, v in trimmed["evaluation"]["metrics"].items() if k in gated}}
         text = json.dumps(trimmed, separators=(",", ":"))
-    return text[:TERMINATION_LIMIT]
+    if len(text.encode()) > TERMINATION_LIMIT:
+        # Still too large (many outputs, long locations): what the operator decides on, bounded. Never JSON cut
+        # mid-way, which the operator could not read at all; the whole summary is in <output>/summary.json.
+        essential = {k: trimmed[k] for k in ESSENTIAL if trimmed.get(k) is not None}
+        essential["message"] = str(essential.get("message", ""))[:400]
+        for dropped in (None, "output", "checkpoint", "progress"):
+            essential.pop(dropped, None)
+            text = json.dumps(essential, separators=(",", ":"))
+            if len(text.encode()) <= TERMINATION_LIMIT:
+                break
+    return text
 
 
 def _write_termination_log(summary: dict[str, Any]) -> None:
