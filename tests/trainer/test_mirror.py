@@ -1,6 +1,7 @@
-"""An s3:// output against a real S3 server (SeaweedFS, tests/s3_live.py): the model, checkpoints and summary
-committed in the bucket with their COMPLETE markers last, keepCheckpoints pruning there, s3:// URIs in the
-summary, and a resume that takes the newest complete checkpoint of the bucket."""
+"""An s3:// output against a real S3 server (SeaweedFS, tests/s3_live.py): the model, checkpoints, summary and
+TensorBoard event files committed in the bucket (model and checkpoints with their COMPLETE markers last),
+keepCheckpoints pruning there, s3:// URIs in the summary, and a resume that takes the newest complete checkpoint of
+the bucket."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def test_trains_from_the_bucket_and_commits_checkpoints_and_model_there(s3_serve
     keys = s3_server.keys(bucket)
     assert "runs/first/model/COMPLETE" in keys and "runs/first/model/config.json" in keys
     assert "runs/first/summary.json" in keys
+    # The TensorBoard event files are where the summary says, not only in the pod's staging copy.
+    assert summary["tracking"]["tensorboard"] == f"{output}/tensorboard"
+    assert [k for k in keys if k.startswith("runs/first/tensorboard/events.out.tfevents.")]
     # saveEvery 1 wrote six checkpoints; keepCheckpoints 2 left the newest two, every file there
     assert complete_steps(s3_server, output) == [5, 6]
     step6 = {k.rsplit("/", 1)[1] for k in keys if "/checkpoints/step-6/" in k}

@@ -27,6 +27,7 @@ from finetune_trainer.checkpoints import COMPLETE, directory, staging_path
 from finetune_trainer.errors import TrainerError
 from finetune_trainer.objectstore import STORAGE_FAILURES, S3Uri, Store, is_s3
 from finetune_trainer.runtime import Runtime
+from finetune_trainer.tracking import TENSORBOARD_DIR
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +113,18 @@ def upload_checkpoint(store: Store, location: str, path: Path, keep: int) -> str
     return uri
 
 
-def upload_summary(store: Store | None, location: str, output: Path, error: TrainerError | None) -> None:
-    """The summary next to the model in the bucket. The run's outcome is already decided, so a failure here is
-    only logged (the termination log carries the summary to the operator). Not after the storage itself failed:
-    some servers (SeaweedFS) create a missing bucket on a write."""
-    path = output / summary.FILE
-    if store is None or not is_s3(location) or not path.is_file() or isinstance(error, STORAGE_FAILURES):
+def upload_records(store: Store | None, location: str, output: Path, error: TrainerError | None) -> None:
+    """The run's records next to the model in the bucket: summary.json and the TensorBoard event files
+    (tracking.py writes them to the staging copy, and the summary names ``<output>/tensorboard``), so
+    ``tensorboard --logdir s3://...`` shows the run. The run's outcome is already decided, so a failure here is only
+    logged (the termination log carries the summary to the operator). Not after the storage itself failed: some
+    servers (SeaweedFS) create a missing bucket on a write."""
+    if store is None or not is_s3(location) or isinstance(error, STORAGE_FAILURES):
         return
-    try:
-        store.upload(path, S3Uri.parse(location).child(path.name), FIELD)
-    except TrainerError as exc:
-        log.warning("summary.json not uploaded: %s", exc)
+    records = [output / summary.FILE] if (output / summary.FILE).is_file() else []
+    records += sorted(p for p in (output / TENSORBOARD_DIR).rglob("*") if p.is_file())
+    for path in records:
+        try:
+            store.upload(path, S3Uri.parse(location).child(path.relative_to(output).as_posix()), FIELD)
+        except TrainerError as exc:
+            log.warning("%s not uploaded: %s", path.relative_to(output), exc)

@@ -101,7 +101,7 @@ def run(config: TrainerConfig, *, progress_bar: bool = False) -> dict:
         result = report.as_dict(error)
         if rt is None or rt.is_main:
             summary.write(result, output)
-            mirror.upload_summary(store, config.output.location, output, error)
+            mirror.upload_records(store, config.output.location, output, error)
         if rt is not None:
             rt.close()
     if error is not None:
