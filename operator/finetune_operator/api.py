@@ -15,23 +15,9 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from finetune_operator.core_types import Toleration
 from finetune_operator.pod_overrides import PodOverrides
-from finetune_trainer.config import (
-    DNS1123_SUBDOMAIN,
-    JOB_RULES,
-    ApiModel,
-    DatasetSpec,
-    EvaluationSpec,
-    ModelSpec,
-    OutputSpec,
-    Rule,
-    StorageSpec,
-    StrategySpec,
-    Task,
-    TrackingSpec,
-    TrainingSpec,
-    enforce,
-    rules_schema,
-)
+from finetune_trainer.config import JOB_RULES, DatasetSpec, ModelSpec, StrategySpec, Task, TrainingSpec
+from finetune_trainer.output_spec import EvaluationSpec, OutputSpec, StorageSpec, TrackingSpec
+from finetune_trainer.spec_base import DNS1123_SUBDOMAIN, ApiModel, Rule, enforce, rules_schema
 
 GROUP = "finetune.io"
 VERSION = "v1alpha1"

@@ -11,7 +11,7 @@ import enum
 
 from pydantic import Field
 
-from finetune_trainer.config import DNS1123_SUBDOMAIN, ApiModel
+from finetune_trainer.spec_base import DNS1123_SUBDOMAIN, ApiModel
 
 
 # ---------------------------------------------------------------------------------------------- env values

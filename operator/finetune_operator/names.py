@@ -10,8 +10,8 @@ what an earlier one created instead of creating it twice.
 
 from __future__ import annotations
 
-from finetune_trainer.config import JOB_UID_ENV, REGISTRY_AUTH_ENV
 from finetune_trainer.locations import CACHE_DIR_ENV, PVC_ROOT_ENV
+from finetune_trainer.output_spec import JOB_UID_ENV, REGISTRY_AUTH_ENV
 
 # The FineTuneJob a child belongs to (its name) and the attempt it is part of; the label keys predate this module.
 LABEL_FINETUNEJOB = "finetune.io/job"

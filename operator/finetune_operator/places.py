@@ -19,8 +19,9 @@ from typing import Protocol
 
 from finetune_operator.api import FineTuneJob
 from finetune_operator.names import SCRATCH_OUTPUT  # scratch space of the pod: does not survive the attempt
-from finetune_trainer.config import S3Spec, StorageSpec, TrackingSpec, TrainerConfig
+from finetune_trainer.config import TrainerConfig
 from finetune_trainer.locations import PVC_SCHEME, REMOTE_SCHEMES, S3_SCHEME
+from finetune_trainer.output_spec import S3Spec, StorageSpec, TrackingSpec
 
 
 class LocalRunError(ValueError):

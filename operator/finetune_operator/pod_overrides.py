@@ -27,7 +27,7 @@ from finetune_operator.core_types import (ClaimVolume, ConfigMapVolume, EmptyDir
 from finetune_operator.names import (CACHE_DIR, CLAIM_VOLUME_PREFIX, CONFIG_DIR, DEFAULT_PVC_ROOT, OPERATOR_ENV,
                                      REGISTRY_AUTH_DIR, SCRATCH_OUTPUT, SHM_DIR, TMP_DIR, VOLUME_CONFIG,
                                      VOLUME_CACHE, VOLUME_OUTPUT, VOLUME_REGISTRY_AUTH, VOLUME_SHM, VOLUME_TMP)
-from finetune_trainer.config import DNS1123_SUBDOMAIN, ApiModel, Rule, enforce, rules_schema
+from finetune_trainer.spec_base import DNS1123_SUBDOMAIN, ApiModel, Rule, enforce, rules_schema
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from pydantic import Field, ValidationError
 
-from finetune_trainer.config import ApiModel
+from finetune_trainer.spec_base import ApiModel
 
 _QUANTITY = re.compile(r"^([0-9.]+(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[numkMGTPE])?$")
 _SUFFIX = {"": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6,

@@ -25,9 +25,9 @@ from finetune_operator.names import (CACHE_DIR, CLAIM_VOLUME_PREFIX, COMPLETION_
                                      VOLUME_SHM, VOLUME_TMP, attempt_name, child_labels, selector_labels)
 from finetune_operator.places import InPod, trainer_config
 from finetune_operator.settings import Settings
-from finetune_trainer.config import (EXIT_PERMANENT, JOB_UID_ENV, REGISTRY_AUTH_ENV,
-                                     REGISTRY_SECRET_KEY as SECRET_KEY, S3Spec)
+from finetune_trainer.config import EXIT_PERMANENT
 from finetune_trainer.locations import CACHE_DIR_ENV, PVC_ROOT_ENV, claim_of
+from finetune_trainer.output_spec import JOB_UID_ENV, REGISTRY_AUTH_ENV, REGISTRY_SECRET_KEY as SECRET_KEY, S3Spec
 
 CONFIG_FILE = "config.yaml"
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

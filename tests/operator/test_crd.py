@@ -76,7 +76,7 @@ def test_crd_file_is_one_yaml_document():
 def test_push_reference_pattern_and_outputs_reach_the_schema():
     import re
 
-    from finetune_trainer.config import OCI_REFERENCE_PATTERN
+    from finetune_trainer.spec_base import OCI_REFERENCE_PATTERN
 
     spec = root_schema()["properties"]["spec"]
     push = spec["properties"]["output"]["properties"]["push"]

@@ -57,7 +57,7 @@ def test_on_this_machine_an_output_that_is_not_local_goes_to_runs_with_a_note(tm
 
 
 def test_s3_locations_stay_as_written_in_both_places_and_a_pod_fills_the_operators_defaults(tmp_path):
-    from finetune_trainer.config import S3Spec
+    from finetune_trainer.output_spec import S3Spec
 
     ftj = finetunejob("s3://models/bert", "s3://data/reviews", output="s3://ckpt/run")
     here = OnThisMachine(tmp_path)

@@ -9,8 +9,9 @@ import shutil
 import pytest
 
 from finetune_trainer import gates, train
-from finetune_trainer.config import EXIT_PERMANENT, EvaluationSpec, Gate, TrainerConfig
+from finetune_trainer.config import EXIT_PERMANENT, TrainerConfig
 from finetune_trainer.errors import ConfigError, DataError, GateFailed
+from finetune_trainer.output_spec import EvaluationSpec, Gate
 from tiny_models import sentiment_rows, write_rows
 
 

@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from finetune_trainer.config import MlflowSpec
 from finetune_trainer.mlflow_run import RUN_FILE, MlflowRun
+from finetune_trainer.output_spec import MlflowSpec
 from finetune_trainer.tracking import FLUSH_ENV, TENSORBOARD_DIR, Tracking, spec_params
 from finetune_trainer.train import run
 from mlflow_server import mlflow_server

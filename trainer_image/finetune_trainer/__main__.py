@@ -13,8 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from finetune_trainer.config import EXIT_PERMANENT, RuleViolation, TrainerConfig
+from finetune_trainer.config import EXIT_PERMANENT, TrainerConfig
 from finetune_trainer.errors import ConfigError, TrainerError
+from finetune_trainer.spec_base import RuleViolation
 
 
 def load_config(path: Path) -> TrainerConfig:

@@ -2,66 +2,30 @@
 
 This module is the contract between the operator and the trainer (DESIGN §4). It imports pydantic only, so the
 operator can build its FineTuneJob API on top of it without pulling in torch. Field names are camelCase on the
-wire (YAML/JSON, the CRD) and snake_case in Python.
+wire (YAML/JSON, the CRD) and snake_case in Python. Here: the model, the task, the data, the strategy and the
+training loop, and TrainerConfig that holds everything; output_spec.py has what a run produces and where it goes,
+spec_base.py what every model shares.
 
-Cross-field rules live in ``RULES`` next to the models: each rule carries the CEL expression the CRD enforces at
-``kubectl apply`` and the Python predicate that ``finetune run``/``plan`` and the trainer enforce, with one
-message for both, so the two paths refuse the same specs with the same words.
+Cross-field rules live next to the models they check (``*_RULES``, spec_base.Rule): each carries the CEL
+expression the CRD enforces at ``kubectl apply`` and the Python predicate that ``finetune run``/``plan`` and the
+trainer enforce, with one message for both, so the two paths refuse the same specs with the same words.
 """
 
 from __future__ import annotations
 
 import enum
-import re
-from dataclasses import dataclass
-from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from finetune_trainer import defaults
+from finetune_trainer.output_spec import EvaluationSpec, OutputSpec, StorageSpec, TrackingSpec
+from finetune_trainer.spec_base import (LAYER_SELECTOR_PATTERN, LOCATION_PATTERN, ApiModel, Rule, SecretRef, enforce,
+                                        rules_schema)
 
 # Exit codes of `python -m finetune_trainer` (documented in README "Exit codes").
 EXIT_SUCCESS = 0
 EXIT_PERMANENT = 2  # bad config, unknown layer, data schema mismatch, out of memory: a retry cannot fix it
 EXIT_RETRYABLE = 75  # EX_TEMPFAIL: preemption, SIGTERM/SIGINT, I/O; a new attempt resumes from the checkpoint
-
-# Where models, data and outputs can live: a PersistentVolumeClaim (its name a DNS-1123 subdomain, as the
-# apiserver requires), a URI of a scheme the trainer reads, or a plain path.
-DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-# s3:// names a bucket (S3's naming rules) and an optional key prefix.
-S3_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
-LOCATION_PATTERN = rf"^(pvc://{DNS1123_SUBDOMAIN}(/.*)?|s3://{S3_BUCKET}(/\S*)?|(hf|pkg)://\S+|[^:\s][^:]*)$"
-SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # a Secret's data key, as the apiserver admits it
-# registry[:port]/path/to/repo:tag for output.push. The registry must be named (a dot, a port or localhost), as
-# Docker requires of anything that is not Docker Hub; repository paths as the OCI distribution spec admits them.
-_OCI_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
-OCI_REFERENCE_PATTERN = (r"^(localhost(:[0-9]+)?|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+(:[0-9]+)?|[A-Za-z0-9-]+:[0-9]+)"
-                         rf"/{_OCI_COMPONENT}(/{_OCI_COMPONENT})*:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}$")
-LAYER_SELECTOR_PATTERN = r"^(all|none|(last|first|every):[0-9]+|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$"
-
-
-class ApiModel(BaseModel):
-    """Base for every API object: camelCase on the wire, unknown fields refused (a typo is an error, not a no-op)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True,
-        validate_default=True,  # so enum defaults become plain strings too, like values that were given
-    )
-
-    def wire(self) -> dict[str, Any]:
-        """The object as it appears in YAML: camelCase, without unset optional fields."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One cross-field rule, enforced by the apiserver (CEL) and by Python (check) with the same message."""
-
-    cel: str
-    message: str
-    check: Callable[[Any], bool]
-    field: str  # dotted path from the object the rule is attached to; names the field in local errors
 
 
 def _strategy_rules() -> list[Rule]:
@@ -123,29 +87,6 @@ def _dataset_rules() -> list[Rule]:
     ]
 
 
-def _gate_rules() -> list[Rule]:
-    return [
-        Rule(
-            cel="has(self.min) || has(self.max)",
-            message="evaluation.gates: each gate needs min or max (or both), the bound its metric must meet",
-            check=lambda g: g.min is not None or g.max is not None,
-            field="min",
-        ),
-    ]
-
-
-def _evaluation_rules() -> list[Rule]:
-    return [
-        Rule(
-            cel="self.finalModel != 'best' || has(self.metric)",
-            message="evaluation.metric is required when evaluation.finalModel is best (the eval metric that picks "
-                    "the best checkpoint, e.g. eval_f1)",
-            check=lambda e: e.final_model != "best" or e.metric is not None,
-            field="metric",
-        ),
-    ]
-
-
 def _job_rules() -> list[Rule]:
     """Rules across task, dataset and training: on the FineTuneJob's spec (CEL) and the trainer's config."""
     tokens = "has(self.training) && has(self.training.batchTokens)"
@@ -171,24 +112,6 @@ def _job_rules() -> list[Rule]:
 JOB_RULES = _job_rules()
 STRATEGY_RULES = _strategy_rules()
 DATASET_RULES = _dataset_rules()
-GATE_RULES = _gate_rules()
-EVALUATION_RULES = _evaluation_rules()
-
-
-class RuleViolation(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-def enforce(obj: Any, rules: list[Rule]) -> None:
-    for rule in rules:
-        if not rule.check(obj):
-            raise RuleViolation(rule.field, rule.message)
-
-
-def rules_schema(rules: list[Rule]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": r.cel, "message": r.message} for r in rules]}
 
 
 class Task(str, enum.Enum):
@@ -242,13 +165,6 @@ class Precision(str, enum.Enum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
-
-
-class SecretRef(ApiModel):
-    """A Secret in the job's own namespace; its keys become the trainer's environment (e.g. HF_TOKEN)."""
-
-    name: str = Field(min_length=1, max_length=253, pattern=f"^{DNS1123_SUBDOMAIN}$",
-                      description="Name of a Secret in the FineTuneJob's namespace.")
 
 
 class ModelSpec(ApiModel):
@@ -412,177 +328,6 @@ class TrainingSpec(ApiModel):
         description="Set every dropout probability in the model's config (hidden, attention, classifier) to this; "
                     "unset keeps the model's own. 0 also trains faster on CPU, where drawing the masks is costly.",
     )
-
-
-# What the operator hands output.push outside the config: the file with the registry credentials (the Secret's
-# dockerconfigjson, mounted; never in the environment) and the FineTuneJob's uid for the artifact's lineage.
-REGISTRY_AUTH_ENV = "FINETUNE_REGISTRY_AUTH"
-REGISTRY_SECRET_KEY = ".dockerconfigjson"
-JOB_UID_ENV = "FINETUNE_JOB_UID"
-
-
-class PushSpec(ApiModel):
-    """Where the final model goes as an OCI artifact (docs/export.md)."""
-
-    reference: str = Field(
-        min_length=1, max_length=512, json_schema_extra={"pattern": OCI_REFERENCE_PATTERN},
-        description='Registry, repository and tag to push the final model (or adapter) to, e.g. '
-                    '"registry.example.com/team/mrpc-bert:v1" (no scheme; the registry host is required).',
-    )
-    secret_ref: SecretRef | None = Field(
-        None, description="Secret of type kubernetes.io/dockerconfigjson (kubectl create secret docker-registry) "
-                          "with credentials for the registry; unset pushes anonymously.",
-    )
-    insecure: bool = Field(False, description="Talk plain HTTP to the registry (a registry on a trusted network "
-                                              "only; the default is HTTPS).")
-
-    @field_validator("reference")
-    @classmethod
-    def _reference(cls, v: str) -> str:
-        # The CRD checks the same pattern; here the refusal says what is expected instead of quoting the regex.
-        if not re.match(OCI_REFERENCE_PATTERN, v):
-            raise ValueError(f"{v!r} is not registry/repository:tag, e.g. registry.example.com/team/model:v1 (the "
-                             "registry host is required, a dot, a port or localhost in it; the repository in lower "
-                             "case; a tag, not a digest)")
-        return v
-
-
-# An eval metric as the tasks name it (tasks/base.py TaskAdapter.higher_is_better): eval_f1, eval_exact_match, ...
-EVAL_METRIC_PATTERN = r"^eval_[A-Za-z0-9_]+$"
-
-
-class FinalModel(str, enum.Enum):
-    LAST = "last"  # the weights of the last step
-    BEST = "best"  # the checkpoint with the best evaluation.metric (HF's load_best_model_at_end)
-
-
-class Gate(ApiModel):
-    """A bound the final model's evaluation must meet; a job whose model misses one fails with reason GateFailed."""
-
-    model_config = ConfigDict(json_schema_extra=rules_schema(GATE_RULES))
-
-    metric: str = Field(pattern=EVAL_METRIC_PATTERN, max_length=64,
-                        description="Eval metric the task reports, e.g. eval_accuracy, eval_f1, eval_perplexity.")
-    min: float | None = Field(None, description="The metric must be at least this.")
-    max: float | None = Field(None, description="The metric must be at most this (e.g. eval_perplexity, eval_loss).")
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> Gate:
-        enforce(self, GATE_RULES)
-        return self
-
-    def describe(self) -> str:
-        """The bound as people write it: ">= 0.85", "<= 12", ">= 0.8, <= 0.99"."""
-        return ", ".join(f"{op} {bound:g}" for op, bound in ((">=", self.min), ("<=", self.max)) if bound is not None)
-
-
-class EvaluationSpec(ApiModel):
-    """The final model's evaluation after training, and the gates it must pass (docs/evaluation.md)."""
-
-    model_config = ConfigDict(json_schema_extra=rules_schema(EVALUATION_RULES))
-
-    split: str | None = Field(
-        None, min_length=1, max_length=253,
-        description="Split (or file stem) of dataset.source the final model is evaluated on, e.g. test; held out "
-                    "from training and from checkpoint selection. Unset: the eval split.",
-    )
-    final_model: FinalModel = Field(
-        FinalModel.LAST, description="Which weights become the final model: last (the last step) or best (the "
-        "checkpoint with the best evaluation.metric, kept whatever output.keepCheckpoints says).",
-    )
-    metric: str | None = Field(
-        None, pattern=EVAL_METRIC_PATTERN, max_length=64,
-        description="finalModel best: the eval metric that ranks checkpoints, compared in the direction the task "
-                    "declares (higher accuracy/F1/BLEU, lower loss/perplexity), e.g. eval_f1.",
-    )
-    gates: list[Gate] | None = Field(
-        None, max_length=16, description="Bounds the final model's metrics must meet; the first one missed fails "
-        "the job (reason GateFailed), and nothing is published after it.",
-    )
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> EvaluationSpec:
-        enforce(self, EVALUATION_RULES)
-        return self
-
-
-class OutputSpec(ApiModel):
-    location: str | None = Field(
-        None, max_length=1024, pattern=LOCATION_PATTERN,
-        description='Where checkpoints and the final model go: "pvc://claim/path", "s3://bucket/prefix" or a '
-                    "local directory (locally defaults to ./runs/<name>).",
-    )
-    keep_checkpoints: int = Field(2, ge=1, le=100, description="Complete checkpoints to keep.")
-    merge_adapter: bool = Field(False, description="lora/hybrid: also save the base model with adapters merged.")
-    push: PushSpec | None = Field(
-        None, description="Also push the final model to an OCI registry as an artifact with its lineage "
-                          "(base model, dataset fingerprint, strategy, metrics); status.outputs lists it.",
-    )
-
-
-class S3SecretRef(ApiModel):
-    """The Secret holding the S3 credentials; only its keys' names travel in the spec, the values reach the
-    trainer as the standard AWS environment variables."""
-
-    name: str = Field(min_length=1, max_length=253, pattern=f"^{DNS1123_SUBDOMAIN}$",
-                      description="Name of a Secret in the FineTuneJob's namespace.")
-    access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN,
-                                   description="The Secret's key holding the access key id.")
-    secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253,
-                                       pattern=SECRET_KEY_PATTERN,
-                                       description="The Secret's key holding the secret access key.")
-
-
-class AddressingStyle(str, enum.Enum):
-    AUTO = "auto"
-    PATH = "path"
-    VIRTUAL = "virtual"
-
-
-class S3Spec(ApiModel):
-    """How to reach the S3 server of the job's s3:// locations. Unset fields fall back to the operator's defaults
-    (the chart's objectStorage.s3 values) and then to the standard AWS environment (AWS_ENDPOINT_URL,
-    AWS_REGION, ...)."""
-
-    endpoint: str | None = Field(None, max_length=1024, pattern=r"^https?://[^\s/]+(/\S*)?$",
-                                 description="S3 endpoint URL, e.g. http://seaweedfs.storage:8333 (default: AWS).")
-    region: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$",
-                               description="Region to sign requests for, e.g. us-east-1.")
-    addressing_style: AddressingStyle | None = Field(
-        None, description="path (http://endpoint/bucket/key, most self-hosted servers) or virtual "
-                          "(http://bucket.endpoint/key); auto lets the client choose.")
-    secret_ref: S3SecretRef | None = Field(
-        None, description="Secret with the credentials (keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY by "
-                          "default); unset: the pod's own identity (e.g. IRSA) or none.")
-
-
-class StorageSpec(ApiModel):
-    s3: S3Spec | None = Field(None, description="The S3 server of s3:// locations.")
-
-
-class MlflowSpec(ApiModel):
-    """An MLflow tracking server the trainer logs its run to (rank 0 only)."""
-
-    tracking_uri: str = Field(
-        min_length=1, max_length=2048, pattern=r"^(https?://[^\s/]+|file:)\S*$",
-        description='MLflow tracking server, e.g. "http://mlflow.mlflow:5000" ("file:" a local store).',
-    )
-    experiment: str | None = Field(
-        None, min_length=1, max_length=500,
-        description="Experiment the run is logged in, created when absent (default: the FineTuneJob's name).",
-    )
-    secret_ref: SecretRef | None = Field(
-        None, description="Secret whose keys become the trainer's environment: MLFLOW_TRACKING_USERNAME and "
-                          "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN.",
-    )
-
-
-class TrackingSpec(ApiModel):
-    """Experiment tracking. A tracking server that is down never fails training: the run carries on, the trainer
-    retries, and the FineTuneJob gets a TrackingDegraded condition."""
-
-    mlflow: MlflowSpec | None = Field(None, description="Log params, metrics, the final model URI and lineage to MLflow.")
-    tensorboard: bool = Field(True, description="Write TensorBoard event files to <output>/tensorboard.")
 
 
 class TrainerConfig(ApiModel):

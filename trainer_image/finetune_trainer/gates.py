@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer import checkpoints, data
-from finetune_trainer.config import EvaluationSpec, Gate, TrainerConfig
+from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import ConfigError, GateFailed
+from finetune_trainer.output_spec import EvaluationSpec, Gate
 from finetune_trainer.summary import metric_key
 from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.config import MlflowSpec
+from finetune_trainer.output_spec import MlflowSpec
 
 log = logging.getLogger("finetune_trainer")
 

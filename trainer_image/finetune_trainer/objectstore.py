@@ -15,9 +15,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_trainer.config import S3Spec, TrainerConfig
+from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import PermanentError, StorageError, TrainerError
 from finetune_trainer.locations import S3_SCHEME
+from finetune_trainer.output_spec import S3Spec
 
 log = logging.getLogger(__name__)
 

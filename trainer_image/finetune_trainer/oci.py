@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from finetune_trainer.config import OCI_REFERENCE_PATTERN
+from finetune_trainer.spec_base import OCI_REFERENCE_PATTERN
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 TIMEOUT = 60  # seconds per request; a blob upload streams, so this bounds silence, not the whole upload

@@ -29,10 +29,10 @@ import os
 from pathlib import Path
 
 from finetune_trainer import locations, oci
-from finetune_trainer.config import (JOB_UID_ENV, REGISTRY_AUTH_ENV, REGISTRY_SECRET_KEY, DatasetSpec, PushSpec,
-                                     TrainerConfig)
+from finetune_trainer.config import DatasetSpec, TrainerConfig
 from finetune_trainer.errors import RegistryAuthFailed, RegistryRejected, RegistryUnavailable, TrainerError
 from finetune_trainer.export import Exported, tree_digest
+from finetune_trainer.output_spec import JOB_UID_ENV, REGISTRY_AUTH_ENV, REGISTRY_SECRET_KEY, PushSpec
 
 log = logging.getLogger("finetune_trainer")
 
