@@ -30,7 +30,7 @@ import kopf
 
 from finetune_operator import children as children_store
 from finetune_operator import logs, metrics
-from finetune_operator.api import GROUP, KIND, PLURAL, VERSION
+from finetune_operator.api import GROUP, PLURAL, VERSION
 from finetune_operator.kube import CRD_NAME, KubeError, Unavailable
 from finetune_operator.names import CHILD_SELECTOR
 
