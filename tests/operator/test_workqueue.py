@@ -1,8 +1,10 @@
 """The queue of passes that children's watch events ask for (workqueue.py): one per job however many events,
-again after a running pass when its job changed meanwhile, never two at once for one job."""
+again after a running pass when its job changed meanwhile, never two at once for one job; and a queue that yields
+to another (the creations) for at most its patience."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -83,13 +85,24 @@ def test_a_failing_pass_does_not_end_the_worker():
         queue.stop()
 
 
-def test_a_queue_that_yields_waits_while_the_other_is_busy_and_runs_once_it_falls_idle():
-    runs, gate = [], threading.Event()
-    creations = WorkQueue(lambda ns, name: (gate.wait(5), runs.append(name)), workers=2, name="new")
-    reports = WorkQueue(lambda ns, name: runs.append(name), workers=2, yields_to=creations, patience=30)
+@contextlib.contextmanager
+def creations_and_reports(create, report, patience):
+    """The runner's two queues: reports (children's passes) yield to creations (new FineTuneJobs' passes)."""
+    creations = WorkQueue(create, workers=2, name="new")
+    reports = WorkQueue(report, workers=2, yields_to=creations, patience=patience)
     creations.start()
     reports.start()
     try:
+        yield creations, reports
+    finally:
+        creations.stop()
+        reports.stop()
+
+
+def test_a_queue_that_yields_waits_while_the_other_is_busy_and_runs_once_it_falls_idle():
+    runs, gate = [], threading.Event()
+    with creations_and_reports(lambda ns, name: (gate.wait(5), runs.append(name)),
+                               lambda ns, name: runs.append(name), patience=30) as (creations, reports):
         creations.add(("ml", "create-a"))
         wait_until(creations.busy)
         reports.add(("ml", "report-b"))
@@ -98,25 +111,16 @@ def test_a_queue_that_yields_waits_while_the_other_is_busy_and_runs_once_it_fall
         gate.set()
         wait_until(lambda: len(runs) == 2)
         assert runs == ["create-a", "report-b"]
-    finally:
-        creations.stop()
-        reports.stop()
 
 
 def test_a_queue_that_yields_waits_no_longer_than_its_patience():
     runs, gate = [], threading.Event()
-    creations = WorkQueue(lambda ns, name: gate.wait(5), workers=1, name="new")
-    reports = WorkQueue(lambda ns, name: runs.append(name), workers=1, yields_to=creations, patience=0.2)
-    creations.start()
-    reports.start()
-    try:
+    with creations_and_reports(lambda ns, name: gate.wait(5), lambda ns, name: runs.append(name),
+                               patience=0.2) as (creations, reports):
         creations.add(("ml", "create-a"))
         wait_until(creations.busy)
         started = time.monotonic()
         reports.add(("ml", "report-b"))
         wait_until(lambda: runs == ["report-b"])
         assert 0.15 < time.monotonic() - started < 2 and creations.busy()  # ran while the creation still did
-    finally:
         gate.set()
-        creations.stop()
-        reports.stop()
