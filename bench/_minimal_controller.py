@@ -7,8 +7,8 @@ threads as the operator's queue of new FineTuneJobs has (its --workers). The Job
 the FineTuneJob's first attempt, byte for byte (``render.build_attempt`` with the operator's settings from the same
 arguments, rendered once, see job_template), so the API server, and what follows a Job's creation (the Job
 controller, the scheduler, KWOK), handle the same object in both phases and the ratio is the operator's own cost,
-not the size of its Job. (Until 2026-12-05 it POSTed a
-smaller Job of the same shape, ~0.7 KB against 3.7 KB: BENCHMARKS.md §5 gives the ratio against both.)
+not the size of its Job. (Until 2026-12-05 it POSTed a smaller Job of the same shape, ~0.7 KB against 3.7 KB:
+BENCHMARKS.md §5 gives the ratio against both.)
 """
 
 from __future__ import annotations

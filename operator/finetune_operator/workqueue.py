@@ -8,19 +8,19 @@ holds (namespace, name) keys, not the events' bodies, so a backlog costs little 
 
 The runner keeps two: one for new and edited FineTuneJobs (their passes create Jobs) and one for their children's
 events (and the first status write of a new job, reconciler.py). The second ``yields_to`` the first: its workers
-take no key while the first has passes waiting or running, for at most ``patience`` seconds at a time. Why: when
-hundreds of FineTuneJobs arrive at once, both would otherwise share one saturated API server, and the creations
-would wait for status writes of jobs that already run; apply -> Job is what a user waits for, and what a status
-write reports is not lost by waiting (the pass reads the latest view). The patience bounds how long a stream of
-creations can hold the reports back.
+take no key while the first has passes waiting or running, and a key waits so at most ``patience`` seconds from
+when it was queued. Why: when hundreds of FineTuneJobs arrive at once, both would otherwise share one saturated API
+server, and the creations would wait for status writes of jobs that already run; apply -> Job is what a user waits
+for, and what a status write reports is not lost by waiting (the pass reads the latest view). The patience bounds
+how long a stream of creations can hold the reports back.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 import time
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
