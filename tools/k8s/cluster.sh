@@ -135,11 +135,12 @@ port_range() { # -> "lo hi" of the range to pick listening ports from
   read -r elo ehi 2>/dev/null </proc/sys/net/ipv4/ip_local_port_range || true
   if ((elo > 12000)); then echo "10000 $((elo - 1))"; else echo "$((ehi + 1)) 65535"; fi
 }
-pick_port() {
+pick_port() { # [taken ports...] -> a free port, none of the taken ones (nothing listens on those yet)
   local p i lo hi
   read -r lo hi < <(port_range)
   for ((i = 0; i < 200; i++)); do
     p=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
+    [[ " $* " == *" $p "* ]] && continue
     port_free "$p" && { echo "$p"; return 0; }
   done
   die "no free port found"
@@ -152,17 +153,23 @@ ensure_ports() { # keep the previous ports when they are still free (stable kube
     # shellcheck disable=SC1091
     . "$state/ports.env"
     read -r lo hi < <(port_range)
+    local seen=" "
     for v in "${PORT_VARS[@]}"; do
       [[ -n "${!v:-}" ]] && port_free "${!v}" || ok=0
       ((${!v:-0} >= lo && ${!v:-0} <= hi)) || ok=0 # picked by an older cluster.sh inside the ephemeral range
+      [[ "$seen" == *" ${!v:-} "* ]] && ok=0 # one port picked twice by an older cluster.sh
+      seen+="${!v:-} "
     done
   else
     ok=0
   fi
   if ((!ok)); then
     : >"$state/ports.env.tmp"
+    local picked=()
+    # Two components given one port fail only when the second binds it (seen in CI: etcd's peer port and kwok's).
     for v in "${PORT_VARS[@]}"; do
-      printf -v "$v" '%s' "$(pick_port)"
+      printf -v "$v" '%s' "$(pick_port "${picked[@]}")"
+      picked+=("${!v}")
       echo "$v=${!v}" >>"$state/ports.env.tmp"
     done
     mv "$state/ports.env.tmp" "$state/ports.env"
