@@ -7,7 +7,6 @@ Starting takes tens of seconds on a busy machine (the store's migrations), so te
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ports import free_port
+
 START_TIMEOUT = 180
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -31,7 +26,7 @@ def mlflow_server(folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
     yield its URI; the server is stopped (and its log shown on failure) after."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     assert mlflow, "the mlflow command is missing: install the dev extra (pip install -e '.[dev]')"
-    port = _free_port(host)
+    port = free_port(host)
     uri = f"http://{host}:{port}"
     log = folder / "mlflow-server.log"
     with log.open("w") as out:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 from helm_chart import tool_bin_dir
+from ports import free_port
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,13 +90,6 @@ def service_monitor_jobs(monitor: dict[str, Any], kubeconfig: Path) -> list[dict
         {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
         {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"},
     ]) for i, ep in enumerate(spec["endpoints"])]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Prometheus:
     """One Prometheus process with its own data folder, scraping what ``scrape_configs`` say."""

@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from helm_chart import require_tool, tool_bin_dir
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,13 +37,6 @@ def crane_binary() -> Path:
 
 def listen_address() -> str:
     return os.environ.get("FTO_REGISTRY_ADDRESS", "127.0.0.1")
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 class Registry:
     """One registry process storing blobs under ``workdir``; ``host`` is what a reference names (host:port)."""

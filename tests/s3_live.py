@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from helm_chart import tool_bin_dir
+from ports import free_ports
 
 ACCESS_KEY = "fto-test-access"
 SECRET_KEY = "fto-test-secret-key"
@@ -28,14 +28,6 @@ REGION = "us-east-1"
 def weed_binary() -> Path:
     """tools/seaweedfs/build.sh's weed (FTO_SEAWEEDFS_BIN names another folder); not checked: callers require it."""
     return tool_bin_dir("seaweedfs", "FTO_SEAWEEDFS_BIN") / "weed"
-
-
-def free_port(host: str) -> int:
-    # SeaweedFS also opens <port>+10000 for gRPC unless told; every port is chosen here, so none is implied.
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 @dataclass
 class S3Server:
@@ -91,8 +83,9 @@ def start(workdir: Path, host: str | None = None) -> S3Server:
     identities = {"identities": [{"name": "fto", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
     (workdir / "s3.json").write_text(json.dumps(identities))
-    ports = {name: free_port(host) for name in ("master", "master.port.grpc", "volume", "volume.port.grpc", "filer",
-                                               "filer.port.grpc", "s3", "s3.port.grpc")}
+    # SeaweedFS also opens <port>+10000 for gRPC unless told; every port is chosen here, so none is implied.
+    names = ("master", "master.port.grpc", "volume", "volume.port.grpc", "filer", "filer.port.grpc", "s3", "s3.port.grpc")
+    ports = dict(zip(names, free_ports(len(names), host)))
     args = [str(weed), "server", f"-dir={workdir / 'data'}", f"-ip={host}", f"-ip.bind={host}", "-s3",
             f"-s3.config={workdir / 's3.json'}", "-master.volumeSizeLimitMB=64", "-volume.max=100",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",

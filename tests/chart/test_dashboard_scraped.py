@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from helm_chart import require_tool
+from ports import free_ports
 from prometheus_client import REGISTRY, start_http_server
-from prometheus_live import Prometheus, bin_dir, check_dashboard, free_port
+from prometheus_live import Prometheus, bin_dir, check_dashboard
 
 def _trainer_config(tmp_path: Path, port: int) -> Any:
     from finetune_trainer.config import TrainerConfig
@@ -40,7 +41,7 @@ def test_every_dashboard_query_on_a_scraped_trainer_and_operator(tmp_path: Path)
     from finetune_operator import metrics
 
     binary = require_tool(bin_dir() / "prometheus", "tools/prometheus/build.sh")
-    trainer_port, operator_port = free_port(), free_port()
+    trainer_port, operator_port = free_ports(2)
     config = _trainer_config(tmp_path, trainer_port)
     server, _ = start_http_server(operator_port, addr="127.0.0.1", registry=REGISTRY)
     metrics.namespace_seen("ml")

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
-from cluster.operator_process import free_port  # importable from tests/e2e as well
 from helm_chart import require_tool, tool_bin_dir
+from ports import free_port, free_ports
 
 if TYPE_CHECKING:
     from conftest import ControlPlane
@@ -170,7 +170,7 @@ def running_kueue(cp: ControlPlane, work: Path) -> Iterator[Path]:
                    str(root / "crds"))
         cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUEUE_NAMESPACE}})
-        webhook_port, health_port = free_port(), free_port()
+        webhook_port, health_port = free_ports(2)
         ca = _self_signed(work)
         config = _configuration(work, webhook_port, health_port)
         log = work / "kueue.log"

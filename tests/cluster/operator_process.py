@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
+from ports import free_ports
 
 if TYPE_CHECKING:
     from conftest import ControlPlane
@@ -50,13 +50,6 @@ def summary_json(phase: str, reason: str, message: str, exit_code: int, **extra:
     """A trainer exit summary as the trainer writes it to /dev/termination-log (compact JSON)."""
     return json.dumps({"phase": phase, "reason": reason, "message": message, "exitCode": exit_code, **extra})
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Operator:
     """`python -m finetune_operator.runner` as a child process, stoppable and restartable."""
 
@@ -65,7 +58,7 @@ class Operator:
         self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
         self.poll_interval = poll_interval
         self.settings = settings or {}  # FINETUNE_* variables (settings.py) beyond the flags below
-        self.health_port, self.metrics_port = free_port(), free_port()
+        self.health_port, self.metrics_port = free_ports(2)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:

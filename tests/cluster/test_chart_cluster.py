@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from helm_chart import ALL_ON, CHART, REPO, helm, helm_binary, render_text, require_tool
+from ports import free_ports
 from prometheus_live import bin_dir as prometheus_bin_dir
 
 if TYPE_CHECKING:
@@ -112,19 +112,12 @@ def test_rendered_chart_passes_server_side_dry_run(name: str, control_plane: Con
 
 
 # ------------------------------------------------------------------------------------------ install
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class OperatorProcess:
     """`python -m finetune_operator.runner` with the chart Deployment's environment and ServiceAccount token."""
 
     def __init__(self, env: dict[str, str], kubeconfig: Path, log: Path):
         # The Deployment's ports are overridden by flags (flags win over FINETUNE_*): tests share this machine.
-        self.health_port, self.metrics_port = _free_port(), _free_port()
+        self.health_port, self.metrics_port = free_ports(2)
         cmd = [sys.executable, "-m", "finetune_operator.runner", "--kubeconfig", str(kubeconfig),
                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
         self.log = log

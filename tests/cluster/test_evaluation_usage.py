@@ -13,8 +13,9 @@ from typing import Iterator
 import pytest
 
 from conftest import ControlPlane
-from operator_process import (FAKE_EXIT, FAKE_FAIL, FAKE_MESSAGE, RUN_FOREVER, Env, free_port, install_crd,
-                              operator_env, summary_json)
+from operator_process import (FAKE_EXIT, FAKE_FAIL, FAKE_MESSAGE, RUN_FOREVER, Env, install_crd, operator_env,
+                              summary_json)
+from ports import free_port
 
 pytestmark = pytest.mark.cluster
 

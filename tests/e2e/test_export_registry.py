@@ -17,7 +17,8 @@ import pytest
 
 from e2e.conftest import Cluster
 from e2e.test_real_pods import spec
-from registry_live import AuthProxy, Registry, crane_binary, free_port
+from ports import free_port
+from registry_live import AuthProxy, Registry, crane_binary
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

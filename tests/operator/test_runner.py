@@ -78,7 +78,6 @@ def test_a_standby_that_cannot_reach_the_api_stays_alive_not_ready_and_stops_on_
     """The process as the chart runs it, against an API server that does not answer (nothing listens on port 1):
     it stands by, its probes say so, and SIGTERM ends it cleanly. (Leading is tests/cluster/test_failover.py.)"""
     import signal
-    import socket
     import subprocess
     import sys
     import time
@@ -86,6 +85,7 @@ def test_a_standby_that_cannot_reach_the_api_stays_alive_not_ready_and_stops_on_
     import urllib.request
 
     import yaml
+    from ports import free_ports
 
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
@@ -93,11 +93,7 @@ def test_a_standby_that_cannot_reach_the_api_stays_alive_not_ready_and_stops_on_
         "clusters": [{"name": "dead", "cluster": {"server": "http://127.0.0.1:1"}}],
         "users": [{"name": "u", "user": {"token": "t"}}],
         "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}]}))
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = free_ports(2)
     env = {**os.environ, "FINETUNE_LEADER_ELECTION_NAMESPACE": "ops", "FINETUNE_LEASE_RETRY_PERIOD_SECONDS": "0.5"}
     proc = subprocess.Popen([sys.executable, "-m", "finetune_operator.runner", "--kubeconfig", str(kubeconfig),
                              "--leader-election", "--metrics-port", str(ports[0]), "--health-port", str(ports[1])],

@@ -9,7 +9,8 @@ import pytest
 from finetune_trainer import train
 from finetune_trainer.config import EXIT_PERMANENT, EXIT_RETRYABLE
 from finetune_trainer.errors import TrainerError
-from s3_live import ACCESS_KEY, SECRET_KEY, free_port
+from ports import free_port
+from s3_live import ACCESS_KEY, SECRET_KEY
 
 SECRET = {"secretRef": {"name": "s3-credentials", "accessKeyIdKey": "access", "secretAccessKeyKey": "secret"}}
 

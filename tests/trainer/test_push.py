@@ -16,7 +16,8 @@ from finetune_trainer import oci, push, train
 from finetune_trainer.config import EXIT_PERMANENT, EXIT_RETRYABLE
 from finetune_trainer.errors import RegistryAuthFailed, RegistryUnavailable
 from finetune_trainer.output_spec import JOB_UID_ENV, REGISTRY_AUTH_ENV
-from registry_live import AuthProxy, Registry, crane_binary, free_port
+from ports import free_port
+from registry_live import AuthProxy, Registry, crane_binary
 
 UID = "0a1b2c3d-0000-4000-8000-00000000beef"
 

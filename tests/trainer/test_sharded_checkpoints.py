@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from finetune_trainer.objectstore import S3Uri
+from ports import free_port
 from tiny_models import instruction_rows, save_tiny_model, write_rows
 
 NPROC = 2
@@ -141,9 +141,7 @@ def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint_exactly(tmp_path, s
 def two_nodes(config_path, tmp_path, env, attempt):
     """Two torchrun agents of one process each on a static rendezvous, as two single-GPU pods; each node stages an
     s3:// output in its own directory."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     return [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
          "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),

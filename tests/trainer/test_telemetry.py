@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 import urllib.request
@@ -13,14 +12,8 @@ import pytest
 from finetune_trainer.summary import Report, metric_key, termination_message, write
 from finetune_trainer.telemetry import Telemetry, peak_flops
 from finetune_trainer.train import run
+from ports import free_port
 from tiny_models import sentiment_rows, write_rows
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=2) as response:
