@@ -58,7 +58,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
+sys.path[:0] = [str(REPO / "tests" / "cluster"), str(REPO / "tests")]  # operator_process, and what it imports
 from _common import machine, table  # noqa: E402
 
 CLUSTER_SH = REPO / "tools" / "k8s" / "cluster.sh"

@@ -11,8 +11,8 @@ pass.
 
 How fresh it is, and what covers the gaps:
 
-- Each watch stream is in order, and handlers.py applies an event before the pass it triggers, so that pass sees
-  at least that event's object.
+- Each watch stream is in order, and reflector.py applies an event before it queues the pass the event asks for,
+  so that pass sees at least that event's object.
 - Jobs and pods come on two streams: a pass may see a Job Complete before its pod's termination message (which
   holds the trainer's summary), or a Job the status records may not have arrived yet (just created, or the cache
   is being filled after a restart). ``behind`` names those cases and the reconciler then LISTs once, a consistent
@@ -20,12 +20,12 @@ How fresh it is, and what covers the gaps:
 - A LIST answer may be older than events already applied, and events still in flight may be older than a LIST
   answer: a copy is only replaced by a higher resourceVersion, and the uid of a deleted object is remembered for
   longer than a LIST can be in flight, so a late answer cannot bring it back (watched.py).
-- Kopf re-lists when it restarts a watch (API outage, 410 Gone), and an object deleted while the watch was down
-  gets no DELETED event. A re-list shows as events of type None; after one, ``wants_sync`` asks for a full
-  ``replace`` from a LIST of every child, which drops what the API no longer has. The first full sync runs at
-  startup, before the watches; until it succeeds ``get`` answers None and every pass LISTs, as before.
+- The watches are reflector.py's, one per kind (and namespace): each LISTs before it watches, and again when its
+  watch cannot go on (410 Gone, a long outage), and an object deleted meanwhile gets no DELETED event. So each
+  LIST answer ``replace``s what the store holds of that kind and namespace, which drops what the API no longer
+  has. Until every watch has listed once, ``get`` answers None and every pass LISTs its children.
 
-Why not Kopf's indexes (``@kopf.index``), which are fed by the same watches: an index holds whatever its function
+Why not Kopf's indexes (``@kopf.index``), fed by Kopf's watches (which reflector.py replaced): an index holds whatever its function
 returns per object and hands it to Kopf's handlers, but the store has to do three things an index does not. It
 tells which events changed what a pass reads (at 500 FineTuneJobs most Job and pod events change nothing, and each
 would otherwise queue a pass); it takes a LIST answer or a just-created Job in (``seed``) and never lets an older
@@ -36,29 +36,23 @@ benefit of this store (no LISTs, 115 MiB at 500 FineTuneJobs, BENCHMARKS.md §5)
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_operator.kube import KubeError
 from finetune_operator.lifecycle import TERMINAL
 from finetune_operator.observed import attempt_number, trim_job, trim_pod
 from finetune_operator.names import LABEL_FINETUNEJOB
 from finetune_operator.watched import Tombstones, older, resource_version
 
-log = logging.getLogger(__name__)
-
 JOB, POD = "Job", "Pod"
 _TRIM = {JOB: trim_job, POD: trim_pod}
-# How often the sync loop checks whether a full sync is wanted (after a re-list, or while the first one failed).
-SYNC_CHECK_SECONDS = 5.0
 
 Owner = tuple[str, str]  # (namespace, FineTuneJob name)
 _Ident = tuple[str, str, str]  # (kind, namespace, name)
+Scope = tuple[str, str | None]  # (kind, namespace) one watch covers; namespace None: every namespace
 
 
 @dataclass(frozen=True)
@@ -75,35 +69,34 @@ def _ident(kind: str, body: dict[str, Any]) -> _Ident:
     return kind, meta.get("namespace") or "", meta.get("name") or ""
 
 
-class Children:
-    """Thread-safe: watch events write (on Kopf's event loop); passes read and seed it from worker threads."""
+def scopes(namespaces: tuple[str, ...] = ()) -> list[Scope]:
+    """What the watches cover: each kind in each of ``namespaces``, or in every namespace when there are none."""
+    return [(kind, namespace) for kind in (JOB, POD) for namespace in namespaces or (None,)]
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+
+class Children:
+    """Thread-safe: the watches' threads write; passes read and seed it from worker threads."""
+
+    def __init__(self, namespaces: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._lock = threading.Lock()
         self._objects: dict[_Ident, _Entry] = {}
         self._by_owner: dict[Owner, set[_Ident]] = {}
         self._deleted = Tombstones()
         self._seq = 0
-        self._synced_at: int | None = None  # _seq when the last full sync started; None: never synced
-        self._relisted_at = 0  # _seq of the last re-list event seen
+        self._unlisted = set(scopes(namespaces))  # scopes not replaced from a LIST yet: get answers None
 
     # ------------------------------------------------------------------------------------------ reads
 
     def get(self, namespace: str, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
         """The Jobs and pods of a FineTuneJob, trimmed; None until the first full sync, when nothing is known."""
         with self._lock:
-            if self._synced_at is None:
+            if self._unlisted:
                 return None
             idents = self._by_owner.get((namespace, name), ())
             jobs = [self._objects[i].body for i in idents if i[0] == JOB]
             pods = [self._objects[i].body for i in idents if i[0] == POD]
         return jobs, pods
-
-    @property
-    def wants_sync(self) -> bool:
-        with self._lock:
-            return self._synced_at is None or self._relisted_at > self._synced_at
 
     def mark(self) -> int:
         """A point in the store's history, to pass to ``replace`` with the LIST answer requested after it."""
@@ -116,13 +109,10 @@ class Children:
 
     # ------------------------------------------------------------------------------------------ writes
 
-    def apply(self, kind: str, event_type: str | None, body: dict[str, Any]) -> Owner | None:
-        """One watch event (Kopf's type: None while it lists). Returns the FineTuneJob whose children changed in
-        what observed.py reads, or None when nothing it reads changed (no pass needed)."""
+    def apply(self, kind: str, event_type: str, body: dict[str, Any]) -> Owner | None:
+        """One watch event. Returns the FineTuneJob whose children changed in what observed.py reads, or None
+        when nothing it reads changed (no pass needed)."""
         with self._lock:
-            if event_type is None and self._synced_at is not None:
-                self._seq += 1
-                self._relisted_at = self._seq
             if event_type == "DELETED":
                 return self._remove(kind, body)
             return self._put(kind, body)
@@ -134,19 +124,24 @@ class Children:
                 for body in items:
                     self._put(kind, body)
 
-    def replace(self, jobs: list[dict[str, Any]], pods: list[dict[str, Any]], since: int) -> None:
-        """A full sync from a LIST of every child, requested after ``since = mark()``: like ``seed``, and what the
-        answer lacks is dropped unless an event wrote it after ``since`` (then it is newer than the answer)."""
+    def replace(self, scope: Scope, items: list[dict[str, Any]], since: int) -> set[Owner]:
+        """What a LIST of one watch's scope answered, requested after ``since = mark()``: like ``seed``, and what
+        the answer lacks is dropped unless something wrote it after ``since`` (then it is newer than the answer).
+        Returns the FineTuneJobs whose children changed in what observed.py reads."""
+        kind, namespace = scope
+        changed: set[Owner] = set()
         with self._lock:
             listed = set()
-            for kind, items in ((JOB, jobs), (POD, pods)):
-                for body in items:
-                    self._put(kind, body)
-                    listed.add(_ident(kind, body))
+            for body in items:
+                listed.add(_ident(kind, body))
+                if owner := self._put(kind, body):
+                    changed.add(owner)
             for ident, entry in list(self._objects.items()):
-                if ident not in listed and entry.seq <= since:
-                    self._drop(ident, entry)
-            self._synced_at = since
+                if (ident[0] == kind and namespace in (None, ident[1]) and ident not in listed
+                        and entry.seq <= since):
+                    changed.add(self._drop(ident, entry))
+            self._unlisted.discard(scope)
+        return changed
 
     # ------------------------------------------------------------------------------------------ internals (locked)
 
@@ -221,28 +216,3 @@ def behind(status: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[s
             # where the trainer's summary and the failure's cause are.
             return f"the Job of attempt {current} finished, its pods' ends are not in the store yet"
     return None
-
-
-# ---------------------------------------------------------------------------------------------- full sync
-
-def sync(children: Children, list_all: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
-    """One full sync: LIST every child and replace the store's content with the answer."""
-    since = children.mark()
-    jobs, pods = list_all()
-    children.replace(jobs, pods, since)
-    log.debug("children: synced %d Jobs and %d pods", len(jobs), len(pods))
-
-
-async def keep_synced(children: Children, list_all: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]],
-                      every: float = SYNC_CHECK_SECONDS) -> None:
-    """Run a full sync whenever one is wanted: after Kopf re-listed, or while the startup sync has not succeeded."""
-    while True:
-        await asyncio.sleep(every)
-        if not children.wants_sync:
-            continue
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, sync, children, list_all)
-        except KubeError as error:  # tried again on the next check; passes LIST meanwhile if never synced
-            log.warning("could not list the trainer Jobs and pods to refresh the operator's view: %s", error)
-        except Exception:  # a bug must not end the loop
-            log.exception("could not refresh the operator's view of trainer Jobs and pods")

@@ -9,11 +9,13 @@ for the rest (e.g. 403 from a too narrow Role).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from typing import Any, Iterator
 
 import kopf
+import orjson
 import urllib3
 from kubernetes import config as kube_config
 from kubernetes.client import ApiClient, Configuration
@@ -21,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_operator.api import API_VERSION, GROUP, KIND, PLURAL
 from finetune_operator.kueue import LABEL_JOB_UID, workloads_path
-from finetune_operator.names import CHILD_SELECTOR, LABEL_FINETUNEJOB
+from finetune_operator.names import LABEL_FINETUNEJOB
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ REQUEST_TIMEOUT = (5, 30)
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # Items per page of a full listing: bounds the size of one answer in a large cluster.
 LIST_PAGE = 500
+# A watch's read timeout is its server-side timeoutSeconds plus this: the server ends a quiet watch first.
+WATCH_GRACE = 30
 
 _COLLECTIONS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
@@ -42,6 +46,14 @@ _COLLECTIONS = {
     (LEASE_API, "Lease"): f"/apis/{LEASE_API}/namespaces/{{namespace}}/leases",
     (API_VERSION, KIND): f"/apis/{API_VERSION}/namespaces/{{namespace}}/{PLURAL}",
 }
+
+
+class EndlessBackoff:
+    """Delays between retries of a failed API request: growing, then every 30 s for as long as it takes."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (1, 2, 4, 8, 15)
+        yield from itertools.repeat(30)
 
 
 class KubeError(Exception):
@@ -191,7 +203,7 @@ class Kube:
             response.read()
         except urllib3.exceptions.HTTPError as error:
             raise Unavailable(0, f"cannot reach the API server: {error}") from None
-        return json.loads(response.data or b"{}")
+        return orjson.loads(response.data or b"{}")
 
     # ------------------------------------------------------------------------------------------ FineTuneJobs
 
@@ -238,14 +250,26 @@ class Kube:
         pods = self._request("GET", collection_path("v1", "Pod", namespace), query=query)
         return jobs.get("items", []), pods.get("items", [])
 
-    def list_all_children(self, namespaces: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Every trainer Job and pod of this operator in ``namespaces`` (empty: all), for a full sync of children.py."""
-        jobs: list[dict[str, Any]] = []
-        pods: list[dict[str, Any]] = []
-        for namespace in namespaces or (None,):
-            jobs += self._list_pages(collection_path("batch/v1", "Job", namespace))
-            pods += self._list_pages(collection_path("v1", "Pod", namespace))
-        return jobs, pods
+    def list_collection(self, path: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        """Every object of a collection that ``selector`` matches, read in pages (one snapshot: every page is at
+        the first one's resourceVersion), and that resourceVersion, to watch from (reflector.py)."""
+        items: list[dict[str, Any]] = []
+        query = {"labelSelector": selector, "limit": str(LIST_PAGE)}
+        while True:
+            answer = self._request("GET", path, query=query)
+            items += answer.get("items", [])
+            meta = answer.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, meta.get("resourceVersion") or ""
+            query = {**query, "continue": meta["continue"]}
+
+    def watch(self, path: str, selector: str, version: str, timeout_seconds: int) -> WatchStream:
+        """The changes to a collection after ``version``, with bookmarks; the server ends the watch after
+        ``timeout_seconds``. 410 Gone (``version`` is older than the server keeps) raises NotFound."""
+        query = {"watch": "true", "labelSelector": selector, "resourceVersion": version,
+                 "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        return WatchStream(self._call("GET", path, query=query,
+                                      timeout=(REQUEST_TIMEOUT[0], timeout_seconds + WATCH_GRACE)).response)
 
     def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
         """Kueue's Workloads for the Job with this uid (kueue.py); none where Kueue is not installed."""
@@ -262,17 +286,6 @@ class Kube:
                         "workloads.kueue.x-k8s.io): %s", namespace, error)
             return []
         return answer.get("items", [])
-
-    def _list_pages(self, path: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        query = {"labelSelector": CHILD_SELECTOR, "limit": str(LIST_PAGE)}
-        while True:
-            answer = self._request("GET", path, query=query)
-            items += answer.get("items", [])
-            token = (answer.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            query = {**query, "continue": token}
 
     def create_if_absent(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Create ``obj``: the object as created if this call created it, None if it existed (a retried pass).
@@ -332,3 +345,32 @@ class Kube:
         except KubeError as error:
             log.warning("could not post Event %s for %s/%s: %s", event["reason"], about["namespace"], about["name"],
                         error)
+
+
+class WatchStream:
+    """The events of one watch request, decoded as they arrive, until the server ends it. ``close``, from any
+    thread, ends it early (the operator stops leading): a blocked read returns at once."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse):
+        self._response = response
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        pending = b""
+        try:
+            for chunk in self._response.stream(None):  # each chunk as it comes: watch answers are chunked
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield orjson.loads(line)
+        except urllib3.exceptions.HTTPError as error:
+            raise Unavailable(0, f"the watch broke: {error}") from None
+        except OSError as error:  # the socket shut down by close()
+            raise Unavailable(0, f"the watch was closed: {error}") from None
+        finally:
+            # Closed, not just released: a watch left early still has its answer coming on this connection.
+            self._response.close()
+            self._response.release_conn()
+
+    def close(self) -> None:
+        self._response.shutdown()

@@ -22,13 +22,14 @@ import time
 import kopf
 
 from finetune_operator import handlers, health, logs, metrics
-from finetune_operator.children import Children
+from finetune_operator.children import Children, scopes
 from finetune_operator.kube import Kube, default_namespace
 from finetune_operator.leader import Elector, Timing
 from finetune_operator.notify.sinks import SinkConfigError
 from finetune_operator.poller import CONCURRENCY, Poller
 from finetune_operator.pricing import parse_prices
 from finetune_operator.reconciler import Reconciler
+from finetune_operator.reflector import Reflectors
 from finetune_operator.scrape import Scraper
 from finetune_operator.settings import Settings
 from finetune_operator.workqueue import WorkQueue
@@ -134,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         build_parser().error(str(error))
     # A connection for every thread that may call the API at once: the two work queues' threads (settings.workers
-    # each), the poller's, the sync loop's.
-    kube = Kube.connect(args.kubeconfig, pool_size=2 * settings.workers + CONCURRENCY + 1)
+    # each), the poller's, and one per watch of the children (reflector.py).
+    kube = Kube.connect(args.kubeconfig,
+                        pool_size=2 * settings.workers + CONCURRENCY + len(scopes(settings.namespaces)))
     try:
         elector = elector_from(settings, kube, args.kubeconfig)
     except ValueError as error:  # lease timings out of order
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     probes = health.Probes(health.loopback_endpoint(), lambda: elector.holder if elector else "")
     probes.leading = elector is None  # without leader election, liveness is Kopf's from the start
     health.serve(settings.health_port, probes)
-    children = Children()
+    children = Children(settings.namespaces)
     try:
         reconciler = Reconciler(kube, settings, scraper, children)
     except (SinkConfigError, OSError) as error:  # the admin's sinks or the signing key's file
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     memo.passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers,
                             yields_to=memo.new_passes)
     reconciler.write_later = memo.passes.add
+    memo.watches = Reflectors(kube, settings.namespaces, children, memo.passes.add)
     scope = f"namespaces {', '.join(settings.namespaces)}" if settings.namespaces else "all namespaces"
     log.info("watching FineTuneJobs in %s; trainer image %s; metrics on :%d",
              scope, settings.trainer_image, settings.metrics_port)

@@ -100,7 +100,8 @@ SUMMARY = json.dumps({"phase": "Succeeded", "exitCode": 0, "metrics": {"trainLos
 
 
 def synced(*objects) -> Children:
+    """A store whose watches have listed ``objects`` (every namespace)."""
     children = Children()
-    children.replace([o for o in objects if o["kind"] == "Job"], [o for o in objects if o["kind"] == "Pod"],
-                     children.mark())
+    for kind in ("Job", "Pod"):
+        children.replace((kind, None), [o for o in objects if o["kind"] == kind], children.mark())
     return children

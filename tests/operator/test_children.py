@@ -9,7 +9,7 @@ import json
 import pytest
 
 from api_objects import NOW, NS, SUMMARY, ftj, job, pod, synced, terminated
-from finetune_operator.children import Children, behind, sync
+from finetune_operator.children import Children, behind
 from finetune_operator.observed import observe, trim_job, trim_pod
 
 
@@ -51,12 +51,13 @@ def test_a_trimmed_pod_is_a_small_fraction_of_the_full_one():
 
 # ---------------------------------------------------------------------------------------------- the store
 
-def test_nothing_is_known_before_the_first_full_sync():
-    children = Children()
+def test_nothing_is_known_until_every_watch_has_listed():
+    children = Children(namespaces=(NS, "other"))
     children.apply("Job", "ADDED", job())
-    assert children.get(NS, "mrpc") is None and children.wants_sync
-    children.replace([job()], [], children.mark())
-    assert not children.wants_sync
+    for scope in [("Job", NS), ("Pod", NS), ("Job", "other")]:
+        children.replace(scope, [job()] if scope == ("Job", NS) else [], children.mark())
+        assert children.get(NS, "mrpc") is None
+    children.replace(("Pod", "other"), [], children.mark())
     assert [j["metadata"]["name"] for j in children.get(NS, "mrpc")[0]] == ["mrpc-a1"]
     assert children.get(NS, "other") == ([], [])
 
@@ -118,24 +119,27 @@ def test_a_child_whose_label_was_removed_leaves():
     assert children.get(NS, "mrpc") == ([], [])
 
 
-def test_a_relist_asks_for_a_full_sync_that_drops_what_the_api_no_longer_has():
-    children = synced(job(rv=70), pod(rv=71), job("gone", rv=72))
-    assert not children.wants_sync
-    children.apply("Job", None, job(rv=70))  # Kopf restarted its watch and lists again
-    assert children.wants_sync
+def test_a_list_drops_what_the_api_no_longer_has_of_its_own_scope_only_and_says_whose_children_changed():
+    children = synced(job(rv=70), pod(rv=71), job("gone", rv=72), pod("gone", rv=73))
     since = children.mark()
-    children.apply("Job", "ADDED", job("fresh", rv=90))  # arrives while the full LIST is in flight
-    children.replace([job(rv=70)], [pod(rv=71)], since)
-    assert not children.wants_sync
-    assert children.get(NS, "gone") == ([], [])
+    children.seed([job("fresh", rv=90)], [])  # a create's answer while the LIST is in flight
+    changed = children.replace(("Job", None), [job(rv=70), job("moved", rv=80)], since)
+    assert changed == {(NS, "gone"), (NS, "moved")}  # mrpc's Job is the same; fresh's is newer than the answer
+    jobs, pods = children.get(NS, "gone")
+    assert jobs == [] and len(pods) == 1  # the pods' watch lists its own scope
     assert children.get(NS, "fresh")[0] and children.get(NS, "mrpc")[1]
-    assert len(children) == 3
 
 
-def test_full_sync_through_a_listing_function():
-    children = Children()
-    sync(children, lambda: ([job()], [pod()]))
-    assert [len(x) for x in children.get(NS, "mrpc")] == [1, 1]
+def test_a_list_of_one_namespace_leaves_the_others_alone():
+    children = Children(namespaces=(NS, "other"))
+    for scope in [("Job", NS), ("Pod", NS), ("Pod", "other")]:
+        children.replace(scope, [], children.mark())
+    elsewhere = job()
+    elsewhere["metadata"]["namespace"] = "other"
+    children.replace(("Job", "other"), [elsewhere], children.mark())
+    children.replace(("Job", NS), [job()], children.mark())
+    children.replace(("Job", NS), [], children.mark())
+    assert children.get(NS, "mrpc") == ([], []) and children.get("other", "mrpc")[0]
 
 
 # ---------------------------------------------------------------------------------------------- behind

@@ -1,5 +1,5 @@
-"""The Kopf wiring (handlers.py): watches of our children only, no Kopf bookkeeping on FineTuneJobs, and a
-FineTuneJob event queues a pass only when its copy is newer than the one held."""
+"""The Kopf wiring (handlers.py): Kopf watches the FineTuneJobs only (reflector.py watches the children), keeps no
+bookkeeping on them, and a FineTuneJob event queues a pass only when its copy is newer than the one held."""
 
 from __future__ import annotations
 
@@ -42,23 +42,21 @@ class Poller:
         pass
 
 
-def test_kopf_watches_only_our_children_and_keeps_no_record_of_handled_specs():
+def test_kopf_keeps_no_record_of_handled_specs():
     settings = kopf.OperatorSettings()
     handlers.configure(settings, kopf.Memo(reconciler=Reconciler(), children=Children()))
-    selector = "app.kubernetes.io/managed-by=finetune-operator,finetune.io/job"
-    for resource in (Resource("batch", "v1", "jobs"), Resource("", "v1", "pods")):
-        assert list(settings.watching.label_selectors.collect(resource)) == [selector]
-    assert not list(settings.watching.label_selectors.collect(Resource("finetune.io", "v1alpha1", "finetunejobs")))
     body = kopf.Body(ftj())
     assert settings.persistence.diffbase_storage.build(body=body) is None  # no deep copy of every event's body
 
 
-def test_only_watch_handlers_so_kopf_writes_nothing_to_finetunejobs():
+def test_kopf_watches_only_finetunejobs_with_watch_handlers_so_it_writes_nothing_to_them():
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
     finetunejobs = Resource("finetune.io", "v1alpha1", "finetunejobs")
     assert registry._watching.has_handlers(resource=finetunejobs)
     assert not registry._changing.has_handlers(resource=finetunejobs)  # on.create/update/resume patch annotations
+    for child in (Resource("batch", "v1", "jobs"), Resource("", "v1", "pods")):
+        assert not registry._watching.has_handlers(resource=child)
 
 
 def test_a_finetunejob_event_queues_a_pass_only_when_its_copy_is_newer():
