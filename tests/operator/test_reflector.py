@@ -1,7 +1,7 @@
 """The children's watches (reflector.py) against a scripted API: LIST then WATCH into the store, passes queued only
 for changes a pass reads, a gap closed by LISTing again, failures waited out, and a stop that does not wait for the
-server. The real API server's side (bookmarks, 410, a restarted server) runs in tests/cluster and
-tests/reliability."""
+server. Against the real API server: tests/cluster/test_reflector_cluster.py, and a restarted API server in
+tests/reliability/test_faults.py."""
 
 from __future__ import annotations
 
