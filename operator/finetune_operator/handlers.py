@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 FINETUNEJOBS = (GROUP, VERSION, PLURAL)
 # A reconcile that met an API failure is retried after this long.
 RETRY_DELAY = 10
+# How long a leader's start waits for the first LIST of its children before watching FineTuneJobs.
+FIRST_LIST_SECONDS = 30
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -73,6 +75,10 @@ async def start_polling(memo: kopf.Memo, **_: Any) -> None:
     memo.new_passes.start()
     memo.passes.start()
     memo.watches.start()
+    # Kopf starts its FineTuneJob watch after this: the passes its listing queues then read the store, not one LIST
+    # of their children each (2 requests per job on a leader's start). A LIST that fails is not waited for long.
+    if not await asyncio.get_running_loop().run_in_executor(None, memo.watches.wait_listed, FIRST_LIST_SECONDS):
+        log.warning("the trainer Jobs and pods are not listed yet; passes LIST their own until they are")
     memo.polling = asyncio.create_task(memo.poller.run(), name="finetune-poller")
 
 

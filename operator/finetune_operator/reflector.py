@@ -15,13 +15,16 @@ needs from a watch is little, and this module is that: client-go's reflector, re
   than the server keeps): LIST again; an API failure or a broken connection: wait (1, 2, 4 ... 30 s) and go on.
 
 Each scope has a thread of its own: blocking reads release the GIL, decoding (orjson) holds it only briefly, and the
-passes are queued, never run, here. The threads start and stop with Kopf (handlers.py), so only a leader watches.
+passes are queued, never run, here. The threads start and stop with Kopf (handlers.py), so only a leader watches,
+and a leader's start waits for their first LISTs (``wait_listed``), so the passes that the FineTuneJobs' listing
+queues read the store instead of LISTing their children one job at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,7 +55,7 @@ class Reflector:
         self._stopped = threading.Event()
         self._stream: WatchStream | None = None
         self._stream_lock = threading.Lock()
-        self._listed = False
+        self.listed = threading.Event()  # set by the first LIST's answer
         self.version: str | None = None  # the last resourceVersion seen; None: LIST next
 
     def run(self) -> None:
@@ -91,10 +94,10 @@ class Reflector:
         since = self.children.mark()
         items, self.version = self.kube.list_collection(self.path, CHILD_SELECTOR)
         changed = self.children.replace(self.scope, items, since)
-        if self._listed:  # a LIST after a gap: what changed meanwhile gets its pass (at startup the FineTuneJobs' do)
-            for owner in changed:
+        if self.listed.is_set():  # a LIST after a gap: what changed meanwhile gets its pass (at startup the
+            for owner in changed:  # FineTuneJobs' listing queues every job)
                 self.changed(owner)
-        self._listed = True
+        self.listed.set()
         log.debug("watch of %s: listed %d", self.name, len(items))
 
     def _watch(self) -> None:
@@ -145,6 +148,11 @@ class Reflectors:
             thread = threading.Thread(target=reflector.run, name=f"finetune-watch {reflector.name}", daemon=True)
             thread.start()
             self._threads[i] = thread
+
+    def wait_listed(self, timeout: float) -> bool:
+        """Whether every scope was listed within ``timeout`` seconds (from now, for all of them together)."""
+        deadline = time.monotonic() + timeout
+        return all(r.listed.wait(max(0.0, deadline - time.monotonic())) for r in self.reflectors)
 
     def stop(self, timeout: float = 10.0) -> None:
         for reflector in self.reflectors:

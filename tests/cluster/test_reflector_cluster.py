@@ -45,7 +45,8 @@ def test_the_watches_keep_the_store_and_queue_passes_against_the_real_api(contro
     watches = Reflectors(kube, (namespace,), children, queued.append)
     watches.start()
     try:
-        wait_for(lambda: children.get(namespace, "before"), timeout=30, what="the first LIST")
+        assert watches.wait_listed(30)  # what the leader's start waits for before watching FineTuneJobs
+        assert children.get(namespace, "before")[0]
         assert children.get(namespace, "stranger") == ([], [])  # the selector leaves other Jobs out
         assert queued == []  # the first LIST queues nothing (the FineTuneJobs' own listing does)
 

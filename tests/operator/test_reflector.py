@@ -10,7 +10,7 @@ import threading
 from api_objects import NS, job, pod
 from finetune_operator.children import Children
 from finetune_operator.kube import NotFound, Unavailable
-from finetune_operator.reflector import Reflector
+from finetune_operator.reflector import Reflector, Reflectors
 
 
 class Stream:
@@ -120,3 +120,17 @@ def test_stop_ends_a_watch_blocked_on_a_quiet_stream():
     reflector.stop()
     thread.join(5)
     assert not thread.is_alive() and api.calls == ["LIST", "WATCH 1"]
+
+
+def test_a_start_waits_for_the_first_lists_but_not_for_ever():
+    class Down:
+        def list_collection(self, path, selector):
+            raise Unavailable(503, "the API server is starting")
+
+    watches = Reflectors(Down(), (NS,), Children(), lambda owner: None)
+    watches.start()
+    try:
+        assert not watches.wait_listed(0.2)
+    finally:
+        watches.stop()
+    assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("finetune-watch"))
