@@ -368,9 +368,7 @@ class WatchStream:
         except OSError as error:  # the socket shut down by close()
             raise Unavailable(0, f"the watch was closed: {error}") from None
         finally:
-            # Closed, not just released: a watch left early still has its answer coming on this connection.
-            self._response.close()
-            self._response.release_conn()
+            self._response.release_conn()  # a stream left early: urllib3 closed its connection, the pool opens anew
 
     def close(self) -> None:
         self._response.shutdown()
