@@ -40,6 +40,7 @@ import argparse
 import collections
 import concurrent.futures
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -157,6 +158,57 @@ class Watcher(threading.Thread):
                     break
             finally:
                 resp.release_conn()
+
+
+def _watch_jobs(kubeconfig: str, path: str, out: str, ready, stop) -> None:
+    """JobWatch's process: each Job's owner and when its ADDED event arrived, a line each."""
+    from kubernetes import config as kube_config
+    from kubernetes.client import ApiClient, Configuration
+
+    c = Configuration()
+    kube_config.load_kube_config(config_file=kubeconfig, client_configuration=c)
+    with open(out, "a", buffering=1) as f:
+        def on_job(now, kind, obj):
+            owner = obj["metadata"].get("labels", {}).get("finetune.io/job")
+            if owner and kind == "ADDED":
+                f.write(f"{owner} {now}\n")
+
+        watcher = Watcher(ApiClient(c), path, on_job)
+        watcher.start()
+        watcher.ready.wait(30)
+        ready.set()
+        stop.wait()
+        watcher.stopped.set()
+
+
+class JobWatch:
+    """The bench's watch of the Jobs, in a process of its own, so that when a Job is seen is not delayed by the
+    bench's other threads. In one process they share one GIL, and the FineTuneJob watch carries about four events per
+    job in the operator's phase (its status writes) against one in the floor's: that biased the client-side
+    apply -> Job against the operator, by up to 1.5 s at 500 jobs (BENCHMARKS.md §5, third round)."""
+
+    def __init__(self, kubeconfig: Path, path: str, out: Path):
+        spawn = multiprocessing.get_context("spawn")
+        self.out, self.ready, self.stop_event = out, spawn.Event(), spawn.Event()
+        self.proc = spawn.Process(target=_watch_jobs, args=(str(kubeconfig), path, str(out), self.ready,
+                                                            self.stop_event), daemon=True)
+
+    def start(self) -> None:
+        self.proc.start()
+        self.ready.wait(60)
+
+    def seen(self) -> dict[str, float]:
+        seen: dict[str, float] = {}
+        for line in self.out.read_text().splitlines() if self.out.exists() else []:
+            owner, at = line.split()
+            seen.setdefault(owner, float(at))
+        return seen
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.terminate()
 
 
 def apiserver_requests(plane: Plane) -> collections.Counter:
@@ -375,15 +427,8 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
     ctx = prepare_namespace(plane, work, tag)
     ns = ctx["ns"]
     api = plane.api()
-    job_seen: dict[str, float] = {}
     ftj_phase_seen: dict[str, dict[str, float]] = collections.defaultdict(dict)
     lock = threading.Lock()
-
-    def on_job(now, kind, obj):
-        owner = obj["metadata"].get("labels", {}).get("finetune.io/job")
-        if owner and kind == "ADDED":
-            with lock:
-                job_seen.setdefault(owner, now)
 
     def on_ftj(now, kind, obj):
         phase_ = (obj.get("status") or {}).get("phase")
@@ -391,11 +436,11 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
             with lock:
                 ftj_phase_seen[obj["metadata"]["name"]].setdefault(phase_, now)
 
-    watchers = [Watcher(plane.api(4), f"/apis/batch/v1/namespaces/{ns}/jobs", on_job),
-                Watcher(plane.api(4), f"/apis/finetune.io/v1alpha1/namespaces/{ns}/finetunejobs", on_ftj)]
-    for w in watchers:
-        w.start()
-        w.ready.wait(30)
+    job_watch = JobWatch(plane.kubeconfig, f"/apis/batch/v1/namespaces/{ns}/jobs", work / f"jobs-seen-{tag}.txt")
+    job_watch.start()
+    ftj_watch = Watcher(plane.api(4), f"/apis/finetune.io/v1alpha1/namespaces/{ns}/finetunejobs", on_ftj)
+    ftj_watch.start()
+    ftj_watch.ready.wait(30)
     extra_env = {"FTO_MINIMAL_CONTROLLER": "1"} if minimal else experiment_env(args.experiment_env)
     proc, counts_file, log, metrics_port = start_operator(ctx, work, tag, args.poll_interval, args.tracemalloc,
                                                           extra_env)
@@ -449,7 +494,7 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
         with lock:
             done = sum(1 for x in names if "Succeeded" in ftj_phase_seen.get(x, {}))
             failed = sum(1 for x in names if "Failed" in ftj_phase_seen.get(x, {}))
-            jobs = len(job_seen)
+        jobs = len(job_watch.seen())
         if jobs >= n and jobs_done_at is None:
             jobs_done_at = time.time()
         if done + failed >= n or (minimal and jobs >= n):
@@ -472,8 +517,9 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
         except subprocess.TimeoutExpired:
             profiler.kill()
     stop_operator(proc)
-    for w in watchers:
-        w.stopped.set()
+    ftj_watch.stopped.set()
+    job_watch.stop()
+    job_seen = job_watch.seen()
 
     # server-side timestamps (1 s resolution)
     ftjs = request(api, "GET", path, timeout=(5, 300))["items"]

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # How long the server keeps one watch open. client-go picks 5-10 min; the exact value only bounds how long a
 # connection that died without a FIN (no read timeout fires before WATCH_SECONDS + kube.WATCH_GRACE) goes unnoticed.
 WATCH_SECONDS = 300
+# A watch the server ends sooner than this, without an error, is waited after as a failure is: an API server (or a
+# proxy in front of it) that closes every watch at once must not get one request after another in a tight loop.
+MIN_WATCH_SECONDS = 1.0
 _API_VERSIONS = {"Job": "batch/v1", "Pod": "v1"}
 
 
@@ -65,8 +68,12 @@ class Reflector:
                 if self.version is None:
                     self._list()
                     delays = self.delays()
+                started = time.monotonic()
                 self._watch()
-                delays = self.delays()
+                if time.monotonic() - started < MIN_WATCH_SECONDS:
+                    self._stopped.wait(next(delays))
+                else:
+                    delays = self.delays()
             except Gone:
                 log.debug("watch of %s: its resourceVersion is gone; listing again", self.name)
                 self.version = None

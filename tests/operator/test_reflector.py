@@ -105,7 +105,9 @@ def test_failures_are_waited_out_with_growing_delays_and_the_watch_goes_on_from_
               watches=[Unavailable(0, "connection refused"), Stream([event("MODIFIED", pod(rv=20, phase="Failed"))])])
     children, queued, waits = run(api)
     assert api.calls == ["LIST", "LIST", "WATCH 10", "WATCH 10", "WATCH 20"]
-    assert waits == [1, 1]  # each success starts the delays again
+    # A successful LIST starts the delays again; a watch that ends at once (as these scripted ones do) is waited
+    # after as a failure is, so the delays grow on (the last wait is the stop's, which returns at once).
+    assert waits == [1, 1, 2, 4]
     assert queued == [(NS, "mrpc")]
 
 
