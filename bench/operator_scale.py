@@ -184,8 +184,8 @@ def _watch_jobs(kubeconfig: str, path: str, out: str, ready, stop) -> None:
 class JobWatch:
     """The bench's watch of the Jobs, in a process of its own, so that when a Job is seen is not delayed by the
     bench's other threads. In one process they share one GIL, and the FineTuneJob watch carries about four events per
-    job in the operator's phase (its status writes) against one in the floor's: that biased the client-side
-    apply -> Job against the operator, by up to 1.5 s at 500 jobs (BENCHMARKS.md §5, third round)."""
+    job in the operator's phase (its status writes) against one in the floor's, a bias against the operator. (It was
+    not what made some 500-job runs 1.5 s slower than others: BENCHMARKS.md §5, third round.)"""
 
     def __init__(self, kubeconfig: Path, path: str, out: Path):
         spawn = multiprocessing.get_context("spawn")
