@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from finetune_trainer import (batching, cache, checkpoints, data, export, gates, locations, mirror, models, optim,
-                              push, quantization, runtime, summary)
+from finetune_trainer import (batching, cache, checkpoints, cpu_dropout, data, export, gates, locations, mirror, models,
+                              optim, push, quantization, runtime, summary)
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (ConfigError, DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory,
                                      StorageError, TrainerError)
@@ -179,6 +179,8 @@ class Recipe:
         self.layout = resolve_layout(model)
         self.strategy = build_strategy(model, self.layout, cfg.strategy)
         self.model = self.strategy.model.to(self.rt.device)
+        if self.rt.device.type == "cpu":  # torch's CPU dropout mask costs as much as a matmul
+            cpu_dropout.install(self.model)
         if training.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
