@@ -326,7 +326,7 @@ class TrainingSpec(ApiModel):
     dropout: float | None = Field(
         None, ge=0, lt=1,
         description="Set every dropout probability in the model's config (hidden, attention, classifier) to this; "
-                    "unset keeps the model's own. 0 also trains faster on CPU, where drawing the masks is costly.",
+                    "unset keeps the model's own. 0 also trains a little faster, most on CPU.",
     )
 
 
