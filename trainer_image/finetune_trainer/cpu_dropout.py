@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 ATTENTION = "sdpa_cpu_dropout"
 _RESOLUTION = 1 << 15  # uniform bits per decision: the low 15 of each 16-bit lane of a 63-bit draw
 _LANES = 4  # 16-bit lanes per int64 draw
+# Attention arguments the math below does not apply: T5's relative position bias (sdpa folds it into the mask),
+# and what sdpa itself refuses with a clear error (logit soft-capping, attention sinks).
+_SDPA_ONLY = ("position_bias", "softcap", "s_aux")
 
 
 def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
@@ -80,7 +83,8 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     this module's dropout, times V (what sdpa's math kernel computes, with torch's slower mask)."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    if not (dropout and module.training and query.device.type == "cpu") or kwargs.get("position_bias") is not None:
+    if not (dropout and module.training and query.device.type == "cpu") or any(
+            kwargs.get(name) is not None for name in _SDPA_ONLY):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
