@@ -3,6 +3,7 @@
     .venv/bin/python bench/trainer_vs_baseline.py                 # speed: same optimizer steps, interleaved
     .venv/bin/python bench/trainer_vs_baseline.py --epochs 3      # accuracy and F1 after 3 epochs
     options: --steps N (speed, default 40) --rounds R (default 2) --only baseline,full,...  --json OUT
+             --seeds 42,1,2 (our runs once per training.seed; the baseline script's seed is fixed at 42)
 
 Speed mode runs, in each round and in this order, ``shared/bench/seed_baseline.py max_steps:N`` (batch 8,
 every pair padded to 128, lr 5e-5, fp32, torch's default threads) and our trainer for the same N optimizer steps
@@ -48,7 +49,7 @@ RUNS = {
 ORDER = ["baseline", *RUNS]
 
 
-def run_one(name: str, budget: dict, work: Path, log: Path) -> dict:
+def run_one(name: str, budget: dict, work: Path, log: Path, seed: int) -> dict:
     if name == "baseline":
         arg = f"max_steps:{budget['steps']}" if "steps" in budget else f"epochs:{budget['epochs']:g}"
         r = run_measured(baseline_cmd(arg), env=child_env(), log=log)
@@ -58,7 +59,7 @@ def run_one(name: str, budget: dict, work: Path, log: Path) -> dict:
     out = work / name.replace("@", "_b")
     shutil.rmtree(out, ignore_errors=True)
     cfg = trainer_config(name, str(out), STRATEGIES[strategy], batch_size=batch, max_steps=budget.get("steps"),
-                         epochs=budget.get("epochs", 3), extra_training=extra)
+                         epochs=budget.get("epochs", 3), extra_training={"seed": seed, **extra})
     path = work / f"{name.replace('@', '_b')}.json"
     path.write_text(json.dumps(cfg))
     r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],
@@ -86,7 +87,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--only", default=None, help="comma-separated subset of " + ",".join(ORDER))
     p.add_argument("--json", type=Path, default=None, help="also write every run's record here")
+    p.add_argument("--seeds", default="42", help="our runs' training.seed values, one run each (default 42)")
     args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
     names = args.only.split(",") if args.only else ORDER[:5]
     if "baseline" not in names:
         names = ["baseline", *names]
@@ -100,9 +103,9 @@ def main() -> None:
     records = []
     for rnd in range(rounds):
         base = None
-        for name in names:
-            r = run_one(name, budget, work, log)
-            r.update(name=name, round=rnd)
+        for name, seed in [(n, s) for n in names for s in ([42] if n == "baseline" else seeds)]:
+            r = run_one(name, budget, work, log, seed)
+            r.update(name=name, round=rnd, seed=seed)
             if name == "baseline":
                 base = r
             if base and r.get("samples_per_s") and base.get("samples_per_s"):
@@ -129,32 +132,38 @@ def main() -> None:
             "RSS at last step MiB": max(r.get("train_peak_rss_mib") or 0 for r in rs) or None,
             "plan estimate MiB": rs[0].get("plan_estimate_mib"),
             "trainable": rs[0].get("trainable"),
-            "accuracy": rs[-1].get("accuracy"), "f1": rs[-1].get("f1"),
+            "accuracy": _mean(rs, "accuracy"), "f1": _mean(rs, "f1"),
+            "per-seed accuracy": " ".join(f"{r['seed']}:{r['accuracy']:.4f}" for r in rs if r.get("accuracy")),
             "wall s": median([r["wall_s"] for r in rs]),
         })
     cols = ["run", "batch", "samples/s", "x baseline", "per-round x", "samples/CPU-s", "x baseline (CPU)",
             "per-round x (CPU)", "peak RSS MiB", "RSS at last step MiB", "plan estimate MiB", "trainable", "accuracy",
-            "f1", "wall s"]
+            "f1", "per-seed accuracy", "wall s"]
     print(f"\n{info['date']}  {info['cpus']} CPUs ({info['cpu']}), load {info['loadavg'][0]:.2f} at start; "
           f"budget {budget}; trainer snapshot {info['trainer']['sha256']}")
     print(table(rows, cols))
-    quality = time_to_quality(records) if "epochs" in budget else None
-    if quality:
-        print("\ntime to quality (whole processes, default full job / baseline): " + json.dumps(quality))
+    quality = [time_to_quality(records, seed) for seed in seeds] if "epochs" in budget else []
+    for q in filter(None, quality):
+        print("\ntime to quality (whole processes, default full job / baseline): " + json.dumps(q))
     finish(args.json, info, work, budget=budget, records=records, rows=rows, time_to_quality=quality)
 
 
-def time_to_quality(records: list[dict]) -> dict | None:
-    """Our default ``full`` job against the baseline, each a whole process from start to exit: the headline
-    figure is only a speed-up if ours ended at least as accurate."""
+def _mean(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def time_to_quality(records: list[dict], seed: int) -> dict | None:
+    """Our default ``full`` job (training.seed ``seed``) against the baseline, each a whole process from start to
+    exit: the headline figure is only a speed-up if ours ended at least as accurate."""
     base = next((r for r in records if r["name"] == "baseline" and r["rc"] == 0), None)
-    ours = next((r for r in records if r["name"] == "full" and r["rc"] == 0), None)
+    ours = next((r for r in records if r["name"] == "full" and r["seed"] == seed and r["rc"] == 0), None)
     if not (base and ours and base.get("accuracy") is not None and ours.get("accuracy") is not None):
         return None
     # The first evaluation (one per epoch) at or above the baseline's final accuracy; the baseline's clock stops
     # at its exit, ours there (or at our exit, if only the final model got there).
     reached = next((e for e in ours.get("evaluations", []) if (e["accuracy"] or 0) >= base["accuracy"]), None)
-    return {"whole_run": {"wall_ratio": round(ours["wall_s"] / base["wall_s"], 3),
+    return {"seed": seed, "whole_run": {"wall_ratio": round(ours["wall_s"] / base["wall_s"], 3),
                           "cpu_ratio": round(ours["cpu_s"] / base["cpu_s"], 3)},
             "to_baseline_accuracy": reached and {"step": reached["step"],
                                                  "wall_ratio": round(reached["wall_s"] / base["wall_s"], 3),
