@@ -1,15 +1,14 @@
 """One measured run of our trainer (``finetune_trainer.train.run``), as a child process of a bench script.
 
-    python bench/_trainer_worker.py CONFIG.json [--pad-to N] [--torch-dropout] [--default-malloc]
+    python bench/_trainer_worker.py CONFIG.json [--pad-to N] [--torch-dropout]
 
 Prints one JSON line: the summary's metrics (samplesPerSecond, tokensPerSecond, evalAccuracy, evalF1, ...),
 trainable/total parameters, CPU threads and wall seconds of the whole run (load, train, eval, save).
 
 ``--pad-to N`` is a bench-only lever: the trainer always pads each batch to its own longest row (dynamic
 padding) and has no switch to turn that off, so this patches the task's collate to pad every batch to N tokens,
-as the baseline does. ``--torch-dropout`` and ``--default-malloc`` turn off what the trainer does on CPU
-(cpu_dropout.install, runtime.keep_freed_memory), to measure each as a lever. Nothing else of the trainer is
-touched.
+as the baseline does. ``--torch-dropout`` turns off the trainer's own CPU dropout masks (cpu_dropout.install),
+to measure them as a lever. Nothing else of the trainer is touched.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--pad-to", type=int, default=None)
     parser.add_argument("--torch-dropout", action="store_true")
-    parser.add_argument("--default-malloc", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     started = time.perf_counter()
@@ -41,10 +39,6 @@ def main() -> None:
         from finetune_trainer import cpu_dropout
 
         cpu_dropout.install = lambda model: 0
-    if args.default_malloc:
-        from finetune_trainer import runtime
-
-        runtime.keep_freed_memory = lambda: False
     if args.pad_to:
         from transformers import DataCollatorWithPadding
 

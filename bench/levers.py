@@ -11,14 +11,14 @@ lever to the row above:
   L2 + dyn. padding  each batch padded to its own longest row (no grouping yet)
   L3 + grouping      length-grouped batches (groupByLength, the default)
   L4 + batch 32      the job default batch size (same number of optimizer steps, 4x the samples)
-  L5 + CPU dropout   dropout masks drawn by cpu_dropout.py instead of torch (four elements per 64-bit draw)
-  L6 + kept memory   glibc keeps freed memory for the next step (runtime.keep_freed_memory) = our ``full``
-  L7 + partial       strategy partial last:2 (frozen-layer savings: no backward below block 4)
+  L5 + CPU dropout   dropout masks drawn by cpu_dropout.py instead of torch (four elements per 64-bit draw):
+                     our ``full``
+  L6 + partial       strategy partial last:2 (frozen-layer savings: no backward below block 4)
 
 Levers without a switch in the trainer are emulated in the bench: fixed padding is ``_trainer_worker.py
 --pad-to 128`` (patches the collate to pad every batch to 128, as the baseline's tokenizer call does); threads
-are OMP_NUM_THREADS (the trainer honours it); rows before L5 and L6 run with ``--torch-dropout`` and
-``--default-malloc``, which turn off what the trainer does on CPU. Reported: samples/s, the step ratio to the row above and the ratio
+are OMP_NUM_THREADS (the trainer honours it); rows before L5 run with ``--torch-dropout``, which turns the
+trainer's own dropout masks off. Reported: samples/s, the step ratio to the row above and the ratio
 to the baseline of the same round (median over rounds), and the same in samples per CPU-second of the training
 loop (robust to the shared machine's load; it cannot show the threads lever, which buys wall time with CPU).
 """
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
                      snapshot_trainer, table, trainer_config)
 
-_TORCH_CPU = dict(torch_dropout=True, default_malloc=True)
+_TORCH_CPU = dict(torch_dropout=True)
 LEVERS = [
     ("L0 baseline-like (b8, pad 128, no grouping, 1 thread)",
      dict(batch=8, pad=128, group=False, threads=1, **_TORCH_CPU)),
@@ -44,9 +44,8 @@ LEVERS = [
     ("L2 + dynamic padding", dict(batch=8, pad=None, group=False, threads=None, **_TORCH_CPU)),
     ("L3 + length grouping", dict(batch=8, pad=None, group=True, threads=None, **_TORCH_CPU)),
     ("L4 + batch 32 (job default)", dict(batch=32, pad=None, group=True, threads=None, **_TORCH_CPU)),
-    ("L5 + CPU dropout masks", dict(batch=32, pad=None, group=True, threads=None, default_malloc=True)),
-    ("L6 + glibc keeps freed memory (our full)", dict(batch=32, pad=None, group=True, threads=None)),
-    ("L7 + partial last:2", dict(batch=32, pad=None, group=True, threads=None, strategy="partial")),
+    ("L5 + CPU dropout masks (our full)", dict(batch=32, pad=None, group=True, threads=None)),
+    ("L6 + partial last:2", dict(batch=32, pad=None, group=True, threads=None, strategy="partial")),
 ]
 
 
@@ -78,8 +77,8 @@ def main() -> None:
             cmd = [sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)]
             if lever["pad"]:
                 cmd += ["--pad-to", str(lever["pad"])]
-            cmd += [flag for key, flag in [("torch_dropout", "--torch-dropout"), ("default_malloc", "--default-malloc")]
-                    if lever.get(key)]
+            if lever.get("torch_dropout"):
+                cmd += ["--torch-dropout"]
             r = run_measured(cmd, env=child_env(lever["threads"]), log=log)
             r.update(name=name, round=rnd)
             if r.get("samples_per_s") and base:

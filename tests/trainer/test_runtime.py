@@ -1,4 +1,4 @@
-"""Runtime: CPU threads from the cgroup quota, precision choice, glibc's malloc tuned on CPU, and real multi-process runs under torchrun
+"""Runtime: CPU threads from the cgroup quota, precision choice, and real multi-process runs under torchrun
 (gloo on CPU): DDP with staged unfreezing, FSDP2 with LoRA."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from finetune_trainer.config import Precision
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.runtime import cpu_quota, keep_freed_memory, resolve_precision, thread_budget
+from finetune_trainer.runtime import cpu_quota, resolve_precision, thread_budget
 
 
 @pytest.mark.parametrize(("files", "expected"), [
@@ -46,14 +46,6 @@ def test_precision_auto_is_fp32_on_cpu_and_fp16_needs_a_gpu():
     with pytest.raises(ConfigError) as info:
         resolve_precision("fp16", cpu)
     assert info.value.field == "training.precision"
-
-
-def test_keep_freed_memory_tunes_glibc_unless_the_user_tuned_malloc(monkeypatch):
-    for name in [n for n in __import__("os").environ if n.startswith("MALLOC_") or n == "GLIBC_TUNABLES"]:
-        monkeypatch.delenv(name)
-    assert keep_freed_memory() is True  # this machine's libc is glibc: every mallopt was taken
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
-    assert keep_freed_memory() is False
 
 
 def torchrun(config_path, tmp_path, fsdp=False):

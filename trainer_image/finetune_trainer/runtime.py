@@ -9,14 +9,11 @@
 - Threads: ``OMP_NUM_THREADS`` if set, else the cgroup CPU quota (cgroup v2 ``cpu.max`` or v1
   ``cpu.cfs_quota_us``), else the CPUs this process may run on, shared among the local ranks; a pod limited to
   2 CPUs on a 64-core node must not start 64 threads.
-- Memory on CPU: glibc keeps freed memory for the next step (``keep_freed_memory``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import datetime
 import math
 import os
@@ -31,8 +28,6 @@ from finetune_trainer.errors import ConfigError
 
 FSDP_ENV = "FINETUNE_FSDP"
 FSDP_MEMORY_SHARE = 0.6  # use FSDP when weights + gradients + optimizer state exceed this share of one GPU
-# glibc's mallopt parameters (malloc.h) and the values keep_freed_memory sets.
-_MALLOPT = {-3: 1 << 30, -1: 1 << 30, -2: 64 << 20}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
 
 
 @dataclass
@@ -99,7 +94,6 @@ def setup(training: TrainingSpec) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
-        keep_freed_memory()
     if world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                              timeout=datetime.timedelta(minutes=30))
@@ -107,23 +101,6 @@ def setup(training: TrainingSpec) -> Runtime:
     threads = thread_budget() if explicit else max(1, thread_budget() // max(1, local_world))
     torch.set_num_threads(threads)
     return Runtime(device, rank, local_rank, world_size, resolve_precision(training.precision, device), threads)
-
-
-def keep_freed_memory() -> bool:
-    """Serve allocations up to 1 GiB from glibc's heap and keep freed memory there (True when glibc took it).
-
-    Why: by default glibc maps large blocks (over a threshold that moves up to 32 MiB) straight from the kernel
-    and unmaps them when freed. A training step frees and allocates the same activations and gradients every
-    step (all-MiniLM's word-embedding gradient alone is 47 MiB), so each step faulted them in again as fresh
-    zeroed pages: 4-5 % of a CPU step (BENCHMARKS.md §2). Not done when the user tunes malloc through the
-    environment, or without glibc (musl, macOS)."""
-    if any(name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in os.environ):
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return all([mallopt(option, value) == 1 for option, value in _MALLOPT.items()])
 
 
 def resolve_precision(requested: Precision | str, device: torch.device) -> str:
