@@ -37,6 +37,7 @@ def test_drop_is_the_identity_when_not_training_or_p_is_zero_and_reproducible_by
     assert cpu_dropout.drop(x, 0.5, training=False) is x
     assert cpu_dropout.drop(x, 0.0) is x
     assert torch.count_nonzero(cpu_dropout.drop(x, 1.0)) == 0
+    assert cpu_dropout.keep_mask(torch.Size([8]), 0.99999)[1] == 32768  # no division by zero next to 1
     torch.manual_seed(3)
     a = cpu_dropout.drop(x, 0.5)
     torch.manual_seed(3)

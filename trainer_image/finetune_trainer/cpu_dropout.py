@@ -6,8 +6,8 @@ a ``full`` BERT step at batch 32 (BENCHMARKS.md §2), as much as the attention m
 
 - one 64-bit draw from torch's own generator decides four elements, with 15 uniform bits each. The drop rate is
   rounded to a multiple of 1/32768 (0.1 becomes 0.100006) and the kept values are scaled by the rounded keep
-  rate, so every activation's expectation stays exact. Seeds reproduce runs as before, checkpoints save and
-  restore the same generator state.
+  rate, so every activation's expectation stays exact. A seed still reproduces a run (not the masks torch would
+  have drawn), and checkpoints save and restore the same generator state.
 - the mask is saved for backward as bool, a byte per element where torch saves a float.
 
 ``install`` applies it to a model that trains on CPU (CUDA's fused dropout is already fast):
@@ -38,7 +38,7 @@ _SDPA_ONLY = ("position_bias", "softcap", "s_aux")
 
 def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
     """A bool mask of ``shape``, True where an element is kept, and the scale that keeps expectations exact."""
-    threshold = round(p * _RESOLUTION)
+    threshold = min(round(p * _RESOLUTION), _RESOLUTION - 1)  # a rate within 1/65536 of 1 keeps one in 32768
     count = shape.numel()
     draws = torch.empty((count + _LANES - 1) // _LANES, dtype=torch.int64).random_()
     lanes = draws.view(torch.int16)[:count].view(shape)
