@@ -112,9 +112,9 @@ def snapshot_trainer(attempts: int = 10) -> dict:
     raise RuntimeError(f"trainer sources do not import: {check.stderr[-1500:]}")
 
 
-def baseline_cmd(budget: str) -> list[str]:
+def baseline_cmd(budget: str, data: Path = MRPC) -> list[str]:
     """seed_baseline.py run unchanged, under the shim that also times its Trainer.train in CPU seconds."""
-    return [sys.executable, str(BASELINE_SHIM), str(BASELINE), model_dir(), str(MRPC), budget]
+    return [sys.executable, str(BASELINE_SHIM), str(BASELINE), model_dir(), str(data), budget]
 
 
 def child_env(threads: int | None = None) -> dict:

@@ -1,11 +1,12 @@
 """Choose a default recipe without looking at dev: held-out accuracy of our job per learning rate and seed.
 
-    .venv/bin/python bench/recipe_select.py --lrs 1e-4,5e-5 --seeds 1,2,3 [--strategy full] [--json OUT]
+    .venv/bin/python bench/recipe_select.py --lrs 1e-4,5e-5 --seeds 1,2,3 [--strategy full] [--baseline] [--json OUT]
 
 dev.tsv is where BENCHMARKS.md reports quality, so a default picked by its dev score would be fitted to the very
 pairs it is judged on. This splits ``shared/data/mrpc/train.tsv`` instead (a seeded 80/20 split by row, in a
 temporary directory, never in the repo), trains our job for 3 epochs on the 80 % per (learning rate, seed), and
-reports accuracy on the held-out 20 %: one row per run, then each rate's mean and worst seed. The winner is
+reports accuracy on the held-out 20 %: one row per run, then each rate's mean and worst seed. ``--baseline``
+first runs the seed's script (unchanged, its seed fixed) on the same split: the figure to reach. The winner is
 then checked on dev against the baseline with ``trainer_vs_baseline.py --epochs 3 --seeds ...``.
 """
 
@@ -20,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MRPC, STRATEGIES, child_env, finish, machine, run_measured, snapshot_trainer, table  # noqa: E402
-from _common import trainer_config  # noqa: E402
+from _common import (MRPC, STRATEGIES, baseline_cmd, child_env, finish, machine, run_measured,  # noqa: E402
+                     snapshot_trainer, table, trainer_config)
 
 HOLDOUT = 0.2
 SPLIT_SEED = 0
@@ -44,6 +45,7 @@ def main() -> None:
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--strategy", default="full", choices=sorted(STRATEGIES))
     p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--baseline", action="store_true", help="also run the seed's script on the same split")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fto-recipe-"))
@@ -52,6 +54,12 @@ def main() -> None:
     info["trainer"] = snapshot_trainer()
     print(json.dumps({"machine": info, "split": sizes, "log": str(work / "runs.log")}), flush=True)
     records = []
+    if args.baseline:
+        base = run_measured(baseline_cmd(f"epochs:{args.epochs:g}", work / "data"), env=child_env(),
+                            log=work / "runs.log")
+        base.update(lr="baseline (5e-5, batch 8)", seed=42)
+        records.append(base)
+        print(json.dumps({k: base.get(k) for k in ("lr", "seed", "accuracy", "f1", "wall_s")}), flush=True)
     for seed in [int(s) for s in args.seeds.split(",")]:
         for lr in [float(x) for x in args.lrs.split(",")]:
             out = work / "out"
