@@ -36,14 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
                      snapshot_trainer, table, trainer_config)
 
-_TORCH_CPU = dict(torch_dropout=True)
 LEVERS = [
     ("L0 baseline-like (b8, pad 128, no grouping, 1 thread)",
-     dict(batch=8, pad=128, group=False, threads=1, **_TORCH_CPU)),
-    ("L1 + threads from CPU quota (2)", dict(batch=8, pad=128, group=False, threads=None, **_TORCH_CPU)),
-    ("L2 + dynamic padding", dict(batch=8, pad=None, group=False, threads=None, **_TORCH_CPU)),
-    ("L3 + length grouping", dict(batch=8, pad=None, group=True, threads=None, **_TORCH_CPU)),
-    ("L4 + batch 32 (job default)", dict(batch=32, pad=None, group=True, threads=None, **_TORCH_CPU)),
+     dict(batch=8, pad=128, group=False, threads=1, torch_dropout=True)),
+    ("L1 + threads from CPU quota (2)", dict(batch=8, pad=128, group=False, threads=None, torch_dropout=True)),
+    ("L2 + dynamic padding", dict(batch=8, pad=None, group=False, threads=None, torch_dropout=True)),
+    ("L3 + length grouping", dict(batch=8, pad=None, group=True, threads=None, torch_dropout=True)),
+    ("L4 + batch 32 (job default)", dict(batch=32, pad=None, group=True, threads=None, torch_dropout=True)),
     ("L5 + CPU dropout masks (our full)", dict(batch=32, pad=None, group=True, threads=None)),
     ("L6 + partial last:2", dict(batch=32, pad=None, group=True, threads=None, strategy="partial")),
 ]
