@@ -190,6 +190,8 @@ class JobWatch:
     def __init__(self, kubeconfig: Path, path: str, out: Path):
         spawn = multiprocessing.get_context("spawn")
         self.out, self.ready, self.stop_event = out, spawn.Event(), spawn.Event()
+        self._seen: dict[str, float] = {}
+        self._read_to = 0  # the bench polls every 0.5 s: read only the lines written since
         self.proc = spawn.Process(target=_watch_jobs, args=(str(kubeconfig), path, str(out), self.ready,
                                                             self.stop_event), daemon=True)
 
@@ -198,11 +200,16 @@ class JobWatch:
         self.ready.wait(60)
 
     def seen(self) -> dict[str, float]:
-        seen: dict[str, float] = {}
-        for line in self.out.read_text().splitlines() if self.out.exists() else []:
-            owner, at = line.split()
-            seen.setdefault(owner, float(at))
-        return seen
+        if self.out.exists():
+            with open(self.out, "rb") as f:
+                f.seek(self._read_to)
+                for line in f:
+                    if not line.endswith(b"\n"):  # still being written
+                        break
+                    self._read_to += len(line)
+                    owner, at = line.split()
+                    self._seen.setdefault(owner.decode(), float(at))
+        return self._seen
 
     def stop(self) -> None:
         self.stop_event.set()
