@@ -32,16 +32,18 @@ def model_dir() -> str:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo() if line.startswith("flags")), [])
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": len(os.sched_getaffinity(0)), "cpu": cpu,
-            "loadavg": os.getloadavg(), "python": platform.python_version()}
+            # AMX decides the trainer's CPU precision (bf16 with it, fp32 without), so every record says which.
+            "amx_bf16": "amx_bf16" in flags, "loadavg": os.getloadavg(), "python": platform.python_version()}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def run_measured(cmd: list[str], *, env: dict | None = None, timeout: float | None = None,

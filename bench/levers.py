@@ -11,16 +11,18 @@ lever to the row above:
   L2 + dyn. padding  each batch padded to its own longest row (no grouping yet)
   L3 + grouping      length-grouped batches (groupByLength, the default)
   L4 + batch 32      the job default batch size (same number of optimizer steps, 4x the samples)
-  L5 + CPU dropout   dropout masks drawn by cpu_dropout.py instead of torch (four elements per 64-bit draw):
-                     our ``full``
-  L6 + partial       strategy partial last:2 (frozen-layer savings: no backward below block 4)
+  L5 + CPU dropout   dropout masks drawn by cpu_dropout.py instead of torch (four elements per 64-bit draw)
+  L6 + bf16          bf16 autocast, what precision ``auto`` picks on a CPU with AMX (on one without, this row
+                     is L5 again): our ``full``
+  L7 + partial       strategy partial last:2 (frozen-layer savings: no backward below block 4)
 
 Levers without a switch in the trainer are emulated in the bench: fixed padding is ``_trainer_worker.py
 --pad-to 128`` (patches the collate to pad every batch to 128, as the baseline's tokenizer call does); threads
 are OMP_NUM_THREADS (the trainer honours it); rows before L5 run with ``--torch-dropout``, which turns the
-trainer's own dropout masks off. Reported: samples/s, the step ratio to the row above and the ratio
-to the baseline of the same round (median over rounds), and the same in samples per CPU-second of the training
-loop (robust to the shared machine's load; it cannot show the threads lever, which buys wall time with CPU).
+trainer's own dropout masks off; rows before L6 set ``training.precision: fp32``. Reported: samples/s, the
+step ratio to the row above and the ratio to the baseline of the same round (median over rounds), and the same
+in samples per CPU-second of the training loop (robust to the shared machine's load; it cannot show the threads
+lever, which buys wall time with CPU).
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, media
 
 LEVERS = [
     ("L0 baseline-like (b8, pad 128, no grouping, 1 thread)",
-     dict(batch=8, pad=128, group=False, threads=1, torch_dropout=True)),
-    ("L1 + threads from CPU quota (2)", dict(batch=8, pad=128, group=False, threads=None, torch_dropout=True)),
-    ("L2 + dynamic padding", dict(batch=8, pad=None, group=False, threads=None, torch_dropout=True)),
-    ("L3 + length grouping", dict(batch=8, pad=None, group=True, threads=None, torch_dropout=True)),
-    ("L4 + batch 32 (job default)", dict(batch=32, pad=None, group=True, threads=None, torch_dropout=True)),
-    ("L5 + CPU dropout masks (our full)", dict(batch=32, pad=None, group=True, threads=None)),
-    ("L6 + partial last:2", dict(batch=32, pad=None, group=True, threads=None, strategy="partial")),
+     dict(batch=8, pad=128, group=False, threads=1, torch_dropout=True, fp32=True)),
+    ("L1 + threads from CPU quota (2)",
+     dict(batch=8, pad=128, group=False, threads=None, torch_dropout=True, fp32=True)),
+    ("L2 + dynamic padding", dict(batch=8, pad=None, group=False, threads=None, torch_dropout=True, fp32=True)),
+    ("L3 + length grouping", dict(batch=8, pad=None, group=True, threads=None, torch_dropout=True, fp32=True)),
+    ("L4 + batch 32 (job default)", dict(batch=32, pad=None, group=True, threads=None, torch_dropout=True, fp32=True)),
+    ("L5 + CPU dropout masks", dict(batch=32, pad=None, group=True, threads=None, fp32=True)),
+    ("L6 + bf16 autocast on AMX (our full)", dict(batch=32, pad=None, group=True, threads=None)),
+    ("L7 + partial last:2", dict(batch=32, pad=None, group=True, threads=None, strategy="partial")),
 ]
 
 
@@ -70,7 +74,8 @@ def main() -> None:
             out = work / "out"
             shutil.rmtree(out, ignore_errors=True)
             cfg = trainer_config("lever", str(out), STRATEGIES[lever.get("strategy", "full")],
-                                 batch_size=lever["batch"], max_steps=args.steps, group_by_length=lever["group"])
+                                 batch_size=lever["batch"], max_steps=args.steps, group_by_length=lever["group"],
+                                 extra_training={"precision": "fp32"} if lever.get("fp32") else None)
             path = work / "cfg.json"
             path.write_text(json.dumps(cfg))
             cmd = [sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)]

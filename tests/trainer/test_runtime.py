@@ -11,7 +11,7 @@ import pytest
 import torch
 from finetune_trainer.config import Precision
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.runtime import cpu_quota, resolve_precision, thread_budget
+from finetune_trainer.runtime import cpu_has_amx_bf16, cpu_quota, resolve_precision, thread_budget
 
 
 @pytest.mark.parametrize(("files", "expected"), [
@@ -39,9 +39,9 @@ def test_thread_budget_rounds_the_quota_up_and_honours_omp_num_threads(tmp_path,
     assert thread_budget(tmp_path) == 3
 
 
-def test_precision_auto_is_fp32_on_cpu_and_fp16_needs_a_gpu():
+def test_precision_auto_on_cpu_is_bf16_only_with_amx_and_fp16_needs_a_gpu():
     cpu = torch.device("cpu")
-    assert resolve_precision(Precision.AUTO, cpu) == "fp32"
+    assert resolve_precision(Precision.AUTO, cpu) == ("bf16" if cpu_has_amx_bf16() else "fp32")
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ConfigError) as info:
         resolve_precision("fp16", cpu)
@@ -79,3 +79,12 @@ def test_two_processes_train_and_save_once(tmp_path, tiny_model_dir, job, strate
     assert "x2" in result.stdout
     if strategy.get("unfreeze"):
         assert "now train fully" in result.stdout
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert not cpu_has_amx_bf16(info)  # AVX-512 bf16 alone: bf16 measured slower than fp32
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_has_amx_bf16(info) == torch.backends.mkldnn.is_available()
+    assert not cpu_has_amx_bf16(tmp_path / "missing")

@@ -311,7 +311,9 @@ class TrainingSpec(ApiModel):
         None, gt=0, le=1, description="Multiply the learning rate by this per block below the top one.",
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm (unset: no clipping).")
-    precision: Precision = Field(Precision.AUTO, description="auto, fp32, bf16 or fp16.")
+    precision: Precision = Field(
+        Precision.AUTO, description="auto, fp32, bf16 or fp16 (GPUs only). auto: bf16 autocast on GPUs with bf16 "
+        "and on CPUs with AMX bf16 tiles, fp32 elsewhere; weights and optimizer state stay fp32.")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for weights of new heads, dropout and data order.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at each epoch end).")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: at each epoch end).")

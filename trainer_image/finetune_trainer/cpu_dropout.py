@@ -100,7 +100,8 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
         scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
     elif attention_mask is not None:
         scores = scores + attention_mask
-    probs = drop(torch.softmax(scores, dim=-1), dropout)
+    # In fp32 under bf16 autocast, as transformers' eager attention does; the product with V is bf16 again.
+    probs = drop(torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 

@@ -4,8 +4,10 @@
   GPUs and gloo on CPUs, and the model is wrapped in DDP, or sharded with FSDP2 (per block, per parameter, so
   frozen and trainable tensors can share a block) when its training state would not fit one GPU
   (``FINETUNE_FSDP=1`` forces it).
-- Precision ``auto``: bf16 autocast on GPUs that support it, fp32 elsewhere; TF32 matmuls on. ``fp16`` uses a
-  gradient scaler and needs a GPU.
+- Precision ``auto``: bf16 autocast on GPUs that support it and on CPUs with AMX bf16 tiles (Sapphire Rapids and
+  later: a bf16 matmul there runs ~10x an fp32 one, a `full` step ~1.9x per CPU-second, BENCHMARKS.md §2), fp32
+  elsewhere: with AVX-512 bf16 alone, bf16 was 0.69x fp32. Weights and optimizer state stay fp32 either way.
+  TF32 matmuls on. ``fp16`` uses a gradient scaler and needs a GPU.
 - Threads: ``OMP_NUM_THREADS`` if set, else the cgroup CPU quota (cgroup v2 ``cpu.max`` or v1
   ``cpu.cfs_quota_us``), else the CPUs this process may run on, shared among the local ranks; a pod limited to
   2 CPUs on a 64-core node must not start 64 threads.
@@ -106,13 +108,26 @@ def setup(training: TrainingSpec) -> Runtime:
 def resolve_precision(requested: Precision | str, device: torch.device) -> str:
     kind = Precision(requested)
     if kind == Precision.AUTO:
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_amx_bf16() else "fp32"
     if kind == Precision.FP16 and device.type != "cuda":
         raise ConfigError("training.precision fp16 needs a GPU; use auto, fp32 or bf16", field="training.precision")
     if kind == Precision.BF16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"training.precision bf16: {torch.cuda.get_device_name(device)} has no bf16; use auto or "
                           "fp16", field="training.precision")
     return kind.value
+
+
+def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bf16 on AMX tiles, which oneDNN (torch's CPU matmuls) uses. The kernel lists
+    ``amx_bf16`` only where it also lets processes use the tiles' state; outside Linux we do not know: False."""
+    try:
+        with cpuinfo.open() as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "amx_bf16" in flags.split() and torch.backends.mkldnn.is_available()
 
 
 def thread_budget(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
