@@ -7,9 +7,9 @@
 
 Speed mode runs, in each round and in this order, ``shared/bench/seed_baseline.py max_steps:N`` (batch 8,
 every pair padded to 128, lr 5e-5, fp32, torch's default threads) and our trainer for the same N optimizer steps
-at the job's defaults (batch 32, dynamic padding with length grouping, threads from the CPU quota, fp32 on CPU)
-for ``full``, ``partial last:2``, ``hybrid`` (last:1 full + LoRA r=8 on the 5 blocks below) and ``lora`` (r=8 on
-every block, head trains). ``--only baseline,full@8`` adds ``full`` at batch 8, the like-for-like point (same
+at the job's defaults (batch 32, dynamic padding with length grouping, threads from the CPU quota, precision
+auto: bf16 on a CPU with AMX) for ``full``, ``partial last:2``, ``hybrid`` (last:1 full + LoRA r=8 on the 5
+blocks below) and ``lora`` (r=8 on every block, head trains). ``--only baseline,full@8`` adds ``full`` at batch 8, the like-for-like point (same
 steps and samples as the baseline; levers.py row L3 is the same configuration); ``full-dropout0`` and
 ``partial-dropout0`` are the same runs with ``training.dropout: 0``. Every run is its own subprocess; peak RSS is that child's ``ru_maxrss``. samples/s is what each
 reports: the baseline's ``train_samples_per_second`` (samples / train() wall time), our summary's

@@ -161,7 +161,7 @@ class Schedule(str, enum.Enum):
 
 
 class Precision(str, enum.Enum):
-    AUTO = "auto"  # bf16 on GPUs that have it, fp32 elsewhere
+    AUTO = "auto"  # bf16 on GPUs that have it and on CPUs with AMX, fp32 elsewhere (runtime.resolve_precision)
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
