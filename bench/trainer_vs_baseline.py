@@ -4,6 +4,7 @@
     .venv/bin/python bench/trainer_vs_baseline.py --epochs 3      # accuracy and F1 after 3 epochs
     options: --steps N (speed, default 40) --rounds R (default 2) --only baseline,full,...  --json OUT
              --seeds 42,1,2 (our runs once per training.seed; the baseline script's seed is fixed at 42)
+             --no-baseline (with --epochs: our runs alone, for the absolute accuracy goals)
 
 Speed mode runs, in each round and in this order, ``shared/bench/seed_baseline.py max_steps:N`` (batch 8,
 every pair padded to 128, lr 5e-5, fp32, torch's default threads) and our trainer for the same N optimizer steps
@@ -88,10 +89,14 @@ def main() -> None:
     p.add_argument("--only", default=None, help="comma-separated subset of " + ",".join(ORDER))
     p.add_argument("--json", type=Path, default=None, help="also write every run's record here")
     p.add_argument("--seeds", default="42", help="our runs' training.seed values, one run each (default 42)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="accuracy mode only: skip the baseline (for goals that are absolute accuracies)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.only.split(",") if args.only else ORDER[:5]
-    if "baseline" not in names:
+    if args.no_baseline and args.epochs is None:
+        p.error("--no-baseline: speed is a ratio to the baseline of the same round; use it with --epochs")
+    if "baseline" not in names and not args.no_baseline:
         names = ["baseline", *names]
     rounds = args.rounds or (2 if args.epochs is None else 1)
     budget = {"epochs": args.epochs} if args.epochs else {"steps": args.steps}
