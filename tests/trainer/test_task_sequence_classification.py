@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 from finetune_trainer.config import DatasetSpec
 from finetune_trainer.errors import DataError
-from finetune_trainer.tasks.base import RawSplits, get_task
+from finetune_trainer.tasks.base import RawSplits, get_task, pad_multiple
 from finetune_trainer.tasks.sequence_classification import f1_score
 from finetune_trainer.train import run
 from tiny_models import pair_rows, sentiment_rows, tiny_tokenizer, write_rows
@@ -27,6 +27,18 @@ def test_pairs_are_encoded_as_two_segments():
     assert 0 in row["token_type_ids"] and 1 in row["token_type_ids"]
     assert data.info["textColumns"] == ["sentence1", "sentence2"]
     assert row["length"] == len(row["input_ids"]) <= 16
+
+
+def test_a_batch_is_padded_to_a_multiple_of_8_within_the_tokenizer_limit():
+    rows = [{key: value[:n] if isinstance(value, list) else value for key, value in row.items()}
+            for row, n in zip(prepare(pair_rows(8)).train.to_list(), (5, 11))]  # rows of 5 and 11 tokens
+    batch = get_task("sequence-classification").collate(tiny_tokenizer("bert"), rows)
+    assert batch["input_ids"].shape == (2, 16)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [5, 11]
+    tokenizer = tiny_tokenizer("bert")
+    tokenizer.model_max_length = 12  # rounding 11 up would pass what the model takes: the longest row as it is
+    assert pad_multiple(tokenizer, [{"input_ids": [1] * 11}]) is None
+    assert pad_multiple(tokenizer, [{"input_ids": [1] * 7}]) == 8
 
 
 def test_label_names_are_sorted_and_numbered():

@@ -16,6 +16,21 @@ from finetune_trainer.batching import TokenBudget
 from finetune_trainer.config import DatasetSpec, Task, TrainingSpec
 
 
+PAD_MULTIPLE = 8
+
+
+def pad_multiple(tokenizer: Any, rows: list[dict[str, Any]]) -> int | None:
+    """What a batch's padded width is rounded up to: 8, so batches come in a few widths, not one per length.
+    Each new width makes oneDNN (torch's CPU matmuls) build and cache kernels for every matmul of the model; with
+    a width per length, a bf16 run on AMX grew by 800 MiB over 100 steps of all-MiniLM on MRPC and rounding cut
+    that at the same speed (BENCHMARKS.md §2). GPUs' tensor cores like multiples of 8 as well. None (the longest
+    row as it is) where rounding up would pass the tokenizer's ``model_max_length``."""
+    longest = max((len(r["input_ids"]) for r in rows), default=0)
+    rounded = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+    limit = getattr(tokenizer, "model_max_length", None)
+    return PAD_MULTIPLE if not isinstance(limit, int) or rounded <= limit else None
+
+
 @dataclass
 class RawSplits:
     """The untokenized data as loaded by data.py: a train split and an eval split (``datasets.Dataset``)."""
@@ -57,11 +72,13 @@ class TaskAdapter(ABC):
         """Validate columns (raise DataError naming the missing column and the ones present), tokenize."""
 
     def collate(self, tokenizer: Any, features: list[dict[str, Any]]) -> dict[str, Any]:
-        """Pad one batch to its own longest row (dynamic padding). Tasks with labels per token override this."""
+        """Pad one batch to its own longest row, rounded up to ``pad_multiple`` (dynamic padding). Tasks with labels
+        per token override this."""
         from transformers import DataCollatorWithPadding
 
         rows = [{k: v for k, v in f.items() if k != "length"} for f in features]
-        return DataCollatorWithPadding(tokenizer, return_tensors="pt")(rows)
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(tokenizer, rows),
+                                       return_tensors="pt")(rows)
 
     def loss_units(self, batch: dict[str, Any]) -> int | None:
         """What the model's loss of ``batch`` is a mean over (e.g. labelled tokens), so micro-batches of a step

@@ -20,7 +20,7 @@ import numpy as np
 
 from finetune_trainer.config import DatasetSpec, Task
 from finetune_trainer.errors import DataError
-from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
+from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, pad_multiple, register
 from finetune_trainer.tasks.columns import by_role, model_inputs, resolve_columns, texts, tokenize_splits
 from finetune_trainer.tasks.evaluation import RunningMean, eval_batches
 
@@ -77,7 +77,9 @@ class QuestionAnsweringTask(TaskAdapter):
     def collate(self, tokenizer: Any, features: list[dict[str, Any]]) -> dict[str, Any]:
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(tokenizer, return_tensors="pt")(model_inputs(tokenizer, features, *TARGETS))
+        rows = model_inputs(tokenizer, features, *TARGETS)
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(tokenizer, rows),
+                                       return_tensors="pt")(rows)
 
     def evaluate(self, model: Any, data: PreparedData, tokenizer: Any, batch_size: int, device: Any) -> dict[str, float]:
         loss, scores = RunningMean(), []

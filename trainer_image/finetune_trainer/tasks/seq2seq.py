@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from finetune_trainer.config import DatasetSpec, Task
-from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
+from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, pad_multiple, register
 from finetune_trainer.tasks.columns import by_role, model_inputs, resolve_columns, texts, tokenize_splits
 from finetune_trainer.tasks.evaluation import RunningMean, eval_batches, length_order
 
@@ -51,8 +51,10 @@ class Seq2SeqTask(TaskAdapter):
         from transformers import DataCollatorForSeq2Seq
 
         # Without the model the collator leaves decoder_input_ids out; T5 and BART derive them from the labels.
-        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, return_tensors="pt")
-        return collator(model_inputs(tokenizer, features, "labels"))
+        rows = model_inputs(tokenizer, features, "labels")
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, return_tensors="pt",
+                                          pad_to_multiple_of=pad_multiple(tokenizer, rows))
+        return collator(rows)
 
     def evaluate(self, model: Any, data: PreparedData, tokenizer: Any, batch_size: int, device: Any) -> dict[str, float]:
         loss, predictions = RunningMean(), []

@@ -13,7 +13,7 @@ from typing import Any
 
 from finetune_trainer.config import DatasetSpec, Task
 from finetune_trainer.errors import DataError
-from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, register
+from finetune_trainer.tasks.base import PreparedData, RawSplits, TaskAdapter, pad_multiple, register
 from finetune_trainer.tasks.columns import model_inputs, resolve_columns, splits, tokenize_splits
 from finetune_trainer.tasks.evaluation import RunningMean, eval_batches, length_order
 
@@ -59,8 +59,10 @@ class TokenClassificationTask(TaskAdapter):
     def collate(self, tokenizer: Any, features: list[dict[str, Any]]) -> dict[str, Any]:
         from transformers import DataCollatorForTokenClassification
 
-        collator = DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE, return_tensors="pt")
-        return collator(model_inputs(tokenizer, features, "labels"))
+        rows = model_inputs(tokenizer, features, "labels")
+        collator = DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE, return_tensors="pt",
+                                                      pad_to_multiple_of=pad_multiple(tokenizer, rows))
+        return collator(rows)
 
     def evaluate(self, model: Any, data: PreparedData, tokenizer: Any, batch_size: int, device: Any) -> dict[str, float]:
         from seqeval.metrics import f1_score, precision_score, recall_score
