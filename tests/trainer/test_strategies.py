@@ -110,3 +110,12 @@ def test_partial_runs_the_frozen_prefix_in_eval_mode(tiny_model_dir, job):
     blocks = recipe.layout.blocks
     assert [b.module.training for b in blocks] == [False, False, False, True]
     assert not recipe.model.bert.embeddings.training and recipe.model.classifier.training
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_under_autocast_adapters_take_their_input_as_autocast_casts_it(precision, tiny_model_dir, job):
+    config = job(tiny_model_dir("bert"), {"type": "lora"}, maxSteps=2, precision=precision)
+    recipe, changed = train_in_process(config)
+    layers = [m for m in recipe.model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers and all(m.cast_input_dtype_enabled == (precision == "fp32") for m in layers)
+    assert any(".lora_" in name for name in changed)

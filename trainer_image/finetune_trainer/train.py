@@ -41,7 +41,7 @@ from finetune_trainer.layers import resolve_layout
 from finetune_trainer.objectstore import Store, is_s3, store_for
 from finetune_trainer.progress import Progress, Throughput
 from finetune_trainer.stopping import StopSignal, early_stop
-from finetune_trainer.strategies import build_strategy
+from finetune_trainer.strategies import build_strategy, leave_adapter_casts_to_autocast
 from finetune_trainer.tasks.base import get_task
 from finetune_trainer.telemetry import Telemetry
 from finetune_trainer.tracking import Tracking
@@ -181,6 +181,8 @@ class Recipe:
         self.model = self.strategy.model.to(self.rt.device)
         if self.rt.device.type == "cpu":  # torch's CPU dropout mask costs as much as a matmul
             cpu_dropout.install(self.model)
+        if self.strategy.uses_adapters and self.rt.precision != "fp32":
+            leave_adapter_casts_to_autocast(self.model)
         if training.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
