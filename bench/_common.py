@@ -137,12 +137,14 @@ def child_env(threads: int | None = None) -> dict:
 
 
 def trainer_config(name: str, output: str, strategy: dict, *, data: str | None = None, max_steps: int | None = None,
-                   epochs: float = 3, batch_size: int = 32, max_length: int = 128,
+                   epochs: float = 3, batch_size: int | None = None, max_length: int = 128,
                    group_by_length: bool = True, extra_training: dict | None = None) -> dict:
     """A TrainerConfig (wire form) for MRPC-style pair classification with all-MiniLM-L6-v2."""
-    # No learningRate: every run gets the trainer's default for its strategy and batch, as a user would.
-    training = {"epochs": epochs, "batchSize": batch_size, "seed": 42,
-                "groupByLength": group_by_length, "logEvery": 10 ** 5}
+    # No learningRate, and no batchSize unless given: every run gets the trainer's defaults for its strategy (and
+    # batch), as a user would.
+    training = {"epochs": epochs, "seed": 42, "groupByLength": group_by_length, "logEvery": 10 ** 5}
+    if batch_size is not None:
+        training["batchSize"] = batch_size
     if max_steps is not None:
         training["maxSteps"] = max_steps
     training.update(extra_training or {})

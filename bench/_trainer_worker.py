@@ -84,6 +84,7 @@ def main() -> None:
         "samples_per_s": metrics.get("samplesPerSecond"), "tokens_per_s": metrics.get("tokensPerSecond"),
         "accuracy": metrics.get("evalAccuracy"), "f1": metrics.get("evalF1"), "train_loss": metrics.get("trainLoss"),
         "trainable": params.get("trainable"), "total": params.get("total"), "threads": torch.get_num_threads(),
+        "batch_size": config.training.batch_size,
         "steps": summary.get("progress", {}).get("step") if isinstance(summary.get("progress"), dict) else None,
         "run_wall_s": round(time.perf_counter() - started, 2), "train_cpu_s": round(cpu["seconds"], 2),
         "samples_per_cpu_s": round(cpu["samples"] / cpu["seconds"], 3) if cpu["seconds"] else None,

@@ -1,6 +1,6 @@
 """Choose a default recipe without looking at dev: held-out accuracy of our job per learning rate and seed.
 
-    .venv/bin/python bench/recipe_select.py --lrs 1e-4,5e-5 --seeds 1,2,3 [--strategy full] [--batch 32]
+    .venv/bin/python bench/recipe_select.py --lrs 1e-4,5e-5 --seeds 1,2,3 [--strategy full] [--batch N]
         [--baseline] [--json OUT]
 
 dev.tsv is where BENCHMARKS.md reports quality, so a default picked by its dev score would be fitted to the very
@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--strategy", default="full", choices=sorted(STRATEGIES))
     p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--batch", type=int, default=32, help="training.batchSize of our runs")
+    p.add_argument("--batch", type=int, default=None, help="training.batchSize of our runs (default: the trainer's)")
     p.add_argument("--baseline", action="store_true", help="also run the seed's script on the same split")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()

@@ -8,10 +8,10 @@
 
 Speed mode runs, in each round and in this order, ``shared/bench/seed_baseline.py max_steps:N`` (batch 8,
 every pair padded to 128, lr 5e-5, fp32, torch's default threads) and our trainer for the same N optimizer steps
-at the job's defaults (batch 32, dynamic padding with length grouping, threads from the CPU quota, precision
-auto: bf16 on a CPU with AMX) for ``full``, ``partial last:2``, ``hybrid`` (last:1 full + LoRA r=8 on the 5
-blocks below) and ``lora`` (r=8 on every block, head trains). ``--only baseline,full@8`` adds ``full`` at batch 8, the like-for-like point (same
-steps and samples as the baseline; levers.py row L3 is the same configuration); ``full-dropout0`` and
+at the job's defaults (batch by strategy: full 16, the others 32; dynamic padding with length grouping;
+threads from the CPU quota; precision auto: bf16 on a CPU with AMX) for ``full``, ``partial last:2``, ``hybrid``
+(last:1 full + LoRA r=8 on the 5 blocks below) and ``lora`` (r=8 on every block, head trains). ``--only
+baseline,full@8`` adds ``full`` at batch 8, the like-for-like point (same steps and samples as the baseline; levers.py row L3 is the same configuration); ``full-dropout0`` and
 ``partial-dropout0`` are the same runs with ``training.dropout: 0``. Every run is its own subprocess; peak RSS is that child's ``ru_maxrss``. samples/s is what each
 reports: the baseline's ``train_samples_per_second`` (samples / train() wall time), our summary's
 ``samplesPerSecond`` (samples / summed step time, data loading included, eval and checkpoints excluded).
@@ -40,12 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
                      snapshot_trainer, table, trainer_config)
 
-# Our runs: name -> (strategy, batch size, training fields beyond the defaults). The last three only with --only:
-# full@8 is the like-for-like point (levers.py row L3); *-dropout0 set training.dropout: 0.
+# Our runs: name -> (strategy, batch size (None: the strategy's default), training fields beyond the defaults).
+# The last four only with --only: full@8 is the like-for-like point (levers.py row L3), full@32 the batch the
+# other strategies default to; *-dropout0 set training.dropout: 0.
 RUNS = {
-    "full": ("full", 32, {}), "partial": ("partial", 32, {}), "hybrid": ("hybrid", 32, {}), "lora": ("lora", 32, {}),
-    "full@8": ("full", 8, {}),
-    "full-dropout0": ("full", 32, {"dropout": 0.0}), "partial-dropout0": ("partial", 32, {"dropout": 0.0}),
+    "full": ("full", None, {}), "partial": ("partial", None, {}), "hybrid": ("hybrid", None, {}),
+    "lora": ("lora", None, {}), "full@8": ("full", 8, {}), "full@32": ("full", 32, {}),
+    "full-dropout0": ("full", None, {"dropout": 0.0}), "partial-dropout0": ("partial", None, {"dropout": 0.0}),
 }
 ORDER = ["baseline", *RUNS]
 
@@ -66,7 +67,7 @@ def run_one(name: str, budget: dict, work: Path, log: Path, seed: int) -> dict:
     r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],
                      env=child_env(), log=log)
     shutil.rmtree(out, ignore_errors=True)
-    r["batch"] = batch
+    r["batch"] = r.get("batch_size", batch)
     r["plan_estimate_mib"] = plan_estimate_mib(path)
     return r
 

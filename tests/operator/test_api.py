@@ -39,7 +39,8 @@ def refusal(doc) -> str:
 
 def test_a_good_finetunejob_gets_the_defaults_the_crd_has():
     parsed = parse_finetunejob(finetunejob())
-    assert parsed.spec.training.batch_size == 32 and parsed.spec.resources.gpus == 0
+    assert parsed.spec.training.epochs == 3 and parsed.spec.resources.gpus == 0
+    assert parsed.spec.training.batch_size is None  # no CRD default: the trainer config resolves it by strategy
     assert parsed.spec.run_policy.backoff_limit == 3
     assert parsed.wire()["spec"]["strategy"] == {"type": "partial", "layers": "last:2", "embeddings": False,
                                                  "head": True}

@@ -64,6 +64,15 @@ def test_an_unset_learning_rate_follows_the_strategy_and_the_batch(tiny_model_di
     assert plan(config)["training"] == {"epochs": 1, "learningRate": rate, "learningRateFrom": "default"}
 
 
+@pytest.mark.parametrize(("strategy", "batch", "rate"), [
+    ({"type": "full"}, 16, 7.1e-5), ({"type": "partial", "layers": "last:2"}, 32, 2e-4), ({"type": "lora"}, 32, 8e-4),
+])
+def test_an_unset_batch_size_follows_the_strategy_and_sets_the_rate(tiny_model_dir, job, strategy, batch, rate):
+    config = job(tiny_model_dir("bert"), strategy, batchSize=None, learningRate=None)
+    assert (config.training.batch_size, config.training.learning_rate) == (batch, rate)
+    assert job(tiny_model_dir("bert"), strategy, batchSize=4).training.batch_size == 4  # a given size wins
+
+
 def test_a_learning_rate_in_the_spec_wins_and_plan_says_so(tiny_model_dir, job):
     config = job(tiny_model_dir("bert"), {"type": "lora"}, learningRate=3e-5)
     assert config.training.learning_rate == 3e-5 and plan(config)["training"]["learningRateFrom"] == "spec"

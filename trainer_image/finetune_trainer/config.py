@@ -289,10 +289,10 @@ class EarlyStopping(ApiModel):
 class TrainingSpec(ApiModel):
     epochs: float = Field(3, gt=0, le=1000, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(
-        32, ge=1, le=65536, description="Examples per device per micro-batch, counted before causal-LM packing: a "
+    batch_size: int | None = Field(
+        None, ge=1, le=65536, description="Examples per device per micro-batch, counted before causal-LM packing: a "
         "micro-batch holds at most batchSize x dataset.maxLength tokens per device (and at most batchTokens when "
-        "set).",
+        "set). " + defaults.describe_batch(),
     )
     batch_tokens: int | None = Field(
         None, ge=8, le=16_777_216, description="Causal LM: at most this many tokens per device per micro-batch, "
@@ -360,8 +360,11 @@ class TrainerConfig(ApiModel):
     @model_validator(mode="after")
     def _cross_field(self) -> TrainerConfig:
         enforce(self, JOB_RULES)
-        # The learning rate is resolved here, where the strategy is known, so everything downstream (optimizer,
-        # plan, tracking params, the config the operator writes) reads one number.
+        # The batch size and learning rate are resolved here, where the strategy is known, so everything
+        # downstream (optimizer, batches, plan, tracking params, the config the operator writes) reads one number.
+        if self.training.batch_size is None:
+            size = defaults.default_batch_size(StrategyType(self.strategy.type).value)
+            self.training = self.training.model_copy(update={"batch_size": size})
         if self.training.learning_rate is None:
             rate = defaults.default_learning_rate(StrategyType(self.strategy.type).value, self.training.batch_size,
                                                   self.training.gradient_accumulation)
