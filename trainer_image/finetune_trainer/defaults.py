@@ -13,8 +13,8 @@ as the Hugging Face Trainer's users expect. `full` at batch 8 gets 5e-5, the see
 `full` trains at batch 16, the others at 32. Every weight moving makes `full` the strategy that gains most from
 more, smaller steps: on pairs of MRPC's train split that no run trained on, batch 16 (690 steps, lr 7.1e-5) scored
 0.779-0.784 over three seeds (mean 0.781) where batch 32 (345 steps, lr 1e-4) scored 0.769-0.790 (mean 0.779;
-BENCHMARKS.md, time to quality). A small edge, and a steadier one. The adapters' and `partial`'s rates were chosen at 32, where they met their goals; a larger batch is
-also fewer optimizer steps, which is where those strategies save time.
+BENCHMARKS.md, time to quality): a small edge, and a steadier one. The adapters' and `partial`'s rates were chosen
+at 32, where they met their goals, and fewer optimizer steps is part of what those strategies save.
 """
 
 from __future__ import annotations
