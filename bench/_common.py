@@ -32,8 +32,9 @@ def model_dir() -> str:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo() if line.startswith("flags")), [])
+    info = _cpuinfo()
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": len(os.sched_getaffinity(0)), "cpu": cpu,
             # AMX decides the trainer's CPU precision (bf16 with it, fp32 without), so every record says which.
             "amx_bf16": "amx_bf16" in flags, "loadavg": os.getloadavg(), "python": platform.python_version()}
