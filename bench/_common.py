@@ -120,6 +120,11 @@ def baseline_cmd(budget: str, data: Path = MRPC) -> list[str]:
     return [sys.executable, str(BASELINE_SHIM), str(BASELINE), model_dir(), str(data), budget]
 
 
+def worker_cmd(config: Path, *flags: str) -> list[str]:
+    """The command of one measured run of our trainer on ``config`` (``_trainer_worker.py``)."""
+    return [sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(config), *flags]
+
+
 def child_env(threads: int | None = None) -> dict:
     """Environment of a measured child. OMP_WAIT_POLICY=PASSIVE (unless set): OpenMP threads sleep instead of
     spinning while they wait, so on a shared, oversubscribed machine a run's CPU time is its work, not spinning

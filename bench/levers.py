@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
-                     snapshot_trainer, table, trainer_config)
+                     snapshot_trainer, table, trainer_config, worker_cmd)
 
 LEVERS = [
     ("L0 baseline-like (b8, pad 128, no grouping, 1 thread)",
@@ -78,7 +78,7 @@ def main() -> None:
                                  extra_training={"precision": "fp32"} if lever.get("fp32") else None)
             path = work / "cfg.json"
             path.write_text(json.dumps(cfg))
-            cmd = [sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)]
+            cmd = worker_cmd(path)
             if lever["pad"]:
                 cmd += ["--pad-to", str(lever["pad"])]
             if lever.get("torch_dropout"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (MRPC, STRATEGIES, baseline_cmd, child_env, finish, machine, run_measured,  # noqa: E402
-                     snapshot_trainer, table, trainer_config)
+                     snapshot_trainer, table, trainer_config, worker_cmd)
 
 HOLDOUT = 0.2
 SPLIT_SEED = 0
@@ -71,7 +71,7 @@ def main() -> None:
                                  extra_training={"learningRate": lr, "seed": seed})
             path = work / "cfg.json"
             path.write_text(json.dumps(cfg))
-            r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],
+            r = run_measured(worker_cmd(path),
                              env=child_env(), log=work / "runs.log")
             r.update(lr=lr, seed=seed, per_epoch=[round(e["accuracy"], 4) for e in r.get("evaluations", [])])
             records.append(r)

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import finish, snapshot_trainer, MRPC, STRATEGIES, child_env, machine, run_measured, table, trainer_config  # noqa: E402
+from _common import finish, snapshot_trainer, MRPC, STRATEGIES, child_env, machine, run_measured, table, trainer_config, worker_cmd  # noqa: E402
 
 LENGTHS = [64, 128, 256, 512]
 BATCHES = [8, 16, 32]
@@ -82,7 +82,7 @@ def main() -> None:
                                  max_steps=max(1, args.samples // batch), max_length=length, extra_training=extra)
             path = work / "cfg.json"
             path.write_text(json.dumps(cfg))
-            r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],
+            r = run_measured(worker_cmd(path),
                              env=child_env(), log=log)
             r.update(run=run, length=length, batch=batch)
             records.append(r)

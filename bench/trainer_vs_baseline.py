@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, median, run_measured,  # noqa: E402
-                     snapshot_trainer, table, trainer_config)
+                     snapshot_trainer, table, trainer_config, worker_cmd)
 
 # Our runs: name -> (strategy, batch size (None: the strategy's default), training fields beyond the defaults).
 # The last four only with --only: full@8 is the like-for-like point (levers.py row L3), full@32 the batch the
@@ -64,7 +64,7 @@ def run_one(name: str, budget: dict, work: Path, log: Path, seed: int) -> dict:
                          epochs=budget.get("epochs", 3), extra_training={"seed": seed, **extra})
     path = work / f"{name.replace('@', '_b')}.json"
     path.write_text(json.dumps(cfg))
-    r = run_measured([sys.executable, str(Path(__file__).with_name("_trainer_worker.py")), str(path)],
+    r = run_measured(worker_cmd(path),
                      env=child_env(), log=log)
     shutil.rmtree(out, ignore_errors=True)
     r["batch"] = r.get("batch_size", batch)
