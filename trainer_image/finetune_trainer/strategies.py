@@ -215,18 +215,16 @@ def _owners(model: nn.Module, names: list[str]) -> list[str]:
     return owners
 
 
-def leave_adapter_casts_to_autocast(model: nn.Module) -> int:
+def leave_adapter_casts_to_autocast(model: nn.Module) -> None:
     """Under autocast: stop peft from casting each adapter's input to the adapter weights' fp32 first. Autocast
     casts it back to bf16 for the matmul, so every adapted module paid two full-size copies; in a bf16 LoRA step on
     CPU copies were 29 % of the time, and leaving the cast to autocast made the step 1.09x faster (BENCHMARKS.md §2).
-    Without autocast the cast is what makes an fp32 adapter take a bf16 input (QLoRA), so it stays. Returns how many
-    adapted modules changed."""
+    Without autocast the cast is what makes an fp32 adapter take a bf16 input (QLoRA), so it stays."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    for layer in layers:
-        layer.cast_input_dtype_enabled = False
-    return len(layers)
+    for layer in model.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.cast_input_dtype_enabled = False
 
 
 def _wrap_lora(model: nn.Module, targets: list[str], spec: StrategySpec, save_modules: list[str]) -> nn.Module:
