@@ -142,10 +142,10 @@ def child_env(threads: int | None = None) -> dict:
     return env
 
 
-def trainer_config(name: str, output: str, strategy: dict, *, data: str | None = None, max_steps: int | None = None,
-                   epochs: float = 3, batch_size: int | None = None, max_length: int = 128,
+def trainer_config(name: str, output: str, strategy: dict, *, data: str | None = None, model: str = MODEL_PKG,
+                   max_steps: int | None = None, epochs: float = 3, batch_size: int | None = None, max_length: int = 128,
                    group_by_length: bool = True, extra_training: dict | None = None) -> dict:
-    """A TrainerConfig (wire form) for MRPC-style pair classification with all-MiniLM-L6-v2."""
+    """A TrainerConfig (wire form) for MRPC-style pair classification with all-MiniLM-L6-v2 (or ``model``)."""
     # No learningRate, and no batchSize unless given: every run gets the trainer's defaults for its strategy (and
     # batch), as a user would.
     training = {"epochs": epochs, "seed": 42, "groupByLength": group_by_length, "logEvery": 10 ** 5}
@@ -156,7 +156,7 @@ def trainer_config(name: str, output: str, strategy: dict, *, data: str | None =
     training.update(extra_training or {})
     return {
         "name": name,
-        "model": {"source": MODEL_PKG},
+        "model": {"source": model},
         "task": "sequence-classification",
         "dataset": {"source": data or str(MRPC), "train": "train", "eval": "dev",
                     "columns": {"text": ["#1 String", "#2 String"], "label": "Quality"}, "maxLength": max_length},

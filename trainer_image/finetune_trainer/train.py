@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from finetune_trainer import (batching, cache, checkpoints, cpu_dropout, data, export, gates, locations, mirror, models,
-                              optim, push, quantization, runtime, summary)
+from finetune_trainer import (batching, cache, checkpoints, cpu_dropout, data, export, gates, locations, lora_fused,
+                              mirror, models, optim, push, quantization, runtime, summary)
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (ConfigError, DataError, Interrupted, ModelLoadError, NonFiniteLoss, OutOfMemory,
                                      StorageError, TrainerError)
@@ -181,6 +181,7 @@ class Recipe:
         self.model = self.strategy.model.to(self.rt.device)
         if self.rt.device.type == "cpu":  # torch's CPU dropout mask costs as much as a matmul
             cpu_dropout.install(self.model)
+            lora_fused.fuse(self.model)
         if self.strategy.uses_adapters and self.rt.precision != "fp32":
             leave_adapter_casts_to_autocast(self.model)
         if training.gradient_checkpointing:
