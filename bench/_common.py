@@ -143,8 +143,8 @@ def child_env(threads: int | None = None) -> dict:
 
 
 def trainer_config(name: str, output: str, strategy: dict, *, data: str | None = None, model: str = MODEL_PKG,
-                   max_steps: int | None = None, epochs: float = 3, batch_size: int | None = None, max_length: int = 128,
-                   group_by_length: bool = True, extra_training: dict | None = None) -> dict:
+                   max_steps: int | None = None, epochs: float = 3, batch_size: int | None = None,
+                   max_length: int = 128, group_by_length: bool = True, extra_training: dict | None = None) -> dict:
     """A TrainerConfig (wire form) for MRPC-style pair classification with all-MiniLM-L6-v2 (or ``model``)."""
     # No learningRate, and no batchSize unless given: every run gets the trainer's defaults for its strategy (and
     # batch), as a user would.

@@ -102,8 +102,9 @@ def main() -> None:
             strategy, extra = RUNS[run]
             out = work / "out"
             shutil.rmtree(out, ignore_errors=True)
-            cfg = trainer_config("scaling", str(out), STRATEGIES[strategy], data=str(data), model=model, batch_size=batch,
-                                 max_steps=max(1, args.samples // batch), max_length=length, extra_training=extra)
+            cfg = trainer_config("scaling", str(out), STRATEGIES[strategy], data=str(data), model=model,
+                                 batch_size=batch, max_steps=max(1, args.samples // batch), max_length=length,
+                                 extra_training=extra)
             path = work / "cfg.json"
             path.write_text(json.dumps(cfg))
             r = run_measured(worker_cmd(path),
