@@ -4,8 +4,8 @@ write one output, and a backward that reuses what the forward saved.
 Why: peft computes ``base(x) + lora_B(lora_A(dropout(x))) * scaling`` as five autograd nodes. Under bf16
 autocast that casts ``x`` twice (once for the base, once for ``lora_A``), writes three full-size outputs (the
 base's, the scaled adapter's and their sum) and runs each node's bookkeeping. In a bf16 ``lora`` step on CPU,
-where AMX makes the matmuls themselves cheap, that overhead is what separates LoRA from ``full``
-(BENCHMARKS.md §2). Here ``x`` is cast once and saved once, the adapter's product is added into the base's output
+where AMX makes the matmuls themselves cheap, that overhead is what kept LoRA no faster than ``full``
+(BENCHMARKS.md §1). Here ``x`` is cast once and saved once, the adapter's product is added into the base's output
 in place (``addmm_``), and backward forms the gradient of ``x`` with one more in-place ``addmm_``.
 
 ``fuse`` applies it to every peft ``lora.Linear`` whose base is an ``nn.Linear``. Each call checks that the
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+
 
 class _LoraLinear(torch.autograd.Function):
     """y = x·Wᵀ + b + scale·(x·Aᵀ)·Bᵀ in the autocast dtype (or x's dtype without autocast)."""
@@ -67,14 +68,22 @@ class _LoraLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_bias, grad_a, grad_b, None
 
 
+def _plain_adapter(layer) -> str | None:
+    """The one active adapter's name where the fused function computes what peft would; None otherwise."""
+    active = layer.active_adapters
+    if layer.disable_adapters or layer.merged or len(active) != 1 or active[0] not in layer.lora_A:
+        return None
+    name = active[0]
+    plain = (name not in layer.lora_variant and isinstance(layer.lora_dropout[name], nn.Identity)
+             and layer.lora_B[name].bias is None)
+    return name if plain else None
+
+
 def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """peft lora.Linear.forward, taking the fused path in the plain case."""
-    active = self.active_adapters
-    if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1
-            or active[0] not in self.lora_A or active[0] in self.lora_variant
-            or not isinstance(self.lora_dropout[active[0]], nn.Identity) or self.lora_B[active[0]].bias is not None):
+    name = None if args or kwargs else _plain_adapter(self)
+    if name is None:
         return type(self).forward(self, x, *args, **kwargs)
-    name = active[0]
     base = self.base_layer
     return _LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
                              self.scaling[name])

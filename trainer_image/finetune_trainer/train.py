@@ -179,7 +179,8 @@ class Recipe:
         self.layout = resolve_layout(model)
         self.strategy = build_strategy(model, self.layout, cfg.strategy)
         self.model = self.strategy.model.to(self.rt.device)
-        if self.rt.device.type == "cpu":  # torch's CPU dropout mask costs as much as a matmul
+        # On CPU, torch's dropout masks and peft's LoRA bookkeeping cost as much as the matmuls (measured there).
+        if self.rt.device.type == "cpu":
             cpu_dropout.install(self.model)
             lora_fused.fuse(self.model)
         if self.strategy.uses_adapters and self.rt.precision != "fp32":
