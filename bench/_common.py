@@ -172,6 +172,7 @@ STRATEGIES = {
     "partial": {"type": "partial", "layers": "last:2"},
     "hybrid": {"type": "hybrid", "layers": "last:1"},  # LoRA at its defaults: r 8, alpha 16, dropout 0
     "lora": {"type": "lora"},
+    "hybrid-last2": {"type": "hybrid", "layers": "last:2"},  # the selection issue 15's accuracy goal names
 }
 
 

@@ -41,12 +41,13 @@ from _common import (STRATEGIES, finish, baseline_cmd, child_env, machine, media
                      snapshot_trainer, table, trainer_config, worker_cmd)
 
 # Our runs: name -> (strategy, batch size (None: the strategy's default), training fields beyond the defaults).
-# The last four only with --only: full@8 is the like-for-like point (levers.py row L3), full@32 the batch the
-# other strategies default to; *-dropout0 set training.dropout: 0.
+# The last five only with --only: full@8 is the like-for-like point (levers.py row L3), full@32 the batch the
+# other strategies default to; *-dropout0 set training.dropout: 0; hybrid-last2 trains the last two blocks fully.
 RUNS = {
     "full": ("full", None, {}), "partial": ("partial", None, {}), "hybrid": ("hybrid", None, {}),
     "lora": ("lora", None, {}), "full@8": ("full", 8, {}), "full@32": ("full", 32, {}),
     "full-dropout0": ("full", None, {"dropout": 0.0}), "partial-dropout0": ("partial", None, {"dropout": 0.0}),
+    "hybrid-last2": ("hybrid-last2", None, {}),
 }
 ORDER = ["baseline", *RUNS]
 
