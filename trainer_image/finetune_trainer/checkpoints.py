@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 
 from finetune_trainer import runtime, sharded
-from finetune_trainer.errors import ConfigError, StorageError
+from finetune_trainer.errors import ConfigError, Interrupted, StorageError
 from finetune_trainer.runtime import Runtime
 
 COMPLETE = "COMPLETE"
@@ -232,6 +232,10 @@ def _write(path: Path, fill) -> None:
             f.flush()
             os.fsync(f.fileno())
     except (RuntimeError, SafetensorError) as exc:
+        # A second SIGTERM raises Interrupted inside torch.save; the zip writer's cleanup then fails ("unexpected
+        # pos") and would report a non-retryable error in its place.
+        if isinstance(exc.__context__, Interrupted):
+            raise exc.__context__ from None
         # torch.save's zip writer turns a failed write into a RuntimeError ("unexpected pos ..."), and safetensors
         # into its own error, hiding ENOSPC; name the real cause so it is reported as the retryable storage error
         # it is.
