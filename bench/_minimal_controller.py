@@ -33,6 +33,8 @@ from finetune_operator.settings import Settings
 # FineTuneJob's own put in: the same bytes build_attempt would give (the bench's FineTuneJobs differ only in their
 # name), without the operator's rendering CPU, which is part of the operator's cost and not of the floor.
 _NAME, _UID = "zz-floor-proto", "zz-floor-proto-uid"
+# Called with each FineTuneJob's name when it is seen (_operator_counted.py's sightings, for the bench's timings).
+SAW = None
 
 
 def job_template(ftj: dict, settings: Settings) -> str:
@@ -90,6 +92,8 @@ def main(argv: list[str]) -> int:
         call("POST", jobs, job_for(template[0], ftj))
 
     def saw(ftj: dict) -> None:
+        if SAW is not None:
+            SAW(ftj["metadata"]["name"])
         if not template:
             template.append(job_template(ftj, settings))
         if ftj["metadata"]["name"] not in seen:

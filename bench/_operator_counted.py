@@ -6,6 +6,10 @@ kubernetes client under kube.py) and aiohttp (Kopf's watches and patches) are wr
 FTO_TRACEMALLOC=N (frames) also writes tracemalloc's top allocations to FTO_COUNTS_FILE.mem.txt on SIGUSR1 and at
 exit (a diagnostic run: tracing slows the operator down).
 
+FTO_SIGHTINGS_FILE: a line ``NAME TIME seen`` when each FineTuneJob first reaches the controller's code (the
+operator's Kopf handler, the minimal controller's watch loop), and ``NAME TIME post`` when the POST of its Job is
+handed to urllib3, for bench/_audit.py's split of apply -> Job.
+
 Counts go to the JSON file named by FTO_COUNTS_FILE, rewritten every second and at exit:
 ``{"VERB resource[/subresource] (client)": n}`` with the API server's verbs (LIST, GET, WATCH, CREATE, PATCH,
 UPDATE, DELETE). Requests to other hosts (the trainers' metrics endpoints) count as ``SCRAPE``.
@@ -17,6 +21,7 @@ import atexit
 import collections
 import json
 import os
+import re
 import sys
 import threading
 from urllib.parse import parse_qs, urlsplit
@@ -69,6 +74,37 @@ def dump() -> None:
     os.replace(tmp, path)
 
 
+class Sightings:
+    """When each FineTuneJob's first watch event reached the controller (FTO_SIGHTINGS_FILE)."""
+
+    def __init__(self, path: str | None):
+        self.file = open(path, "a", buffering=1) if path else None
+        self.seen: set[tuple[str, str]] = set()
+
+    def saw(self, name: str, what: str = "seen") -> None:
+        if self.file is not None and (name, what) not in self.seen:
+            import time
+
+            self.seen.add((name, what))
+            self.file.write(f"{name} {time.time()} {what}\n")
+
+
+SIGHTINGS = Sightings(os.environ.get("FTO_SIGHTINGS_FILE"))
+
+
+def watch_operator_handler() -> None:
+    """Wrap the operator's FineTuneJob handler before the runner registers it with Kopf."""
+    from finetune_operator import handlers
+
+    handler = handlers.finetunejob_seen
+
+    async def finetunejob_seen(**kwargs):
+        SIGHTINGS.saw(kwargs["name"])
+        return await handler(**kwargs)
+
+    handlers.finetunejob_seen = finetunejob_seen
+
+
 def install() -> None:
     global API_HOST
     import aiohttp
@@ -77,8 +113,15 @@ def install() -> None:
     API_HOST = os.environ.get("FTO_API_HOSTPORT")
     original = urllib3.connectionpool.HTTPConnectionPool.urlopen
 
+    owner = re.compile(rb'"finetune\.io/job": *"([^"]+)"')
+
     def urlopen(self, method, url, *args, **kwargs):
         count("kubernetes-client", method, url, f"{self.host}:{self.port}")  # a retry is a request too
+        if SIGHTINGS.file is not None and method == "POST" and url.split("?")[0].endswith("/jobs"):
+            body = kwargs.get("body") or b""
+            found = owner.search(body if isinstance(body, bytes) else body.encode())
+            if found:
+                SIGHTINGS.saw(found.group(1).decode(), "post")
         return original(self, method, url, *args, **kwargs)
 
     urllib3.connectionpool.HTTPConnectionPool.urlopen = urlopen
@@ -136,7 +179,11 @@ if __name__ == "__main__":
     install()
     if os.environ.get("FTO_MINIMAL_CONTROLLER"):  # the bench's floor, counted the same way
         import _minimal_controller as controller
+
+        controller.SAW = SIGHTINGS.saw
     else:
         from finetune_operator import runner as controller
+
+        watch_operator_handler()
 
     sys.exit(controller.main(sys.argv[1:]))

@@ -5,7 +5,9 @@
              --shared (use the default plane, tools/k8s/cluster.sh's, and leave it running)  --nodes 10
              --poll-interval 15 (the operator's default)  --timeout 900  --json OUT
              --profile (py-spy)  --profile-seconds S (record only the first S seconds: the creation burst)
+             --profile-gil (py-spy samples only the thread holding the GIL)
              --experiment-env KEY=VALUE (extra operator environment, e.g. FINETUNE_WORKERS=32; repeatable)
+             --audit (the API server's audit log splits apply -> Job into legs, in microseconds: _audit.py)
 
 Per phase: a fresh namespace with the Helm chart's RBAC (``helm template``, per-namespace install), a claim and a
 Secret, as the cluster tests set up; the operator runs as ``python -m finetune_operator.runner`` under the
@@ -60,6 +62,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path[:0] = [str(REPO / "tests" / "cluster"), str(REPO / "tests")]  # operator_process, and what it imports
+import _audit  # noqa: E402
 from _common import machine, table  # noqa: E402
 
 CLUSTER_SH = REPO / "tools" / "k8s" / "cluster.sh"
@@ -376,6 +379,7 @@ def start_operator(ctx: dict, work: Path, tag: str, poll_interval: float, tracem
     counts, log = work / f"counts-{tag}.json", work / f"operator-{tag}.log"
     health, metrics_port = free_port(), free_port()
     env = dict(os.environ, FTO_COUNTS_FILE=str(counts), FTO_API_HOSTPORT=ctx["api_hostport"],
+               FTO_SIGHTINGS_FILE=str(work / f"sightings-{tag}.txt"),
                FTO_TRACEMALLOC=str(tracemalloc_frames), **(extra_env or {}))
     cmd = [sys.executable, str(HERE / "_operator_counted.py"), "--kubeconfig", str(ctx["kubeconfig"]),
            "--namespace", ctx["ns"], "--trainer-image", IMAGE, "--poll-interval", str(poll_interval),
@@ -456,7 +460,8 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         profiler = subprocess.Popen([py_spy, "record", "-p", str(proc.pid), "-o", str(work / f"profile-{tag}.txt"),
                                      "-f", "raw", "-r", "100", "--nonblocking",
-                                     *(["--duration", str(args.profile_seconds)] if args.profile_seconds else [])],
+                                     *(["--duration", str(args.profile_seconds)] if args.profile_seconds else []),
+                                     *(["--gil"] if args.profile_gil else [])],
                                     stdout=subprocess.DEVNULL, stderr=(work / f"py-spy-{tag}.log").open("w"))
     before_server = apiserver_requests(plane)
     before_plane = plane_cpu(plane)
@@ -464,15 +469,15 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
     before_counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
     names = [f"ftj-{i:05d}" for i in range(n)]
     sent: dict[str, float] = {}
-    rss_samples: list[float] = []
+    cpu_samples: list[tuple[float, float]] = []  # (time, the controller's CPU seconds so far)
     stop_sampling = threading.Event()
 
     def sample():
         while not stop_sampling.is_set():
             s = proc_status(proc.pid)
-            if "VmRSS" in s:
-                rss_samples.append(s["VmRSS"])
-            time.sleep(0.25)
+            if "cpu_s" in s:
+                cpu_samples.append((time.time(), s["cpu_s"]))
+            time.sleep(0.1)
 
     threading.Thread(target=sample, daemon=True).start()
     path = f"/apis/finetune.io/v1alpha1/namespaces/{ns}/finetunejobs"
@@ -532,10 +537,11 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
     ftjs = request(api, "GET", path, timeout=(5, 300))["items"]
     jobs_list = request(api, "GET", f"/apis/batch/v1/namespaces/{ns}/jobs", timeout=(5, 300))["items"]
     created = {o["metadata"]["name"]: ts(o["metadata"]["creationTimestamp"]) for o in ftjs}
-    job_created = {}
+    job_created, job_owner = {}, {}
     for j in jobs_list:
         owner = j["metadata"].get("labels", {}).get("finetune.io/job")
         if owner:
+            job_owner[j["metadata"]["name"]] = owner
             job_created[owner] = min(job_created.get(owner, 1e20), ts(j["metadata"]["creationTimestamp"]))
     succeeded_at = {}
     for o in ftjs:
@@ -574,6 +580,9 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
         "apply_to_succeeded_server_s": {"p50": r(pct(to_ok_server, 50)), "p99": r(pct(to_ok_server, 99)),
                                         "max": r(max(to_ok_server, default=None))},
         "operator_cpu_s": r(after_proc.get("cpu_s", 0) - before_proc.get("cpu_s", 0)),
+        # while the Jobs were being made: from the first POST to when the bench saw the last Job (0.1 s samples)
+        "operator_cpu_to_last_job_s": r(max((c for t, c in cpu_samples if t <= (jobs_done_at or t_end)), default=0)
+                                        - before_proc.get("cpu_s", 0)),
         "operator_peak_rss_mib": r(after_proc.get("VmHWM"), 1),
         "operator_rss_end_mib": r(after_proc.get("VmRSS"), 1),
         "operator_rss_start_mib": r(before_proc.get("VmRSS"), 1),
@@ -592,6 +601,9 @@ def phase(plane: Plane, n: int, work: Path, args, minimal: bool = False) -> dict
         "cleanup_s": r(cleanup_s, 1),
         "operator_log_tail": log.read_text()[-1500:],
     }
+    if args.audit_log:
+        result["audit_legs"] = _audit.legs(args.audit_log, ns, sent, job_seen, job_owner, pct,
+                                           _audit.sightings(work / f"sightings-{tag}.txt"))
     if args.profile:
         result["profile"] = str(work / f"profile-{tag}.txt")
     if args.tracemalloc:
@@ -609,7 +621,7 @@ def vs_minimal(ours: dict, floor: dict) -> dict:
             "minimal_requests_per_job": floor["operator_requests_per_job"],
             "minimal_requests_by_kind_per_job": floor["operator_requests_by_kind_per_job"],
             "minimal_peak_rss_mib": floor["operator_peak_rss_mib"], "minimal_cpu_s": floor["operator_cpu_s"],
-            "minimal_all_jobs_created_s": floor["all_jobs_created_s"]}
+            "minimal_all_jobs_created_s": floor["all_jobs_created_s"], "audit_legs": floor.get("audit_legs")}
 
 
 def main() -> None:
@@ -623,10 +635,14 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="record the operator with py-spy (pip install py-spy)")
     p.add_argument("--profile-seconds", type=int, default=0, metavar="S",
                    help="record only the first S seconds of the phase (the creation burst), not all of it")
+    p.add_argument("--profile-gil", action="store_true",
+                   help="sample only the thread that holds the GIL: where the operator's Python time goes")
     p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                    help="diagnostic: the operator's top allocations at exit (slows it down; not for timings)")
     p.add_argument("--experiment-env", action="append", default=[], metavar="KEY=VALUE",
                    help="what-if: extra environment for the operator process, e.g. MALLOC_ARENA_MAX=2 (repeatable)")
+    p.add_argument("--audit", action="store_true",
+                   help="diagnostic: an audit log of the creates on the bench's own plane, to split apply -> Job")
     p.add_argument("--keep-plane", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -636,6 +652,11 @@ def main() -> None:
         plane = Plane(state, int(os.environ.get("FTO_K8S_NODES", 2)), own=False)
     else:
         plane = Plane(args.state or work / "plane", args.nodes, own=not args.keep_plane)
+    args.audit_log = None
+    if args.audit:
+        if args.shared:
+            raise SystemExit("--audit needs the bench's own plane (its API server starts with the audit flags)")
+        plane.env["FTO_K8S_APISERVER_FLAGS"], args.audit_log = _audit.apiserver_flags(work)
     info = machine()
     print(json.dumps({"machine": info, "plane": str(plane.state), "nodes": plane.nodes, "work": str(work)}),
           flush=True)
@@ -678,6 +699,13 @@ def main() -> None:
               ", ".join(f"{k} {v}" for k, v in x["operator_requests_by_kind_per_job"].items()))
         print(f"{x['jobs']} jobs, API server (all clients) per job, top: " +
               ", ".join(f"{k} {v}" for k, v in x["apiserver_top_per_job"].items()))
+        for who, legs in (("minimal", x["vs_minimal"].get("audit_legs")), ("operator", x.get("audit_legs"))):
+            if legs and legs.get("n"):
+                print(f"{x['jobs']} jobs, {who}, apply -> Job legs (audit log) p50/p99/max s: " +
+                      ", ".join(f"{k} {legs[k]['p50']}/{legs[k]['p99']}/{legs[k]['max']}"
+                                for k in _audit.LEGS if k in legs) +
+                      f"; last Job stored {legs['last_job_stored_s']} s, seen {legs['last_job_seen_s']} s; "
+                      f"writes received before it: {legs['writes_before_last_job']}")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=1))
     if not args.keep_plane:

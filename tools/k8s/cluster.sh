@@ -27,7 +27,10 @@
 #              FTO_K8S_BIN (bin dir; default: what tools/k8s/build.sh --print-bin-dir says),
 #              FTO_K8S_NODES (number of KWOK nodes, default 2), FTO_K8S_UP_TIMEOUT (seconds, default 120),
 #              FTO_K8S_REAL_NODE (1 default: start the real node; 0: KWOK only. Unset and the machine's
-#              real node already owned by another plane: this one starts KWOK-only, and says so).
+#              real node already owned by another plane: this one starts KWOK-only, and says so),
+#              FTO_K8S_APISERVER_FLAGS (extra kube-apiserver flags, split on spaces, for diagnostics such as an
+#              audit log: bench/operator_scale.py --audit; they apply when the API server starts, not to a plane
+#              that is already up).
 #
 # Layout of the state dir: kubeconfig (admin, certs embedded), pki/, etcd/ (data), logs/<component>.log,
 # pids/<component>.pid, ports.env, *.kubeconfig (per component), real-node (present while the plane runs
@@ -389,6 +392,8 @@ cmd_up() {
     --unsafe-no-fsync=true --quota-backend-bytes=4294967296 --log-level=warn
   wait_for "etcd healthy" 30 health etcd || fail_up etcd
 
+  local -a apiserver_extra_flags=()
+  read -ra apiserver_extra_flags <<< "${FTO_K8S_APISERVER_FLAGS:-}"
   log "starting kube-apiserver on https://$(api_host):$APISERVER_PORT"
   start kube-apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
@@ -405,7 +410,7 @@ cmd_up() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
-    --profiling=false
+    --profiling=false "${apiserver_extra_flags[@]}"
   wait_for "kube-apiserver ready" 90 health kube-apiserver || fail_up kube-apiserver
   if ((real)); then node_import_pause || fail_up containerd; fi
 
