@@ -8,11 +8,14 @@ holds (namespace, name) keys, not the events' bodies, so a backlog costs little 
 
 The runner keeps two: one for new and edited FineTuneJobs (their passes create Jobs) and one for their children's
 events (and the first status write of a new job, reconciler.py). The second ``yields_to`` the first: its workers
-take no key while the first has passes waiting or running, and a key waits so at most ``patience`` seconds from
-when it was queued. Why: when hundreds of FineTuneJobs arrive at once, both would otherwise share one saturated API
-server, and the creations would wait for status writes of jobs that already run; apply -> Job is what a user waits
-for, and what a status write reports is not lost by waiting (the pass reads the latest view). The patience bounds
-how long a stream of creations can hold the reports back.
+take no key while the first has passes waiting or running, nor until it has been idle for ``settle`` seconds, and a
+key waits so at most ``patience`` seconds from when it was queued. Why: when hundreds of FineTuneJobs arrive at once,
+both would otherwise share one saturated API server, and the creations would wait for status writes of jobs that
+already run; apply -> Job is what a user waits for, and what a status write reports is not lost by waiting (the pass
+reads the latest view). The settle time is for the Jobs just made: a burst of status writes the moment the last one
+is created held back its delivery to the API server's other watchers (the Job controller, which makes its pods,
+among them) by up to 1.7 s (BENCHMARKS.md §5). The patience bounds how long a stream of creations can hold the
+reports back.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ Key = tuple[str, str]  # (namespace, FineTuneJob name)
 
 class WorkQueue:
     def __init__(self, run: Callable[[str, str], None], workers: int, name: str = "finetune-pass",
-                 yields_to: WorkQueue | None = None, patience: float = 30.0):
+                 yields_to: WorkQueue | None = None, patience: float = 30.0, settle: float = 0.0):
         self._run, self._workers, self._name = run, workers, name
-        self._yields_to, self._patience = yields_to, patience
+        self._yields_to, self._patience, self._settle = yields_to, patience, settle
+        self._idle_at = float("-inf")  # when its last pass ended and nothing was left (read by queues that yield)
         self._yielding: list[WorkQueue] = []  # queues that yield to this one: woken when it falls idle
         if yields_to is not None:
             yields_to._yielding.append(self)
@@ -74,9 +78,13 @@ class WorkQueue:
 
     def _wait_left(self) -> float:
         """Seconds the next key should still wait for the queue this one yields to (0: take it now)."""
-        if self._yields_to is None or not self._yields_to.busy():
+        if self._yields_to is None:
             return 0.0
-        return self._patience - (time.monotonic() - self._added[self._order[0]])
+        now = time.monotonic()
+        patience_left = self._patience - (now - self._added[self._order[0]])
+        if self._yields_to.busy():
+            return patience_left
+        return min(patience_left, self._settle - (now - self._yields_to._idle_at))
 
     def start(self) -> None:
         with self._cond:
@@ -124,6 +132,8 @@ class WorkQueue:
                         self._again.discard(key)
                         self._enqueue(key)
                     idle = not self.busy()
+                    if idle:
+                        self._idle_at = time.monotonic()
                 if idle:  # outside this queue's lock: a yielding worker holds its own lock while it reads busy()
                     for queue in self._yielding:
                         queue._wake()

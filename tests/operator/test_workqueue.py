@@ -1,6 +1,6 @@
 """The queue of passes that children's watch events ask for (workqueue.py): one per job however many events,
 again after a running pass when its job changed meanwhile, never two at once for one job; and a queue that yields
-to another (the creations) for at most its patience."""
+to another (the creations) until that one has been idle for its settle time, for at most its patience."""
 
 from __future__ import annotations
 
@@ -86,10 +86,10 @@ def test_a_failing_pass_does_not_end_the_worker():
 
 
 @contextlib.contextmanager
-def creations_and_reports(create, report, patience):
+def creations_and_reports(create, report, patience, settle=0.0):
     """The runner's two queues: reports (children's passes) yield to creations (new FineTuneJobs' passes)."""
     creations = WorkQueue(create, workers=2, name="new")
-    reports = WorkQueue(report, workers=2, yields_to=creations, patience=patience)
+    reports = WorkQueue(report, workers=2, yields_to=creations, patience=patience, settle=settle)
     creations.start()
     reports.start()
     try:
@@ -124,3 +124,32 @@ def test_a_queue_that_yields_waits_no_longer_than_its_patience():
         wait_until(lambda: runs == ["report-b"])
         assert 0.15 < time.monotonic() - started < 2 and creations.busy()  # ran while the creation still did
         gate.set()
+
+
+def test_a_queue_that_yields_waits_until_the_other_has_been_idle_for_its_settle_time():
+    runs, ends = [], []
+    with creations_and_reports(lambda ns, name: ends.append(time.monotonic()),
+                               lambda ns, name: runs.append((name, time.monotonic())),
+                               patience=30, settle=1.0) as (creations, reports):
+        reports.add(("ml", "report-a"))  # nothing created yet: runs at once
+        wait_until(lambda: len(runs) == 1)
+        creations.add(("ml", "create-b"))
+        wait_until(lambda: len(ends) == 1)
+        reports.add(("ml", "report-c"))
+        time.sleep(0.15)
+        creations.add(("ml", "create-d"))  # a creation within the settle time starts its clock again
+        wait_until(lambda: len(ends) == 2)
+        wait_until(lambda: len(runs) == 2)
+        assert runs[1][0] == "report-c" and runs[1][1] - ends[1] >= 1.0
+
+
+def test_a_queue_that_yields_waits_no_longer_than_its_patience_for_the_other_to_settle():
+    runs = []
+    with creations_and_reports(lambda ns, name: None, lambda ns, name: runs.append(time.monotonic()),
+                               patience=0.2, settle=30) as (creations, reports):
+        creations.add(("ml", "create-a"))
+        wait_until(lambda: not creations.busy())
+        queued = time.monotonic()
+        reports.add(("ml", "report-b"))
+        wait_until(lambda: len(runs) == 1)
+        assert 0.15 < runs[0] - queued < 2
