@@ -37,8 +37,9 @@ from finetune_operator.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 # Longest wait before restarting the watches after Kopf stopped them; short enough for liveness probes.
 MAX_RESTART_DELAY = 30.0
-# Status writes and Events wait until no new FineTuneJob's pass has run for this long: written the moment the
-# last of a burst of Jobs was created, they delayed its delivery to other watchers by up to 1.7 s (BENCHMARKS.md §5).
+# After a burst of new FineTuneJobs, status writes and Events wait until no creating pass has run for this long:
+# written the moment the burst's last Job was created, they delayed its delivery to other watchers by up to 1.7 s
+# (BENCHMARKS.md §5).
 REPORTS_SETTLE_SECONDS = 1.0
 
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     memo = kopf.Memo(reconciler=reconciler, children=children, poller=Poller(reconciler, settings.poll_interval))
     # Two queues on threads of their own: new and edited FineTuneJobs' passes (which create Jobs) do not wait
     # behind the backlog of pod and Job events, whose passes (and new jobs' first status writes) yield to them,
-    # and start once no creation has run for REPORTS_SETTLE_SECONDS (workqueue.py says why).
+    # and after a burst start once no creation has run for REPORTS_SETTLE_SECONDS (workqueue.py says why).
     memo.new_passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers, name="finetune-new")
     memo.passes = WorkQueue(functools.partial(handlers.event_pass, memo), settings.workers,
                             yields_to=memo.new_passes, settle=REPORTS_SETTLE_SECONDS)

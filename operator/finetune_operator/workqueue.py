@@ -8,14 +8,16 @@ holds (namespace, name) keys, not the events' bodies, so a backlog costs little 
 
 The runner keeps two: one for new and edited FineTuneJobs (their passes create Jobs) and one for their children's
 events (and the first status write of a new job, reconciler.py). The second ``yields_to`` the first: its workers
-take no key while the first has passes waiting or running, nor until it has been idle for ``settle`` seconds, and a
-key waits so at most ``patience`` seconds from when it was queued. Why: when hundreds of FineTuneJobs arrive at once,
+take no key while the first has passes waiting or running, nor, after a burst (more keys waiting than it has
+workers), until it has been idle for ``settle`` seconds; a key waits so at most ``patience`` seconds from when it
+was queued. Why: when hundreds of FineTuneJobs arrive at once,
 both would otherwise share one saturated API server, and the creations would wait for status writes of jobs that
 already run; apply -> Job is what a user waits for, and what a status write reports is not lost by waiting (the pass
 reads the latest view). The settle time is for the Jobs just made: a burst of status writes the moment the last one
 is created held back its delivery to the API server's other watchers (the Job controller, which makes its pods,
-among them) by up to 1.7 s (BENCHMARKS.md §5). The patience bounds how long a stream of creations can hold the
-reports back.
+among them) by up to 1.7 s (BENCHMARKS.md §5). Only after a burst: a lone new job's first status write comes at
+once, before its pod runs, so it still reports (and notifies) Pending. The patience bounds how long a stream of
+creations can hold the reports back.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ class WorkQueue:
                  yields_to: WorkQueue | None = None, patience: float = 30.0, settle: float = 0.0):
         self._run, self._workers, self._name = run, workers, name
         self._yields_to, self._patience, self._settle = yields_to, patience, settle
-        self._idle_at = float("-inf")  # when its last pass ended and nothing was left (read by queues that yield)
+        # Read by the queues that yield to this one: when its last pass ended and nothing was left, and whether it
+        # had more keys waiting than workers since it was last idle (a burst).
+        self._idle_at = float("-inf")
+        self._burst = self._burst_before_idle = False
         self._yielding: list[WorkQueue] = []  # queues that yield to this one: woken when it falls idle
         if yields_to is not None:
             yields_to._yielding.append(self)
@@ -60,6 +65,7 @@ class WorkQueue:
         self._queued.add(key)
         self._order.append(key)
         self._added[key] = time.monotonic()
+        self._burst = self._burst or len(self._order) > self._workers
         self._cond.notify()
 
     def __len__(self) -> int:
@@ -84,6 +90,8 @@ class WorkQueue:
         patience_left = self._patience - (now - self._added[self._order[0]])
         if self._yields_to.busy():
             return patience_left
+        if not self._yields_to._burst_before_idle:
+            return 0.0
         return min(patience_left, self._settle - (now - self._yields_to._idle_at))
 
     def start(self) -> None:
@@ -134,6 +142,7 @@ class WorkQueue:
                     idle = not self.busy()
                     if idle:
                         self._idle_at = time.monotonic()
+                        self._burst_before_idle, self._burst = self._burst, False
                 if idle:  # outside this queue's lock: a yielding worker holds its own lock while it reads busy()
                     for queue in self._yielding:
                         queue._wake()

@@ -126,28 +126,31 @@ def test_a_queue_that_yields_waits_no_longer_than_its_patience():
         gate.set()
 
 
-def test_a_queue_that_yields_waits_until_the_other_has_been_idle_for_its_settle_time():
-    runs, ends = [], []
-    with creations_and_reports(lambda ns, name: ends.append(time.monotonic()),
+def test_after_a_burst_a_queue_that_yields_waits_until_the_other_has_been_idle_for_its_settle_time():
+    runs, ends, gate = [], [], threading.Event()
+    with creations_and_reports(lambda ns, name: (gate.wait(5), ends.append(time.monotonic())),
                                lambda ns, name: runs.append((name, time.monotonic())),
                                patience=30, settle=1.0) as (creations, reports):
-        reports.add(("ml", "report-a"))  # nothing created yet: runs at once
+        for i in range(5):  # 2 workers: 3 wait, a burst
+            creations.add(("ml", f"create-{i}"))
+        reports.add(("ml", "report-a"))
+        gate.set()
         wait_until(lambda: len(runs) == 1)
-        creations.add(("ml", "create-b"))
-        wait_until(lambda: len(ends) == 1)
-        reports.add(("ml", "report-c"))
-        time.sleep(0.15)
-        creations.add(("ml", "create-d"))  # a creation within the settle time starts its clock again
-        wait_until(lambda: len(ends) == 2)
+        assert len(ends) == 5 and runs[0][1] - max(ends) >= 1.0
+        # The next creations are no burst: a report queued meanwhile runs when they end, without the settle time.
+        creations.add(("ml", "create-lone"))
+        reports.add(("ml", "report-b"))
         wait_until(lambda: len(runs) == 2)
-        assert runs[1][0] == "report-c" and runs[1][1] - ends[1] >= 1.0
+        assert runs[1][1] - ends[-1] < 0.5
 
 
 def test_a_queue_that_yields_waits_no_longer_than_its_patience_for_the_other_to_settle():
-    runs = []
-    with creations_and_reports(lambda ns, name: None, lambda ns, name: runs.append(time.monotonic()),
+    runs, gate = [], threading.Event()
+    with creations_and_reports(lambda ns, name: gate.wait(5), lambda ns, name: runs.append(time.monotonic()),
                                patience=0.2, settle=30) as (creations, reports):
-        creations.add(("ml", "create-a"))
+        for i in range(5):
+            creations.add(("ml", f"create-{i}"))
+        gate.set()
         wait_until(lambda: not creations.busy())
         queued = time.monotonic()
         reports.add(("ml", "report-b"))
