@@ -102,6 +102,21 @@ def test_job_trains_in_a_pod_and_status_shows_pvc_locations(cluster: Cluster) ->
     assert SECRET_VALUE not in str(status) + str(cluster.events("train"))
 
 
+def test_lora_job_trains_through_the_fused_layers_in_a_pod_and_saves_its_adapter(cluster: Cluster) -> None:
+    """The CPU path of a LoRA job (lora_fused.py) in the trainer image, not only in local processes."""
+    body = spec(name="lora", strategy={"type": "lora", "lora": {"r": 4}})
+    cluster.apply_job("lora", **body)
+    status = cluster.wait_phase("lora", ("Succeeded", "Failed"), timeout=600)
+    assert status["phase"] == "Succeeded", cluster.diagnose("lora")
+    [pod] = cluster.pods("lora")
+    log = cluster.logs(pod["metadata"]["name"])
+    fused = re.search(r"LoRA: (\d+) adapted linear layers fused with their base", log)
+    assert fused and int(fused.group(1)) > 0, log[-3000:]
+    on_volume = cluster.volume / status["output"]["location"].removeprefix("pvc://e2e-data/")
+    assert (on_volume / "adapter_config.json").is_file() and (on_volume / "adapter_model.safetensors").is_file()
+    assert status["metrics"]["trainLoss"] > 0
+
+
 def test_deleted_pod_saves_a_checkpoint_and_the_next_attempt_resumes(cluster: Cluster) -> None:
     cluster.apply_job("preempt", **spec("bert-wide", "big", batch=4, name="preempt"))
     planned = -(-1600 // 4)  # one epoch of data/big (its eval split is a file of its own) in batches of 4
