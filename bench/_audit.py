@@ -68,7 +68,8 @@ def writes(log: Path, namespace: str) -> list[tuple[str, str, float, float]]:
                     and (e.get("responseStatus") or {}).get("code", 0) < 300 and ref.get("name")):
                 what = f"{e['verb']} {ref['resource']}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
                 if ref["resource"] == "events":  # the operator's, or the control plane's (scheduler, Job controller)
-                    ours = "finetune-operator" in (e.get("user") or {}).get("username", "")  # the chart's ServiceAccount
+                    # the operator's requests come as the chart's ServiceAccount
+                    ours = "finetune-operator" in (e.get("user") or {}).get("username", "")
                     what += " (controller)" if ours else " (plane)"
                 out.append((what, ref["name"], _t(e["requestReceivedTimestamp"]), _t(e["stageTimestamp"])))
     return out

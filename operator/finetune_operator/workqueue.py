@@ -12,11 +12,11 @@ take no key while the first has passes waiting or running, nor, after a burst (m
 workers), until it has been idle for ``settle`` seconds; a key waits so at most ``patience`` seconds from when it
 was queued. Why: when hundreds of FineTuneJobs arrive at once, both would otherwise share one saturated API server,
 and the creations would wait for status writes of jobs that already run; apply -> Job is what a user waits for, and
-what a status write reports is not lost by waiting (the pass reads the latest view). The settle time is for the Jobs just made: a burst of status writes the moment the last one
-is created held back its delivery to the API server's other watchers (the Job controller, which makes its pods,
-among them) by up to 1.7 s (BENCHMARKS.md §5). Only after a burst: a lone new job's first status write comes at
-once, before its pod runs, so it still reports (and notifies) Pending. The patience bounds how long a stream of
-creations can hold the reports back.
+what a status write reports is not lost by waiting (the pass reads the latest view). The settle time is for the Jobs
+just made: a burst of status writes the moment the last one is created held back its delivery to the API server's
+other watchers (the Job controller, which makes its pods, among them) by up to 1.7 s (BENCHMARKS.md §5). Only after
+a burst: a lone new job's first status write comes at once, before its pod runs, so it still reports (and notifies)
+Pending. The patience bounds how long a stream of creations can hold the reports back.
 """
 
 from __future__ import annotations
