@@ -51,7 +51,8 @@ def apiserver_flags(work: Path) -> tuple[str, Path]:
     return f"--audit-policy-file={policy} --audit-log-path={log} --audit-log-format=json", log
 
 
-def _t(value: str) -> float:
+def timestamp(value: str) -> float:
+    """An RFC 3339 time (the API server's, ending in Z) as seconds since the epoch."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
@@ -71,7 +72,8 @@ def writes(log: Path, namespace: str) -> list[tuple[str, str, float, float]]:
                     # the operator's requests come as the chart's ServiceAccount
                     ours = "finetune-operator" in (e.get("user") or {}).get("username", "")
                     what += " (controller)" if ours else " (plane)"
-                out.append((what, ref["name"], _t(e["requestReceivedTimestamp"]), _t(e["stageTimestamp"])))
+                out.append((what, ref["name"], timestamp(e["requestReceivedTimestamp"]),
+                            timestamp(e["stageTimestamp"])))
     return out
 
 

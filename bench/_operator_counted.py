@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import threading
+import time
 from urllib.parse import parse_qs, urlsplit
 
 COUNTS: collections.Counter = collections.Counter()
@@ -83,8 +84,6 @@ class Sightings:
 
     def saw(self, name: str, what: str = "seen") -> None:
         if self.file is not None and (name, what) not in self.seen:
-            import time
-
             self.seen.add((name, what))
             self.file.write(f"{name} {time.time()} {what}\n")
 
@@ -139,8 +138,6 @@ def install() -> None:
     aiohttp.ClientSession._request = _request
 
     def loop() -> None:
-        import time
-
         while True:
             time.sleep(1)
             dump()

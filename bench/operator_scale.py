@@ -53,7 +53,6 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -306,7 +305,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def ts(value: str | None) -> float | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+    return _audit.timestamp(value) if value else None
 
 
 # ------------------------------------------------------------------------------------------------ phase
